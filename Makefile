@@ -1,0 +1,31 @@
+# Everything is installed into ./.venv from nothing; the constraints file pins the resolved set.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test up lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (PyCaret 3.3 supports Python <= 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
+
+test: $(STAMP)  ## run the whole test suite (installs first when needed)
+	$(BIN)/python -m pytest
+
+up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)
+	$(BIN)/python -m mlops_core.up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/psi.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

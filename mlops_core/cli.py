@@ -1,0 +1,165 @@
+"""The ``mlops`` command: make-data, drift, run, status, promote, sync, rollback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .config import Settings
+from .errors import MlopsError
+
+__all__ = ["main"]
+
+
+def _emit(obj: dict, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(obj, default=str) if as_json else text)
+
+
+def _fail(err: Exception) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Map the loop's own failures to exit 1 with the reason on stderr."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (MlopsError, ValueError, OSError) as err:
+            _fail(err)
+
+
+@click.group(cls=_Group)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="MLOPS_HOME",
+              help="Project home (default: MLOPS_HOME or the working directory).")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking/registry URI.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each stage to stderr.")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, tracking_uri: str | None, verbose: bool) -> None:
+    """Event-driven retraining loop: drift check, AutoML, MLflow registry, promotion."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ctx.obj = Settings.from_env(home=home, tracking_uri=tracking_uri)
+
+
+def _registry(settings: Settings):
+    from .registry import Registry
+
+    return Registry(settings)
+
+
+@main.command("make-data")
+@click.option("--drift", "strength", type=float, default=0.0, show_default=True,
+              help="Drift strength injected into the batch's drift features (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which rows form the batch, and their order.")
+@click.option("--batch-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--no-train", is_flag=True, help="Write current.csv only.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def make_data(settings: Settings, strength: float, seed: int, batch_fraction: float, no_train: bool,
+              as_json: bool) -> None:
+    """Write data/train.csv and data/current.csv from the bundled Titanic table."""
+    from .data import make_datasets
+
+    train, current = make_datasets(settings, drift=strength, seed=seed, batch_fraction=batch_fraction,
+                                   write_train=not no_train)
+    obj = {"train": str(train) if train else None, "current": str(current), "drift": strength, "seed": seed}
+    _emit(obj, as_json, f"wrote {current}" + (f" and {train}" if train else ""))
+
+
+@main.command()
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path),
+              help="Reference CSV (default: Production's reference, else data/train.csv).")
+@click.option("--current", type=click.Path(dir_okay=False, path_type=Path),
+              help="Batch CSV (default: data/current.csv).")
+@click.option("--features", help="Comma-separated columns to score (default: the drift features).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def drift(settings: Settings, reference: Path | None, current: Path | None, features: str | None,
+          as_json: bool) -> None:
+    """Score a batch's PSI against the reference and save the drift report."""
+    from .pipeline import check_drift
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    report = check_drift(settings, current=current, reference=reference, features=names)
+    lines = [f"{k:>12}  PSI {v:.4f}" for k, v in report.psi.items()]
+    lines.append(f"{'mean':>12}  PSI {report.mean_psi:.4f} (threshold {report.threshold}): "
+                 f"{'DRIFT' if report.drift else 'no drift'}")
+    _emit(report.summary(), as_json, "\n".join(lines))
+
+
+@main.command("run")
+@click.option("--force", is_flag=True, help="Process the batch even if its content was processed before.")
+@click.option("--current", type=click.Path(dir_okay=False, path_type=Path),
+              help="Batch CSV (default: data/current.csv).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def run_cmd(settings: Settings, force: bool, current: Path | None, as_json: bool) -> None:
+    """Run the chain once on the current batch."""
+    from .pipeline import run
+
+    result = run(settings, force=force, current=current)
+    obj = result.to_dict()
+    text = (f"{result.status}: {result.reason}\nproduction={result.production} staging={result.staging}"
+            + (f" (bootstrapped version {result.bootstrapped})" if result.bootstrapped else ""))
+    _emit(obj, as_json, text)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(settings: Settings, as_json: bool) -> None:
+    """Show which versions hold the production and staging aliases."""
+    obj = _registry(settings).status()
+
+    def line(alias):
+        d = obj[alias]
+        return f"{alias:>10}: " + (f"version {d['version']} (run {d['run_id']})" if d else "none")
+
+    _emit(obj, as_json, f"model {obj['model']}\n{line('production')}\n{line('staging')}")
+
+
+@main.command()
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def promote(settings: Settings, version: str, as_json: bool) -> None:
+    """Make VERSION Production (the old one is archived, Staging synced)."""
+    from .pipeline import pipeline_lock
+
+    with pipeline_lock(settings):
+        obj = _registry(settings).promote(version)
+    _emit(obj, as_json, f"production={obj['production']} staging={obj['staging']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync(settings: Settings, as_json: bool) -> None:
+    """Point Staging at the Production version."""
+    from .pipeline import pipeline_lock
+
+    with pipeline_lock(settings):
+        obj = _registry(settings).sync()
+    _emit(obj, as_json, f"production={obj['production']} staging={obj['staging']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rollback(settings: Settings, as_json: bool) -> None:
+    """Restore the previous Production version."""
+    from .pipeline import pipeline_lock
+
+    with pipeline_lock(settings):
+        obj = _registry(settings).rollback()
+    _emit(obj, as_json, f"production={obj['production']} staging={obj['staging']} archived={obj['archived']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,162 @@
+"""Settings: one frozen object built in entry points and passed down."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings"]
+
+_ENV_PREFIX = "MLOPS_"
+
+
+def _tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(str(v) for v in value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the loop needs to know, resolved once at construction.
+
+    Paths are absolute after construction; relative ones are taken against
+    ``home``, which itself defaults to the working directory at start-up.
+    """
+
+    home: Path = field(default_factory=Path.cwd)
+    data_dir: Path = Path("data")
+    models_dir: Path = Path("models")
+    logs_dir: Path = Path("logs")
+    tracking_uri: str = ""  # default: sqlite:///<home>/mlflow.db
+    artifact_root: Path = Path("mlartifacts")
+    model_name: str = "titanic-survival"
+    experiment: str = "titanic-retraining"
+    target: str = "survived"
+    features: tuple[str, ...] = ("pclass", "sex", "age", "fare", "sibsp", "parch", "embarked")
+    drift_features: tuple[str, ...] = ("age", "fare")
+    psi_threshold: float = 0.2
+    bins: int = 10
+    models: tuple[str, ...] = ("lr", "dt", "rf", "lightgbm")  # empty: every PyCaret model
+    fold: int = 5
+    n_jobs: int = 1
+    budget_minutes: float = 0.0  # 0: no time budget for the comparison
+    holdout_fraction: float = 0.3
+    train_window: int = 0  # most recent training rows kept; 0: all
+    promotion_metric: str = "accuracy"
+    min_improvement: float = 0.0
+    min_rows: int = 10
+    seed: int = 42
+    refresh_seconds: float = 5.0
+    settle_seconds: float = 1.0
+    max_batch: int = 1000
+    max_body_bytes: int = 1_048_576
+
+    def __post_init__(self) -> None:
+        home = Path(self.home).expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        for name in ("data_dir", "models_dir", "logs_dir", "artifact_root"):
+            path = Path(getattr(self, name)).expanduser()
+            object.__setattr__(self, name, (path if path.is_absolute() else home / path).resolve())
+        if not self.tracking_uri:
+            object.__setattr__(self, "tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
+        for name in ("features", "drift_features", "models"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        self._check()
+
+    def _check(self) -> None:
+        problems = []
+        if not self.features:
+            problems.append("features must name at least one column")
+        if self.target in self.features:
+            problems.append(f"target {self.target!r} must not be one of the features")
+        if self.bins < 2:
+            problems.append(f"bins must be at least 2, got {self.bins}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            problems.append(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.fold < 2:
+            problems.append(f"fold must be at least 2, got {self.fold}")
+        if self.promotion_metric not in _METRICS:
+            problems.append(f"promotion_metric must be one of {sorted(_METRICS)}, got {self.promotion_metric!r}")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    # -- derived paths -------------------------------------------------------
+    @property
+    def train_csv(self) -> Path:
+        return self.data_dir / "train.csv"
+
+    @property
+    def current_csv(self) -> Path:
+        return self.data_dir / "current.csv"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.home / ".mlops.lock"
+
+    @property
+    def is_local_store(self) -> bool:
+        """True for the embedded registry (a SQLite file), false for a server."""
+        return self.tracking_uri.startswith("sqlite:")
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``MLOPS_<FIELD>`` variables; keywords win over both."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f, raw)
+        if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
+            values["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as JSON-friendly values, with credentials removed from the URI."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
+        out["tracking_uri"] = redact_uri(self.tracking_uri)
+        return out
+
+
+_METRICS = {"accuracy", "f1", "auc", "precision", "recall"}
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("tuple"):
+            return _tuple(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as err:
+        raise ValueError(f"{_ENV_PREFIX}{f.name.upper()}: expected {kind}, got {raw!r} instead") from err
+    return raw
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password in ``scheme://user:password@host`` URIs."""
+    if "://" in uri and "@" in uri.split("://", 1)[1]:
+        scheme, rest = uri.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return uri

@@ -1,0 +1,176 @@
+"""Titanic loading, train/current generation with optional drift, CSV validation."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Settings
+from .errors import DataValidationError
+
+__all__ = ["load_titanic", "make_datasets", "read_csv", "validate_frame", "load_batch", "infer_kinds",
+           "atomic_write_csv"]
+
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+_NA_VALUES = ["", "?", "NA", "NaN", "nan", "null", "None"]
+
+
+def load_titanic() -> pd.DataFrame:
+    """Return the 1309-passenger Titanic table shipped with the package."""
+    with resources.files("mlops_core.datasets").joinpath("titanic.csv").open("rb") as fh:
+        return pd.read_csv(fh, na_values="?", keep_default_na=True)
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` next to ``path`` and rename it in place, so readers see whole files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def apply_drift(batch: pd.DataFrame, strength: float, *, columns: tuple[str, ...] = ("age", "fare"),
+                seed: int = 0) -> pd.DataFrame:
+    """Shift and stretch numeric ``columns`` by ``strength`` (0: unchanged, 1: strong drift)."""
+    if strength < 0:
+        raise ValueError(f"drift strength must be >= 0, got {strength}")
+    out = batch.copy()
+    rng = np.random.default_rng(seed)
+    for col in columns:
+        values = pd.to_numeric(out[col], errors="coerce")
+        scale = float(np.nanstd(values)) or 1.0
+        noise = rng.normal(0.0, 0.1 * scale * strength, size=len(values))
+        out[col] = (values * (1.0 + strength) + strength * scale + noise).round(4)
+    return out
+
+
+def make_datasets(settings: Settings, *, drift: float = 0.0, seed: int = 0,
+                  train_fraction: float = 0.6, batch_fraction: float = 1.0,
+                  write_train: bool = True) -> tuple[Path | None, Path]:
+    """Write ``train.csv`` (the initial reference) and ``current.csv`` (a new batch).
+
+    The train/batch split of the Titanic table is fixed; ``seed`` draws which
+    rows of the batch part (``batch_fraction`` of them) form ``current.csv`` and
+    in what order, and ``drift`` shifts the drift features of the batch.
+    """
+    if not 0 < train_fraction < 1 or not 0 < batch_fraction <= 1:
+        raise ValueError("train_fraction must be in (0, 1) and batch_fraction in (0, 1]")
+    table = load_titanic()[[*settings.features, settings.target]]
+    order = np.random.default_rng(0).permutation(len(table))
+    cut = int(len(table) * train_fraction)
+    train = table.iloc[order[:cut]].reset_index(drop=True)
+    rest = table.iloc[order[cut:]]
+    batch = rest.sample(frac=batch_fraction, random_state=seed).reset_index(drop=True)
+    if drift:
+        batch = apply_drift(batch, drift, columns=tuple(c for c in settings.drift_features
+                                                          if pd.api.types.is_numeric_dtype(batch[c])), seed=seed)
+    train_path = atomic_write_csv(train, settings.train_csv) if write_train else None
+    return train_path, atomic_write_csv(batch, settings.current_csv)
+
+
+def read_csv(path: str | os.PathLike, *, content: bytes | None = None) -> pd.DataFrame:
+    """Read a CSV with the fast pyarrow reader; any failure becomes one clear error.
+
+    ``content`` parses bytes already read from ``path`` (so a hash and the
+    parsed frame describe the same bytes).
+    """
+    name = str(path)
+    if content is None:
+        try:
+            content = Path(path).read_bytes()
+        except OSError as err:
+            raise DataValidationError(name, [f"cannot read file: {err.strerror or err}"]) from err
+    if not content.strip():
+        raise DataValidationError(name, ["file is empty"])
+    head = content[:65536]
+    if b"\x00" in head:
+        raise DataValidationError(name, ["not a CSV text file (binary content)"])
+    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+    columns = [c.strip().strip('"') for c in header.split(",")]
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise DataValidationError(name, [f"duplicated column(s) {dupes}"])
+    try:
+        frame = pd.read_csv(io.BytesIO(content), engine="pyarrow", na_values=_NA_VALUES, keep_default_na=False)
+    except Exception as err:  # pyarrow raises several unrelated types for malformed text
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataValidationError(name, [f"not a readable CSV: {reason}"]) from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def infer_kinds(frame: pd.DataFrame, columns) -> dict[str, str]:
+    """Map each column to ``numeric`` or ``categorical`` from its dtype."""
+    return {c: NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+            else CATEGORICAL for c in columns}
+
+
+def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[str, str] | None = None,
+                   require_target: bool = True, source: str = "batch") -> pd.DataFrame:
+    """Check a batch against the settings and return it cleaned (numeric columns as float).
+
+    ``kinds`` says which features must be numeric (default: inferred from the
+    batch itself). Raises one :class:`DataValidationError` naming every problem.
+    """
+    problems: list[str] = []
+    missing = [c for c in settings.features if c not in frame.columns]
+    if missing:
+        problems.append(f"missing column(s) {missing}")
+    has_target = settings.target in frame.columns
+    if require_target and not has_target:
+        problems.append(f"missing target column {settings.target!r}")
+    if len(frame) < settings.min_rows:
+        problems.append(f"{len(frame)} row(s), expected at least {settings.min_rows}")
+    present = [c for c in settings.features if c in frame.columns]
+    kinds = {**infer_kinds(frame, present), **(kinds or {})}
+    out = frame[[*present, *([settings.target] if has_target else [])]].copy()
+    for col in present:
+        if kinds.get(col) != NUMERIC:
+            out[col] = out[col].astype("object").where(out[col].notna(), None)
+            continue
+        values = pd.to_numeric(out[col], errors="coerce")
+        bad = out[col].notna() & values.isna()
+        if bad.any():
+            examples = sorted({str(v) for v in out[col][bad].head(3)})
+            problems.append(f"column {col!r}: {int(bad.sum())} non-numeric value(s) such as {examples}")
+        infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+        if infinite.any():
+            problems.append(f"column {col!r}: {int(infinite.sum())} infinite value(s)")
+        out[col] = values.astype(float)
+    if has_target and len(out):
+        target = pd.to_numeric(out[settings.target], errors="coerce")
+        if out[settings.target].isna().all():
+            out = out.drop(columns=[settings.target])
+            if require_target:
+                problems.append(f"target {settings.target!r} has no values")
+        else:
+            bad_values = sorted({str(v) for v in out[settings.target][~target.isin([0, 1])].head(20)})
+            if bad_values:
+                problems.append(f"expected 0/1 in {settings.target!r}, got {bad_values} instead")
+            else:
+                out[settings.target] = target.astype(int)
+                if out[settings.target].nunique() < 2:
+                    problems.append(f"target {settings.target!r} has a single class; two are needed to train")
+    if problems:
+        raise DataValidationError(source, problems)
+    return out.reset_index(drop=True)
+
+
+def load_batch(path: str | os.PathLike, settings: Settings, *, kinds: Mapping[str, str] | None = None,
+               require_target: bool = False) -> pd.DataFrame:
+    """Read and validate a CSV; the error names the file and every problem."""
+    return validate_frame(read_csv(path), settings, kinds=kinds, require_target=require_target, source=str(path))

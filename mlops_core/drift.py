@@ -1,0 +1,228 @@
+"""PSI drift: reference profiles fitted once, scoring any batch, and the DriftReport."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import CATEGORICAL, NUMERIC, infer_kinds
+
+__all__ = ["EMPTY_SHARE", "psi", "FeatureProfile", "ReferenceProfile", "DriftReport"]
+
+EMPTY_SHARE = 1e-4
+_MISSING = "<missing>"
+
+
+def psi(reference_shares: np.ndarray, current_shares: np.ndarray) -> float:
+    """``Σ (cur − ref) · ln(cur / ref)`` with empty bins counted as 1e-4."""
+    ref = np.where(np.asarray(reference_shares, float) > 0, reference_shares, EMPTY_SHARE)
+    cur = np.where(np.asarray(current_shares, float) > 0, current_shares, EMPTY_SHARE)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def _as_float(values) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _numeric_counts(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per bin: right-closed interior bins, open outer bins, then the missing bin."""
+    missing = np.isnan(x)
+    idx = np.searchsorted(edges, x[~missing], side="left")
+    counts = np.bincount(idx, minlength=len(edges) + 1).astype(float)
+    return np.append(counts, float(missing.sum()))
+
+
+def _categorical_counts(values) -> dict[str, int]:
+    series = pd.Series(values, dtype="object")
+    labels = series.where(series.isna(), series.astype(str))
+    counts = labels.value_counts(dropna=True).to_dict()
+    n_missing = int(series.isna().sum())
+    out = {str(k): int(v) for k, v in counts.items()}
+    if n_missing:
+        out[_MISSING] = out.get(_MISSING, 0) + n_missing
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    """What the reference looks like for one feature: bins and their shares."""
+
+    name: str
+    kind: str
+    n: int
+    edges: tuple[float, ...] = ()  # numeric: interior edges
+    shares: tuple[float, ...] = ()  # numeric: len(edges) + 2 bins (the last is missing)
+    categories: Mapping[str, float] = field(default_factory=dict)  # categorical: share per label
+
+    @classmethod
+    def fit(cls, name: str, values, *, kind: str, bins: int = 10) -> FeatureProfile:
+        """Learn the bins of ``values`` as DESIGN.md section 4 pins them."""
+        n = len(values)
+        if n == 0:
+            raise ValueError(f"cannot fit a profile of {name!r} on zero rows")
+        if kind == NUMERIC:
+            x = _as_float(values)
+            present = x[~np.isnan(x)]
+            edges = (np.unique(np.quantile(present, np.arange(1, bins) / bins)) if present.size
+                     else np.array([], dtype=float))
+            counts = _numeric_counts(x, edges)
+            return cls(name, kind, n, tuple(map(float, edges)), tuple(map(float, counts / n)))
+        counts = _categorical_counts(values)
+        return cls(name, CATEGORICAL, n, categories={k: v / n for k, v in sorted(counts.items())})
+
+    def bin_shares(self, values) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Labels, reference shares and current shares over the same bins."""
+        n = len(values)
+        if n == 0:
+            raise ValueError(f"cannot score {self.name!r} on zero rows")
+        if self.kind == NUMERIC:
+            edges = np.asarray(self.edges, float)
+            cur = _numeric_counts(_as_float(values), edges) / n
+            bounds = ["-inf", *(f"{e:g}" for e in edges), "inf"]
+            labels = [f"({lo}, {hi}]" for lo, hi in zip(bounds[:-1], bounds[1:])] + [_MISSING]
+            return labels, np.asarray(self.shares, float), cur
+        current = {k: v / n for k, v in _categorical_counts(values).items()}
+        labels = sorted(set(self.categories) | set(current))
+        ref = np.array([self.categories.get(k, 0.0) for k in labels])
+        cur = np.array([current.get(k, 0.0) for k in labels])
+        return labels, ref, cur
+
+    def score(self, values) -> float:
+        _, ref, cur = self.bin_shares(values)
+        return psi(ref, cur)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["categories"] = dict(self.categories)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> FeatureProfile:
+        return cls(name=data["name"], kind=data["kind"], n=int(data["n"]), edges=tuple(data.get("edges", ())),
+                   shares=tuple(data.get("shares", ())), categories=dict(data.get("categories", {})))
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """Profiles of the reference data, fitted once, scoring any number of batches."""
+
+    features: Mapping[str, FeatureProfile]
+    bins: int = 10
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, *, features: Iterable[str] | None = None,
+            kinds: Mapping[str, str] | None = None, bins: int = 10) -> ReferenceProfile:
+        names = list(features if features is not None else frame.columns)
+        missing = [c for c in names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"reference has no column(s) {missing}")
+        kinds = {**infer_kinds(frame, names), **(kinds or {})}
+        return cls({c: FeatureProfile.fit(c, frame[c].to_numpy(), kind=kinds[c], bins=bins) for c in names}, bins)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {name: p.kind for name, p in self.features.items()}
+
+    def report(self, frame: pd.DataFrame, features: Iterable[str], *, threshold: float) -> DriftReport:
+        """Score ``features`` of ``frame`` and decide: drift when the mean PSI is above ``threshold``."""
+        names = list(features)
+        unknown = [c for c in names if c not in self.features]
+        absent = [c for c in names if c not in frame.columns]
+        if unknown or absent:
+            raise ValueError("; ".join(filter(None, [
+                unknown and f"reference profile has no feature(s) {unknown}",
+                absent and f"batch has no column(s) {absent}"])))
+        details, scores = {}, {}
+        for name in names:
+            labels, ref, cur = self.features[name].bin_shares(frame[name].to_numpy())
+            scores[name] = psi(ref, cur)
+            details[name] = {"bins": labels, "reference": ref.round(6).tolist(), "current": cur.round(6).tolist()}
+        mean = float(np.mean(list(scores.values()))) if scores else 0.0
+        return DriftReport(psi=scores, mean_psi=mean, threshold=float(threshold), drift=mean > threshold,
+                           n_reference=int(next(iter(self.features.values())).n), n_current=len(frame),
+                           details=details)
+
+    def to_dict(self) -> dict:
+        return {"bins": self.bins, "features": {k: v.to_dict() for k, v in self.features.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ReferenceProfile:
+        return cls({k: FeatureProfile.from_dict(v) for k, v in data["features"].items()}, int(data.get("bins", 10)))
+
+    def save(self, path: Path) -> Path:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ReferenceProfile:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class DriftReport:
+    """Per-feature PSI, their mean, the threshold and the verdict."""
+
+    psi: dict[str, float]
+    mean_psi: float
+    threshold: float
+    drift: bool
+    n_reference: int = 0
+    n_current: int = 0
+    details: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> dict:
+        """The JSON object of DESIGN.md section 7."""
+        return {"psi": {k: round(v, 6) for k, v in self.psi.items()}, "mean_psi": round(self.mean_psi, 6),
+                "threshold": self.threshold, "drift": self.drift}
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "n_reference": self.n_reference, "n_current": self.n_current,
+                "details": self.details}
+
+    def save(self, folder: Path, *, stem: str = "drift_report") -> dict[str, Path]:
+        """Write ``drift_report.json``, ``drift_flag.txt`` and ``drift_report.png`` into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / f"{stem}.json", "flag": folder / "drift_flag.txt", "png": folder / f"{stem}.png"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=1))
+        paths["flag"].write_text(f"drift={str(self.drift).lower()}\nmean_psi={self.mean_psi:.6f}\n"
+                                 f"threshold={self.threshold}\n")
+        self.plot(paths["png"])
+        return paths
+
+    def plot(self, path: Path) -> Path:
+        """Draw reference vs current shares per bin, one panel per feature."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure  # the OO API keeps pyplot's global state out
+
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+        names = list(self.details) or ["(none)"]
+        with matplotlib.rc_context({"font.family": "DejaVu Sans"}):
+            return self._draw(Figure, names, path)
+
+    def _draw(self, Figure, names, path: Path) -> Path:
+        fig = Figure(figsize=(7, 3.2 * len(names)), layout="constrained")
+        axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+        for ax, name in zip(axes, names):
+            d = self.details.get(name)
+            if not d:
+                continue
+            x = np.arange(len(d["bins"]))
+            ax.bar(x - 0.2, d["reference"], 0.4, label="reference")
+            ax.bar(x + 0.2, d["current"], 0.4, label="current")
+            ax.set_xticks(x, d["bins"], rotation=45, ha="right", fontsize=7)
+            ax.set_ylabel("share of rows")
+            ax.set_title(f"{name}: PSI {self.psi[name]:.3f}")
+            ax.legend(fontsize=8)
+        fig.suptitle(f"mean PSI {self.mean_psi:.3f} (threshold {self.threshold}): "
+                     f"{'drift' if self.drift else 'no drift'}")
+        fig.savefig(path, dpi=80)
+        return Path(path)

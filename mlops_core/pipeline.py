@@ -1,0 +1,311 @@
+"""The chain: validate → drift → train → register → score → promote → sync, one run at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock, Timeout
+
+from .config import Settings
+from .data import infer_kinds, read_csv, validate_frame
+from .drift import DriftReport, ReferenceProfile
+from .errors import BusyError, DataValidationError
+from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
+
+__all__ = ["RunResult", "run", "bootstrap", "check_drift", "file_digest", "pipeline_lock", "score"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What one pass of the chain decided (the JSON of ``mlops run --json``)."""
+
+    status: str  # no_drift | promoted | staged | skipped | refused
+    drift: dict | None = None
+    version: str | None = None
+    production: str | None = None
+    staging: str | None = None
+    reason: str = ""
+    run_id: str | None = None
+    bootstrapped: str | None = None
+    scores: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    digest: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Stages:
+    """Time each stage and log one line per stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            took = time.perf_counter() - started
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + took, 4)
+            log.info("stage=%s seconds=%.3f", name, took)
+
+
+@contextlib.contextmanager
+def pipeline_lock(settings: Settings, timeout: float = 900.0) -> Iterator[None]:
+    """Hold the home's file lock: one pipeline run at a time per registry home."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(settings.lock_path))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout as err:
+        raise BusyError(f"another pipeline run holds {settings.lock_path} (waited {timeout:.0f}s)") from err
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def score(model, frame: pd.DataFrame, settings: Settings) -> float:
+    """The promotion metric of ``model`` on labelled rows."""
+    from sklearn import metrics
+
+    X, y = frame[list(settings.features)], frame[settings.target].to_numpy()
+    name = settings.promotion_metric
+    if name == "auc":
+        return float(metrics.roc_auc_score(y, model.predict_proba(X)[:, 1]))
+    pred = np.asarray(model.predict(X)).astype(int)
+    fn = {"accuracy": metrics.accuracy_score, "f1": metrics.f1_score, "precision": metrics.precision_score,
+          "recall": metrics.recall_score}[name]
+    return float(fn(y, pred, **({} if name == "accuracy" else {"zero_division": 0})))
+
+
+def _reference(settings: Settings, registry: Registry, production: str | None, *, with_data: bool = True):
+    """The Production version's reference, or ``train.csv`` when there is no Production yet."""
+    if production is not None:
+        return registry.load_reference(production, with_data=with_data)
+    frame = validate_frame(read_csv(settings.train_csv), settings, source=str(settings.train_csv))
+    kinds = infer_kinds(frame, settings.features)
+    return ReferenceProfile.fit(frame, features=settings.features, kinds=kinds, bins=settings.bins), frame
+
+
+def check_drift(settings: Settings, *, current: Path | None = None, reference: Path | None = None,
+                features: list[str] | None = None, registry: Registry | None = None,
+                save: bool = True) -> DriftReport:
+    """Score a batch against a reference (default: Production's, else ``train.csv``)."""
+    features = list(features or settings.drift_features)
+    current = Path(current or settings.current_csv)
+    if reference is not None:
+        ref_frame = read_csv(reference)
+        profile = ReferenceProfile.fit(ref_frame, features=[c for c in features if c in ref_frame.columns],
+                                       bins=settings.bins)
+    else:
+        registry = registry or Registry(settings)
+        production = registry.aliases().get(PRODUCTION)
+        profile, ref_frame = _reference(settings, registry, production, with_data=False)
+        if not set(features) <= set(profile.features):
+            if ref_frame is None:
+                _, ref_frame = registry.load_reference(production)
+            profile = ReferenceProfile.fit(ref_frame, features=[c for c in features if c in ref_frame.columns],
+                                           bins=settings.bins)
+    batch = read_csv(current)
+    kinds = {c: k for c, k in profile.kinds.items() if c in settings.features}
+    report = profile.report(batch if not kinds else _lenient(batch, settings, kinds), features,
+                            threshold=settings.psi_threshold)
+    if save:
+        report.save(settings.data_dir)
+    return report
+
+
+def _lenient(batch: pd.DataFrame, settings: Settings, kinds: dict) -> pd.DataFrame:
+    """Coerce numeric features for scoring, leaving other columns as they are."""
+    out = batch.copy()
+    for c, k in kinds.items():
+        if c in out.columns and k == "numeric":
+            out[c] = pd.to_numeric(out[c], errors="coerce")
+    return out
+
+
+def bootstrap(settings: Settings, registry: Registry, stages: _Stages | None = None) -> str:
+    """Train on ``train.csv``, register version 1 and point both aliases at it."""
+    from .training import train
+
+    stages = stages or _Stages()
+    with stages("bootstrap_validate"):
+        frame = validate_frame(read_csv(settings.train_csv), settings, source=str(settings.train_csv))
+        kinds = infer_kinds(frame, settings.features)
+        profile = ReferenceProfile.fit(frame, features=settings.features, kinds=kinds, bins=settings.bins)
+    with registry.start_run("bootstrap", tags={"mlops.kind": "bootstrap"}) as run:
+        with stages("bootstrap_train"):
+            result = train(frame, settings, kinds=kinds)
+        with stages("bootstrap_register"):
+            version = _log_and_register(settings, registry, run.info.run_id, result, frame, profile,
+                                        tags={"mlops.source": "bootstrap"})
+            registry.promote(version)
+        _mlflow_log({"mlops.status": "bootstrapped", "mlops.version": version}, {}, {})
+    log.info("bootstrapped %s version %s from %s", settings.model_name, version, settings.train_csv)
+    return version
+
+
+def _mlflow_log(tags: dict, params: dict, metrics: dict) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    if params:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    if metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+
+def _log_and_register(settings, registry, run_id, result, frame, profile, *, tags: dict) -> str:
+    import mlflow
+
+    example = frame[list(settings.features)].head(5).reset_index(drop=True)
+    mlflow.log_params({"models": ",".join(settings.models) or "all", "fold": settings.fold,
+                       "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": result.n_train,
+                       "best_model": result.model_name, "features": ",".join(settings.features),
+                       "target": settings.target})
+    mlflow.log_metrics({f"cv_{k}": v for k, v in result.cv_metrics.items()})
+    mlflow.log_artifact(str(result.comparison_path))
+    registry.log_reference(profile, frame)
+    uri = registry.log_model(result.model, example)
+    return registry.register(uri, run_id, {"mlops.model": result.model_name,
+                                           "cv_accuracy": round(result.cv_metrics.get("accuracy", 0.0), 6),
+                                           **tags})
+
+
+def _holdout_split(batch: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from sklearn.model_selection import train_test_split
+
+    y = batch[settings.target]
+    stratify = y if y.value_counts().min() >= 2 else None
+    fit, hold = train_test_split(batch, test_size=settings.holdout_fraction, random_state=settings.seed,
+                                 stratify=stratify)
+    return fit.reset_index(drop=True), hold.reset_index(drop=True)
+
+
+def run(settings: Settings, *, force: bool = False, current: Path | None = None,
+        registry: Registry | None = None, lock_timeout: float = 900.0) -> RunResult:
+    """Process one batch through the whole chain and return the decision."""
+    current = Path(current or settings.current_csv)
+    stages = _Stages()
+    with pipeline_lock(settings, timeout=lock_timeout):
+        registry = registry or Registry(settings)
+        with stages("validate"):
+            try:
+                content = current.read_bytes()
+            except OSError as err:
+                raise DataValidationError(str(current), [f"cannot read file: {err.strerror or err}"]) from err
+            digest = hashlib.sha256(content).hexdigest()
+            raw = read_csv(current, content=content)  # one clear error for an empty or garbled file
+            aliases = registry.aliases()
+            production = aliases.get(PRODUCTION)
+            profile, ref_frame = _reference(settings, registry, production, with_data=False)
+            kinds = {c: profile.kinds[c] for c in settings.features}
+            batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=str(current))
+        if not force and (done := registry.processed_run(digest)):
+            prod, stag = aliases.get(PRODUCTION), aliases.get(STAGING)
+            return RunResult("skipped", production=prod, staging=stag, digest=digest, timings=stages.seconds,
+                             reason=f"content {digest[:12]} was already processed by run {done}; use --force")
+        bootstrapped = None
+        if production is None:
+            production = bootstrapped = bootstrap(settings, registry, stages)
+        result = _process(settings, registry, batch, digest, production, stages, kinds)
+        result.bootstrapped = bootstrapped
+        result.timings = stages.seconds
+        return result
+
+
+def _process(settings, registry, batch, digest, production, stages, kinds) -> RunResult:
+    import mlflow
+
+    with registry.start_run("chain", tags={"mlops.kind": "chain", "mlops.batch_sha256": digest,
+                                           "mlops.production_before": production}) as run:
+        run_id = run.info.run_id
+        with stages("drift"):
+            profile, ref_frame = registry.load_reference(production)
+            report = profile.report(batch, settings.drift_features, threshold=settings.psi_threshold)
+            paths = report.save(settings.data_dir)
+            for p in paths.values():
+                mlflow.log_artifact(str(p), artifact_path="drift")
+            mlflow.log_metrics({"mean_psi": report.mean_psi, **{f"psi_{k}": v for k, v in report.psi.items()}})
+        drift = report.summary()
+        out = RunResult("no_drift", drift=drift, run_id=run_id, digest=digest)
+        if not report.drift:
+            out.reason = f"mean PSI {report.mean_psi:.4f} <= threshold {settings.psi_threshold}"
+        elif settings.target not in batch.columns:
+            out.status = "refused"
+            out.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch has no "
+                          f"{settings.target!r} labels: retraining refused")
+        else:
+            _retrain(settings, registry, batch, ref_frame, profile, production, stages, kinds, out)
+        aliases = registry.aliases()
+        out.production, out.staging = aliases.get(PRODUCTION), aliases.get(STAGING)
+        _mlflow_log({"mlops.status": out.status, "mlops.reason": out.reason,
+                     "mlops.version": out.version or ""}, {}, {})
+        mlflow.log_text(dumps(out.to_dict()), "decision.json")
+    log.info("decision status=%s version=%s production=%s staging=%s reason=%r", out.status, out.version,
+             out.production, out.staging, out.reason)
+    return out
+
+
+def _retrain(settings, registry, batch, ref_frame, profile, production, stages, kinds, out: RunResult) -> None:
+    import mlflow
+
+    from .training import train
+
+    fit_rows, holdout = _holdout_split(batch, settings)
+    training = pd.concat([ref_frame, fit_rows[ref_frame.columns.intersection(fit_rows.columns)]],
+                         ignore_index=True)
+    if settings.train_window:
+        training = training.tail(settings.train_window).reset_index(drop=True)
+    with stages("train"):
+        result = train(training, settings, kinds=kinds)
+    new_profile = ReferenceProfile.fit(training, features=settings.features, kinds=kinds, bins=settings.bins)
+    with stages("register"):
+        version = _log_and_register(settings, registry, out.run_id, result, training, new_profile,
+                                    tags={"mlops.source": "drift", "mlops.batch_sha256": out.digest})
+    out.version = version
+    try:
+        with stages("score"):
+            candidate = score(result.model, holdout, settings)
+            champion = score(registry.load_model(production).model, holdout, settings)
+        metric = settings.promotion_metric
+        better = candidate > champion + settings.min_improvement
+        out.scores = {f"candidate_{metric}": candidate, f"production_{metric}": champion,
+                      "holdout_rows": len(holdout), "production_version": production}
+        out.status = "promoted" if better else "staged"
+        out.reason = (f"holdout {metric}: candidate v{version} {candidate:.4f} vs production v{production} "
+                      f"{champion:.4f} -> {'promoted' if better else 'kept as staging'}")
+        mlflow.log_metrics({f"holdout_{metric}_candidate": candidate, f"holdout_{metric}_production": champion})
+        registry.tag_version(version, {f"holdout_{metric}_candidate": round(candidate, 6),
+                                       f"holdout_{metric}_production": round(champion, 6),
+                                       "holdout_rows": len(holdout), "compared_with": production,
+                                       "decision": out.status, "decision_reason": out.reason})
+        with stages("promote"):
+            if better:
+                registry.promote(version)
+            else:
+                registry.stage(version)
+    except BaseException:
+        # never leave a half-registered version looking live: it keeps no alias and says it failed
+        with contextlib.suppress(Exception):
+            registry.tag_version(version, {LIFECYCLE: "failed"})
+        raise

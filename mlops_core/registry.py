@@ -1,0 +1,305 @@
+"""MLflow registry: log, register, aliases, lifecycle tags, promote, archive, sync, rollback, load."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import Settings
+from .drift import ReferenceProfile
+from .errors import RegistryError
+from .training import quiet_pycaret
+
+__all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel"]
+
+log = logging.getLogger(__name__)
+
+PRODUCTION, STAGING = "production", "staging"
+LIFECYCLE = "lifecycle"
+_HISTORY = "mlops.production_history"
+_PROFILE = "reference/profile.json"
+_TRAINING_DATA = "reference/training_data.parquet"
+
+
+def _mlflow():
+    import mlflow  # imported lazily: importing mlflow costs about a second
+
+    return mlflow
+
+
+@contextlib.contextmanager
+def registry_errors(action: str) -> Iterator[None]:
+    """Turn MLflow and transport failures into one RegistryError naming the action."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except Exception as err:  # MlflowException, requests' and SQLAlchemy's errors alike
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RegistryError(f"{action}: {message}") from err
+
+
+def _is_missing(err: Exception) -> bool:
+    return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or \
+        "not found" in str(err).lower() or "does not exist" in str(err).lower()
+
+
+@dataclass
+class LoadedModel:
+    """A registered version in memory, with what serving needs to know about it."""
+
+    version: str
+    run_id: str
+    model: Any
+    columns: list[str]
+    dtypes: dict[str, str]  # MLflow schema types: double, long, string, boolean...
+    loaded_at: float = field(default_factory=time.time)
+
+
+class Registry:
+    """The registered model named by the settings, through one MlflowClient."""
+
+    def __init__(self, settings: Settings, client=None):
+        self.settings = settings
+        self.name = settings.model_name
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_registry_uri(settings.tracking_uri)
+        self.client = client or mlflow.MlflowClient(tracking_uri=settings.tracking_uri,
+                                                    registry_uri=settings.tracking_uri)
+
+    # -- reading ---------------------------------------------------------------
+    def aliases(self) -> dict[str, str]:
+        """Both aliases in one call: ``{"production": "3", "staging": "4"}`` (absent ones left out)."""
+        with registry_errors(f"reading aliases of {self.name!r}"):
+            try:
+                model = self.client.get_registered_model(self.name)
+            except Exception as err:
+                if _is_missing(err):
+                    return {}
+                raise
+        return {k: str(v) for k, v in model.aliases.items() if k in (PRODUCTION, STAGING)}
+
+    def describe(self, version: str | int) -> dict:
+        """Version, run id, lifecycle, creation time and the recorded scores of a version."""
+        with registry_errors(f"reading version {version} of {self.name!r}"):
+            mv = self.client.get_model_version(self.name, str(version))
+        return {"version": str(mv.version), "run_id": mv.run_id, LIFECYCLE: mv.tags.get(LIFECYCLE),
+                "created": int(mv.creation_timestamp or 0) // 1000, "tags": dict(mv.tags),
+                "aliases": list(getattr(mv, "aliases", []) or [])}
+
+    def status(self) -> dict:
+        aliases = self.aliases()
+        return {"model": self.name,
+                PRODUCTION: self.describe(aliases[PRODUCTION]) if PRODUCTION in aliases else None,
+                STAGING: self.describe(aliases[STAGING]) if STAGING in aliases else None}
+
+    def versions(self) -> list[dict]:
+        with registry_errors(f"listing versions of {self.name!r}"):
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted(({"version": str(v.version), LIFECYCLE: v.tags.get(LIFECYCLE), "run_id": v.run_id}
+                       for v in found), key=lambda d: int(d["version"]))
+
+    # -- runs --------------------------------------------------------------------
+    def experiment_id(self) -> str:
+        with registry_errors(f"opening experiment {self.settings.experiment!r}"):
+            exp = self.client.get_experiment_by_name(self.settings.experiment)
+            if exp is not None:
+                return exp.experiment_id
+            location = self.settings.artifact_root.as_uri() if self.settings.is_local_store else None
+            try:
+                return self.client.create_experiment(self.settings.experiment, artifact_location=location)
+            except Exception:  # created meanwhile by another process
+                exp = self.client.get_experiment_by_name(self.settings.experiment)
+                if exp is None:
+                    raise
+                return exp.experiment_id
+
+    @contextlib.contextmanager
+    def start_run(self, run_name: str, tags: dict[str, str] | None = None):
+        """An MLflow run in the loop's experiment; failed on exception, finished otherwise."""
+        mlflow = _mlflow()
+        experiment_id = self.experiment_id()
+        with registry_errors("starting an MLflow run"):
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags or {})
+        ok = False
+        try:
+            yield run
+            ok = True
+        finally:
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status="FINISHED" if ok else "FAILED")
+
+    def processed_run(self, digest: str) -> str | None:
+        """The id of a finished run that already processed content ``digest``, if any."""
+        experiment_id = self.experiment_id()
+        with registry_errors("searching processed batches"):
+            runs = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`mlops.batch_sha256` = '{digest}' and "
+                                               f"attributes.status = 'FINISHED'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    # -- writing -------------------------------------------------------------------
+    def log_model(self, model, example: pd.DataFrame) -> str:
+        """Log ``model`` to the active run (signature, input example, explicit requirements)."""
+        mlflow = _mlflow()
+        from mlflow.models import infer_signature
+
+        with registry_errors("logging the model"):
+            signature = infer_signature(example, model.predict(example))
+            info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
+                                            signature=signature, input_example=example,
+                                            pip_requirements=_requirements(model))
+        return info.model_uri
+
+    def log_reference(self, profile: ReferenceProfile, frame: pd.DataFrame) -> None:
+        """Store the reference profile and training data with the active run."""
+        mlflow = _mlflow()
+        with tempfile.TemporaryDirectory() as tmp, registry_errors("logging the reference"):
+            folder = Path(tmp) / "reference"
+            folder.mkdir()
+            profile.save(folder / "profile.json")
+            frame.to_parquet(folder / "training_data.parquet", index=False)
+            mlflow.log_artifacts(str(folder), artifact_path="reference")
+
+    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+        """Create a new version (no alias yet) and return its number."""
+        with registry_errors(f"registering a version of {self.name!r}"):
+            try:
+                self.client.get_registered_model(self.name)
+            except Exception as err:
+                if not _is_missing(err):
+                    raise
+                with contextlib.suppress(Exception):  # another process may create it first
+                    self.client.create_registered_model(self.name)
+            mv = self.client.create_model_version(self.name, source=model_uri, run_id=run_id,
+                                                  tags={k: str(v) for k, v in tags.items()})
+        return str(mv.version)
+
+    def tag_version(self, version: str, tags: dict[str, Any]) -> None:
+        with registry_errors(f"tagging version {version}"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.name, str(version), key, str(value))
+
+    def set_alias(self, alias: str, version: str) -> None:
+        with registry_errors(f"pointing {alias!r} at version {version}"):
+            self.client.set_registered_model_alias(self.name, alias, str(version))
+
+    def _history(self) -> list[str]:
+        with registry_errors("reading the production history"):
+            model = self.client.get_registered_model(self.name)
+        raw = model.tags.get(_HISTORY, "")
+        return [v for v in raw.split(",") if v]
+
+    def _set_history(self, history: list[str]) -> None:
+        with registry_errors("writing the production history"):
+            self.client.set_registered_model_tag(self.name, _HISTORY, ",".join(history[-50:]))
+
+    def stage(self, version: str) -> None:
+        """Make ``version`` the live challenger; a superseded challenger is archived."""
+        aliases = self.aliases()
+        old = aliases.get(STAGING)
+        self.tag_version(version, {LIFECYCLE: STAGING})
+        self.set_alias(STAGING, version)
+        if old and old != version and old != aliases.get(PRODUCTION):
+            self.tag_version(old, {LIFECYCLE: "archived"})
+
+    def promote(self, version: str) -> dict:
+        """Point ``production`` at ``version``, archive the old one and sync ``staging``."""
+        version = str(version)
+        self.describe(version)  # fails clearly for an unknown version
+        aliases = self.aliases()
+        old_prod, old_staging = aliases.get(PRODUCTION), aliases.get(STAGING)
+        self.tag_version(version, {LIFECYCLE: PRODUCTION})
+        self.set_alias(PRODUCTION, version)
+        self.set_alias(STAGING, version)
+        for old in {old_prod, old_staging} - {None, version}:
+            self.tag_version(old, {LIFECYCLE: "archived"})
+        history = [v for v in self._history() if v != version]
+        if old_prod and old_prod != version and (not history or history[-1] != old_prod):
+            history.append(old_prod)
+        self._set_history([*history, version])
+        return {"production": version, "staging": version, "archived": old_prod if old_prod != version else None}
+
+    def sync(self) -> dict:
+        """Point ``staging`` at the Production version (the seed's sync_staging_with_production)."""
+        aliases = self.aliases()
+        prod = aliases.get(PRODUCTION)
+        if prod is None:
+            raise RegistryError(f"{self.name!r} has no Production version to sync Staging to")
+        old = aliases.get(STAGING)
+        self.set_alias(STAGING, prod)
+        if old and old != prod:
+            self.tag_version(old, {LIFECYCLE: "archived"})
+        return {"production": prod, "staging": prod}
+
+    def rollback(self) -> dict:
+        """Restore the previous Production version; the current one is archived."""
+        aliases = self.aliases()
+        current = aliases.get(PRODUCTION)
+        history = [v for v in self._history() if v != current]
+        if current is None or not history:
+            raise RegistryError(f"{self.name!r} has no previous Production version to restore")
+        previous = history[-1]
+        self.tag_version(previous, {LIFECYCLE: PRODUCTION})
+        self.set_alias(PRODUCTION, previous)
+        self.set_alias(STAGING, previous)
+        self.tag_version(current, {LIFECYCLE: "archived"})
+        self._set_history(history)
+        return {"production": previous, "staging": previous, "archived": current}
+
+    # -- loading -----------------------------------------------------------------
+    def load_model(self, version: str) -> LoadedModel:
+        """Download and unpickle one version (one download), with its input schema."""
+        mlflow = _mlflow()
+        quiet_pycaret(None)
+        info = self.describe(version)
+        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading version {version}"):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}",
+                                                        dst_path=tmp)
+            meta = mlflow.models.Model.load(local)
+            model = mlflow.sklearn.load_model(local)
+        schema = meta.signature.inputs if meta.signature is not None else None
+        columns = list(schema.input_names()) if schema is not None else list(self.settings.features)
+        dtypes = ({c.name: str(c.type.name if hasattr(c.type, "name") else c.type) for c in schema.inputs}
+                  if schema is not None else {})
+        return LoadedModel(version=str(version), run_id=info["run_id"], model=model, columns=columns,
+                           dtypes=dtypes)
+
+    def load_reference(self, version: str, *, with_data: bool = True) -> tuple[ReferenceProfile, pd.DataFrame | None]:
+        """The reference profile (and training data) stored with ``version``'s run."""
+        run_id = self.describe(version)["run_id"]
+        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading the reference of version {version}"):
+            profile = ReferenceProfile.load(Path(self.client.download_artifacts(run_id, _PROFILE, tmp)))
+            data = (pd.read_parquet(self.client.download_artifacts(run_id, _TRAINING_DATA, tmp))
+                    if with_data else None)
+        return profile, data
+
+
+def _requirements(model) -> list[str]:
+    """Pinned requirements of a PyCaret pipeline, without MLflow's slow detection."""
+    names = {"pycaret", "scikit-learn", "pandas", "numpy", "cloudpickle"}
+    estimator = getattr(model, "steps", [[None, model]])[-1][1]
+    root = type(estimator).__module__.split(".")[0]
+    names.add({"sklearn": "scikit-learn"}.get(root, root))
+    reqs = []
+    for name in sorted(names):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            reqs.append(f"{name}=={metadata.version(name)}")
+    return reqs
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str)

@@ -1,0 +1,107 @@
+"""AutoML with a PyCaret ClassificationExperiment: compare, pick by Accuracy, finalise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import pandas as pd
+
+from .config import Settings
+from .data import NUMERIC
+from .errors import TrainingError
+
+__all__ = ["TrainResult", "train", "import_pycaret_classification", "quiet_pycaret"]
+
+log = logging.getLogger(__name__)
+
+
+def quiet_pycaret(settings: Settings | None = None) -> None:
+    """Keep PyCaret from writing ``./logs.log``: point its log file under the home (or nowhere)."""
+    if "PYCARET_CUSTOM_LOGGING_PATH" not in os.environ:
+        if settings is not None:
+            settings.logs_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["PYCARET_CUSTOM_LOGGING_PATH"] = str(settings.logs_dir / "pycaret.log")
+        else:
+            os.environ["PYCARET_CUSTOM_LOGGING_PATH"] = os.devnull
+    os.environ.setdefault("PYCARET_CUSTOM_LOGGING_LEVEL", "WARNING")
+
+
+def import_pycaret_classification(settings: Settings | None = None):
+    """Import PyCaret's classification module with its log file kept out of the working directory."""
+    quiet_pycaret(settings)
+    from pycaret import classification
+
+    return classification
+
+
+@dataclass
+class TrainResult:
+    """The finalised best pipeline and how the comparison went."""
+
+    model: object  # a fitted sklearn-compatible pipeline (preprocessing + estimator)
+    model_id: str
+    model_name: str
+    comparison: pd.DataFrame
+    cv_metrics: dict[str, float]
+    model_path: Path
+    comparison_path: Path
+    seconds: float
+    n_train: int
+
+
+def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | None = None) -> TrainResult:
+    """Compare ``settings.models`` on ``frame`` by Accuracy and finalise the best.
+
+    Writes ``best_model.pkl`` and ``pycaret_compare_results.csv`` under
+    ``settings.models_dir``, whatever the working directory.
+    """
+    started = time.perf_counter()
+    classification = import_pycaret_classification(settings)
+    features = list(settings.features)
+    kinds = kinds or {}
+    numeric = [c for c in features if kinds.get(c, NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) else "")
+               == NUMERIC]
+    categorical = [c for c in features if c not in numeric]
+    data = frame[[*features, settings.target]].reset_index(drop=True)
+    for c in categorical:  # PyCaret wants strings for categories, not mixed objects
+        data[c] = data[c].astype("object").where(data[c].notna(), None)
+    exp = classification.ClassificationExperiment()
+    try:
+        exp.setup(data=data, target=settings.target, session_id=settings.seed, fold=settings.fold,
+                  n_jobs=settings.n_jobs, numeric_features=numeric, categorical_features=categorical,
+                  verbose=False, html=False, log_experiment=False, system_log=False, memory=False)
+        best = exp.compare_models(include=list(settings.models) or None, sort="Accuracy", n_select=1,
+                                  budget_time=settings.budget_minutes or None, errors="ignore", verbose=False)
+        comparison = exp.pull()
+    except Exception as err:  # PyCaret raises bare ValueErrors and more from deep inside
+        raise TrainingError(f"PyCaret comparison failed: {err}") from err
+    if isinstance(best, list):
+        best = best[0] if best else None
+    if best is None or comparison is None or comparison.empty or float(comparison["Accuracy"].max()) <= 0.0:
+        raise TrainingError(f"no model of {list(settings.models) or 'all'} trained successfully")
+    top = comparison.iloc[0]
+    try:
+        final = exp.finalize_model(best)
+    except Exception as err:
+        raise TrainingError(f"finalising {type(best).__name__} failed: {err}") from err
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    model_path = settings.models_dir / "best_model.pkl"
+    comparison_path = settings.models_dir / "pycaret_compare_results.csv"
+    comparison.to_csv(comparison_path, index_label="model_id")
+    tmp = model_path.with_suffix(".pkl.tmp")
+    joblib.dump(final, tmp)
+    os.replace(tmp, model_path)
+    metrics = {re.sub(r"[^a-z0-9]+", "_", str(k).lower()).strip("_"): float(v) for k, v in top.items()
+               if isinstance(v, (int, float)) and k != "TT (Sec)"}
+    seconds = time.perf_counter() - started
+    log.info("trained %s (cv accuracy %.4f) on %d rows in %.1fs", top.get("Model"), metrics.get("accuracy", 0.0),
+             len(data), seconds)
+    return TrainResult(model=final, model_id=str(comparison.index[0]), model_name=str(top.get("Model")),
+                       comparison=comparison, cv_metrics=metrics, model_path=model_path,
+                       comparison_path=comparison_path, seconds=seconds, n_train=len(data))

@@ -1,0 +1,124 @@
+"""The chain end to end on a real SQLite registry with a two-model PyCaret comparison."""
+
+import json
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from mlops_core.data import make_datasets
+from mlops_core.errors import BusyError
+from mlops_core.pipeline import pipeline_lock, run
+from mlops_core.registry import Registry
+
+
+def _versions(settings):
+    return Registry(settings).versions()
+
+
+def _runs(settings, status):
+    client = MlflowClient(settings.tracking_uri)
+    exp = client.get_experiment_by_name(settings.experiment)
+    return client.search_runs([exp.experiment_id], f"tags.`mlops.status` = '{status}'")
+
+
+def test_bootstrap_registers_version_1_as_production_and_staging(bootstrapped):
+    reg = Registry(bootstrapped)
+    assert reg.aliases() == {"production": "1", "staging": "1"}
+    assert reg.describe("1")["lifecycle"] == "production"
+    assert (bootstrapped.models_dir / "best_model.pkl").exists()
+    table = pd.read_csv(bootstrapped.models_dir / "pycaret_compare_results.csv", index_col=0)
+    assert list(table.index) == ["lr", "dt"] or list(table.index) == ["dt", "lr"]
+    assert table["Accuracy"].is_monotonic_decreasing
+    assert len(_runs(bootstrapped, "no_drift")) == 1  # the batch was recorded as processed
+
+
+def test_same_content_is_skipped_unless_forced(fresh):
+    s = fresh
+    again = run(s)
+    assert again.status == "skipped" and "already processed" in again.reason
+    assert again.production == "1" and len(_versions(s)) == 1
+    forced = run(s, force=True)
+    assert forced.status == "no_drift" and len(_versions(s)) == 1
+
+
+def test_no_drift_batch_records_no_drift_and_creates_no_version(fresh):
+    s = fresh
+    make_datasets(s, seed=11, write_train=False)
+    result = run(s)
+    assert result.status == "no_drift" and not result.drift["drift"]
+    assert result.drift["mean_psi"] <= s.psi_threshold
+    assert [v["version"] for v in _versions(s)] == ["1"]
+    assert Registry(s).aliases() == {"production": "1", "staging": "1"}
+    assert json.loads((s.data_dir / "drift_report.json").read_text())["drift"] is False
+    assert (s.data_dir / "drift_flag.txt").read_text().startswith("drift=false")
+
+
+def test_drifted_batch_creates_a_version_with_both_holdout_scores(fresh):
+    s = fresh
+    make_datasets(s, seed=5, drift=0.5, write_train=False)
+    result = run(s)
+    assert result.drift["drift"] and result.version == "2"
+    reg = Registry(s)
+    tags = reg.describe("2")["tags"]
+    cand, prod = float(tags["holdout_accuracy_candidate"]), float(tags["holdout_accuracy_production"])
+    assert tags["compared_with"] == "1" and tags["decision"] == result.status
+    if cand > prod:
+        assert result.status == "promoted"
+        assert reg.aliases() == {"production": "2", "staging": "2"}
+        assert reg.describe("1")["lifecycle"] == "archived"
+        assert reg.describe("2")["lifecycle"] == "production"
+    else:
+        assert result.status == "staged"
+        assert reg.aliases() == {"production": "1", "staging": "2"}
+        assert reg.describe("2")["lifecycle"] == "staging"
+    assert result.production == reg.aliases()["production"]
+    # the run holds the drift report, its picture, the comparison table and the decision
+    client = MlflowClient(s.tracking_uri)
+    names = {a.path for a in client.list_artifacts(result.run_id)}
+    names |= {a.path for a in client.list_artifacts(result.run_id, "drift")}
+    assert {"decision.json", "pycaret_compare_results.csv", "drift/drift_report.png",
+            "drift/drift_report.json", "reference"} <= names
+
+
+def test_ties_keep_production(fresh):
+    # an impossible improvement requirement: the candidate stays Staging
+    s = fresh.replace(min_improvement=1.0)
+    make_datasets(s, seed=6, drift=0.5, write_train=False)
+    result = run(s)
+    assert result.status == "staged"
+    assert Registry(s).aliases() == {"production": "1", "staging": result.version}
+
+
+def test_unlabelled_drifted_batch_is_refused_and_nothing_changes(fresh):
+    s = fresh
+    make_datasets(s, seed=7, drift=0.5, write_train=False)
+    frame = pd.read_csv(s.current_csv).drop(columns=[s.target])
+    frame.to_csv(s.current_csv, index=False)
+    result = run(s)
+    assert result.status == "refused" and "no 'survived' labels" in result.reason
+    assert result.drift["drift"] is True
+    assert [v["version"] for v in _versions(s)] == ["1"]
+    assert Registry(s).aliases() == {"production": "1", "staging": "1"}
+
+
+def test_one_run_at_a_time(fresh):
+    s = fresh
+    with pipeline_lock(s):
+        with pytest.raises(BusyError, match="another pipeline run holds"):
+            run(s, lock_timeout=0.2)
+
+
+def test_logged_model_has_explicit_requirements_and_signature(bootstrapped, tmp_path):
+    client = MlflowClient(bootstrapped.tracking_uri)
+    mv = client.get_model_version(bootstrapped.model_name, "1")
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{bootstrapped.model_name}/1",
+                                                dst_path=str(tmp_path), tracking_uri=bootstrapped.tracking_uri)
+    reqs = (tmp_path / "requirements.txt").read_text() if (tmp_path / "requirements.txt").exists() else \
+        open(f"{local}/requirements.txt").read()
+    assert "pycaret==3.3.2" in reqs and "pytest" not in reqs
+    loaded = Registry(bootstrapped).load_model("1")
+    assert loaded.columns == list(bootstrapped.features) and loaded.run_id == mv.run_id
+    assert loaded.dtypes["age"] == "double" and loaded.dtypes["sex"] == "string"
