@@ -19,7 +19,7 @@ test: $(STAMP)  ## run the whole test suite (installs first when needed)
 	$(BIN)/python -m pytest
 
 up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)
-	$(BIN)/python -m mlops_core.up
+	$(BIN)/mlops up
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -161,5 +161,17 @@ def rollback(settings: Settings, as_json: bool) -> None:
     _emit(obj, as_json, f"production={obj['production']} staging={obj['staging']} archived={obj['archived']}")
 
 
+@main.command()
+@click.option("--port", type=int, default=8000, show_default=True, help="Prediction server port (127.0.0.1).")
+@click.option("--ui-port", type=int, default=5000, show_default=True, help="MLflow UI port (127.0.0.1).")
+@click.option("--no-ui", is_flag=True, help="Do not start the MLflow UI.")
+@click.pass_obj
+def up(settings: Settings, port: int, ui_port: int, no_ui: bool) -> None:
+    """Bootstrap, then run the watcher, the server and the MLflow UI in the foreground."""
+    from .stack import up as run_stack
+
+    sys.exit(run_stack(settings, port=port, ui_port=ui_port, ui=not no_ui))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -39,13 +39,12 @@ def _numeric_counts(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def _categorical_counts(values) -> dict[str, int]:
-    series = pd.Series(values, dtype="object")
-    labels = series.where(series.isna(), series.astype(str))
-    counts = labels.value_counts(dropna=True).to_dict()
-    n_missing = int(series.isna().sum())
-    out = {str(k): int(v) for k, v in counts.items()}
-    if n_missing:
-        out[_MISSING] = out.get(_MISSING, 0) + n_missing
+    """Counts per category label (``str`` of the value), missing values under one label."""
+    counts = pd.Series(values, copy=False).value_counts(dropna=False, sort=False)
+    out: dict[str, int] = {}
+    for key, n in counts.items():
+        label = _MISSING if pd.isna(key) else str(key)
+        out[label] = out.get(label, 0) + int(n)
     return out
 
 

@@ -1,0 +1,106 @@
+"""Bring the whole loop up in the foreground: watcher, gunicorn server and MLflow UI (``mlops up``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+
+__all__ = ["Service", "services", "up"]
+
+log = logging.getLogger(__name__)
+_REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    url: str = ""
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (beside the running interpreter), else from PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def services(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = True) -> list[Service]:
+    out = [Service("watcher", [sys.executable, "-m", "watcher"]),
+           Service("server", [_bin("gunicorn"), "-c", str(_REPO / "server" / "gunicorn.conf.py"),
+                              "--bind", f"127.0.0.1:{port}", "server:create_app()"],
+                   f"http://127.0.0.1:{port}")]
+    if ui:
+        argv = [_bin("mlflow"), "server", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1",
+                "--port", str(ui_port), "--workers", "1"]
+        if settings.is_local_store:
+            argv += ["--default-artifact-root", settings.artifact_root.as_uri()]
+        out.append(Service("mlflow-ui", argv, f"http://127.0.0.1:{ui_port}"))
+    return out
+
+
+def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = True) -> int:
+    """Prepare data and Production, start every service, wait; Ctrl-C stops them all."""
+    from .data import make_datasets
+    from .pipeline import run
+
+    if not settings.train_csv.exists() or not settings.current_csv.exists():
+        make_datasets(settings)
+        print(f"wrote demo data to {settings.data_dir}", flush=True)
+    result = run(settings)  # initialises the store once and bootstraps Production before anyone polls
+    print(f"chain: {result.status} (production={result.production}, staging={result.staging})", flush=True)
+    env = {**os.environ, "MLOPS_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.tracking_uri,
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+    procs: list[tuple[Service, subprocess.Popen]] = []
+    stopping = False
+
+    def _stop(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for svc in services(settings, port=port, ui_port=ui_port, ui=ui):
+            procs.append((svc, subprocess.Popen(svc.argv, env=env, cwd=settings.home, start_new_session=True)))
+            print(f"started {svc.name} (pid {procs[-1][1].pid})" + (f" on {svc.url}" if svc.url else ""),
+                  flush=True)
+        print(f"\nDrop a labelled batch at {settings.current_csv} (e.g. `mlops make-data --drift 0.5 --seed 1 "
+              f"--no-train`) and watch it flow. Try:\n  curl -s -X POST http://127.0.0.1:{port}/predict "
+              "-H 'Content-Type: application/json' -d '{\"user_id\": 2, \"features\": {\"pclass\": 3, "
+              "\"sex\": \"male\", \"age\": 22, \"fare\": 7.25, \"sibsp\": 1, \"parch\": 0, \"embarked\": \"S\"}}'"
+              f"\n  curl -s http://127.0.0.1:{port}/models\nCtrl-C stops everything.", flush=True)
+        while not stopping:
+            for svc, proc in procs:
+                if proc.poll() is not None:
+                    print(f"{svc.name} exited with {proc.returncode}; stopping the others", flush=True)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        _terminate([p for _, p in procs])
+
+
+def _terminate(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
