@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from .drift import DriftReport, ReferenceProfile
 from .errors import BusyError, DataValidationError
 from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
 
-__all__ = ["RunResult", "run", "bootstrap", "check_drift", "file_digest", "pipeline_lock", "score"]
+__all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "bootstrap",
+           "check_drift", "file_digest", "pipeline_lock", "score"]
 
 log = logging.getLogger(__name__)
 
@@ -145,47 +147,46 @@ def _lenient(batch: pd.DataFrame, settings: Settings, kinds: dict) -> pd.DataFra
 
 def bootstrap(settings: Settings, registry: Registry, stages: _Stages | None = None) -> str:
     """Train on ``train.csv``, register version 1 and point both aliases at it."""
-    from .training import train
-
     stages = stages or _Stages()
     with stages("bootstrap_validate"):
         frame = validate_frame(read_csv(settings.train_csv), settings, source=str(settings.train_csv))
         kinds = infer_kinds(frame, settings.features)
-        profile = ReferenceProfile.fit(frame, features=settings.features, kinds=kinds, bins=settings.bins)
-    with registry.start_run("bootstrap", tags={"mlops.kind": "bootstrap"}) as run:
-        with stages("bootstrap_train"):
-            result = train(frame, settings, kinds=kinds)
-        with stages("bootstrap_register"):
-            version = _log_and_register(settings, registry, run.info.run_id, result, frame, profile,
-                                        tags={"mlops.source": "bootstrap"})
-            registry.promote(version)
-        _mlflow_log({"mlops.status": "bootstrapped", "mlops.version": version}, {}, {})
+    run_id = registry.create_run("bootstrap", tags={"mlops.kind": "bootstrap"})
+    ok = False
+    try:
+        version = _train_and_register(settings, registry, run_id, frame, kinds, stages, prefix="bootstrap_",
+                                      tags={"mlops.source": "bootstrap"})
+        registry.promote(version)
+        registry.log_run(run_id, tags={"mlops.status": "bootstrapped", "mlops.version": version})
+        ok = True
+    finally:
+        with contextlib.suppress(Exception):
+            registry.finish_run(run_id, ok=ok)
     log.info("bootstrapped %s version %s from %s", settings.model_name, version, settings.train_csv)
     return version
 
 
-def _mlflow_log(tags: dict, params: dict, metrics: dict) -> None:
-    import mlflow
+def _train_and_register(settings, registry, run_id, frame, kinds, stages, *, prefix="", tags) -> str:
+    """Train on ``frame``, log everything to ``run_id`` and register a version (no alias yet)."""
+    from .training import train
 
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
-    if params:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-    if metrics:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    with stages(f"{prefix}train"):
+        result = train(frame, settings, kinds=kinds)
+    with stages(f"{prefix}register"):
+        return _register(settings, registry, run_id, result, frame, kinds, tags=tags)
 
 
-def _log_and_register(settings, registry, run_id, result, frame, profile, *, tags: dict) -> str:
-    import mlflow
-
-    example = frame[list(settings.features)].head(5).reset_index(drop=True)
-    mlflow.log_params({"models": ",".join(settings.models) or "all", "fold": settings.fold,
-                       "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": result.n_train,
-                       "best_model": result.model_name, "features": ",".join(settings.features),
-                       "target": settings.target})
-    mlflow.log_metrics({f"cv_{k}": v for k, v in result.cv_metrics.items()})
-    mlflow.log_artifact(str(result.comparison_path))
-    registry.log_reference(profile, frame)
-    uri = registry.log_model(result.model, example)
+def _register(settings, registry, run_id, result, frame, kinds, *, tags) -> str:
+    """Log the trained pipeline, its comparison and reference to ``run_id``; create a version."""
+    profile = ReferenceProfile.fit(frame, features=settings.features, kinds=kinds, bins=settings.bins)
+    registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
+                                     "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(frame),
+                                     "best_model": result.model_name, "features": ",".join(settings.features),
+                                     "target": settings.target},
+                     metrics={f"cv_{k}": v for k, v in result.cv_metrics.items()},
+                     artifacts={"": result.comparison_path})
+    registry.log_reference(run_id, profile, frame)
+    uri = registry.log_model(run_id, result.model, frame[list(settings.features)].head(5).reset_index(drop=True))
     return registry.register(uri, run_id, {"mlops.model": result.model_name,
                                            "cv_accuracy": round(result.cv_metrics.get("accuracy", 0.0), 6),
                                            **tags})
@@ -201,91 +202,114 @@ def _holdout_split(batch: pd.DataFrame, settings: Settings) -> tuple[pd.DataFram
     return fit.reset_index(drop=True), hold.reset_index(drop=True)
 
 
-def run(settings: Settings, *, force: bool = False, current: Path | None = None,
-        registry: Registry | None = None, lock_timeout: float = 900.0) -> RunResult:
-    """Process one batch through the whole chain and return the decision."""
+# -- the stages, callable one by one (the Airflow DAG) or chained by run() --------------------------
+
+def begin(settings: Settings, *, current: Path | None = None, force: bool = False,
+          registry: Registry | None = None, stages: _Stages | None = None) -> RunResult:
+    """Validate the batch, bootstrap an empty registry, skip known content, score drift.
+
+    Returns ``status`` ``drift`` (the chain run stays open for :func:`train_candidate`),
+    or a final ``no_drift``, ``refused`` or ``skipped``.
+    """
     current = Path(current or settings.current_csv)
-    stages = _Stages()
-    with pipeline_lock(settings, timeout=lock_timeout):
-        registry = registry or Registry(settings)
-        with stages("validate"):
-            try:
-                content = current.read_bytes()
-            except OSError as err:
-                raise DataValidationError(str(current), [f"cannot read file: {err.strerror or err}"]) from err
-            digest = hashlib.sha256(content).hexdigest()
-            raw = read_csv(current, content=content)  # one clear error for an empty or garbled file
-            aliases = registry.aliases()
-            production = aliases.get(PRODUCTION)
-            profile, ref_frame = _reference(settings, registry, production, with_data=False)
-            kinds = {c: profile.kinds[c] for c in settings.features}
-            batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=str(current))
-        if not force and (done := registry.processed_run(digest)):
-            prod, stag = aliases.get(PRODUCTION), aliases.get(STAGING)
-            return RunResult("skipped", production=prod, staging=stag, digest=digest, timings=stages.seconds,
-                             reason=f"content {digest[:12]} was already processed by run {done}; use --force")
-        bootstrapped = None
-        if production is None:
-            production = bootstrapped = bootstrap(settings, registry, stages)
-        result = _process(settings, registry, batch, digest, production, stages, kinds)
-        result.bootstrapped = bootstrapped
-        result.timings = stages.seconds
-        return result
-
-
-def _process(settings, registry, batch, digest, production, stages, kinds) -> RunResult:
-    import mlflow
-
-    with registry.start_run("chain", tags={"mlops.kind": "chain", "mlops.batch_sha256": digest,
-                                           "mlops.production_before": production}) as run:
-        run_id = run.info.run_id
+    registry = registry or Registry(settings)
+    stages = stages or _Stages()
+    with stages("validate"):
+        try:
+            content = current.read_bytes()
+        except OSError as err:
+            raise DataValidationError(str(current), [f"cannot read file: {err.strerror or err}"]) from err
+        digest = hashlib.sha256(content).hexdigest()
+        raw = read_csv(current, content=content)  # one clear error for an empty or garbled file
+        production = registry.aliases().get(PRODUCTION)
+        profile, _ = _reference(settings, registry, production, with_data=False)
+        kinds = {c: profile.kinds[c] for c in settings.features}
+        batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=str(current))
+    if not force and (done := registry.processed_run(digest)):
+        aliases = registry.aliases()
+        return RunResult("skipped", production=aliases.get(PRODUCTION), staging=aliases.get(STAGING), digest=digest,
+                         reason=f"content {digest[:12]} was already processed by run {done}; use --force",
+                         timings=stages.seconds)
+    bootstrapped = None
+    if production is None:
+        production = bootstrapped = bootstrap(settings, registry, stages)
+    run_id = registry.create_run("chain", tags={"mlops.kind": "chain", "mlops.batch_sha256": digest,
+                                               "mlops.production_before": production, "mlops.current": current})
+    out = RunResult("drift", run_id=run_id, digest=digest, bootstrapped=bootstrapped, timings=stages.seconds)
+    try:
         with stages("drift"):
-            profile, ref_frame = registry.load_reference(production)
+            profile, _ = registry.load_reference(production, with_data=False)
             report = profile.report(batch, settings.drift_features, threshold=settings.psi_threshold)
             paths = report.save(settings.data_dir)
-            for p in paths.values():
-                mlflow.log_artifact(str(p), artifact_path="drift")
-            mlflow.log_metrics({"mean_psi": report.mean_psi, **{f"psi_{k}": v for k, v in report.psi.items()}})
-        drift = report.summary()
-        out = RunResult("no_drift", drift=drift, run_id=run_id, digest=digest)
+            registry.log_run(run_id, artifacts={"drift": list(paths.values())},
+                             metrics={"mean_psi": report.mean_psi, **{f"psi_{k}": v for k, v in report.psi.items()}},
+                             tags={"mlops.drift": str(report.drift).lower(),
+                                   "mlops.drift_summary": json.dumps(report.summary())})
+        out.drift = report.summary()
         if not report.drift:
-            out.reason = f"mean PSI {report.mean_psi:.4f} <= threshold {settings.psi_threshold}"
+            out.status, out.reason = "no_drift", f"mean PSI {report.mean_psi:.4f} <= threshold {settings.psi_threshold}"
         elif settings.target not in batch.columns:
             out.status = "refused"
             out.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch has no "
                           f"{settings.target!r} labels: retraining refused")
         else:
-            _retrain(settings, registry, batch, ref_frame, profile, production, stages, kinds, out)
-        aliases = registry.aliases()
-        out.production, out.staging = aliases.get(PRODUCTION), aliases.get(STAGING)
-        _mlflow_log({"mlops.status": out.status, "mlops.reason": out.reason,
-                     "mlops.version": out.version or ""}, {}, {})
-        mlflow.log_text(dumps(out.to_dict()), "decision.json")
-    log.info("decision status=%s version=%s production=%s staging=%s reason=%r", out.status, out.version,
-             out.production, out.staging, out.reason)
-    return out
+            fit_rows, holdout = _holdout_split(batch, settings)
+            _save_candidate_inputs(settings, fit_rows, holdout, kinds)
+            return out
+        return _finish(settings, registry, out)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            registry.finish_run(run_id, ok=False)
+        raise
 
 
-def _retrain(settings, registry, batch, ref_frame, profile, production, stages, kinds, out: RunResult) -> None:
-    import mlflow
-
+def train_candidate(settings: Settings, run_id: str, *, registry: Registry | None = None,
+                    stages: _Stages | None = None):
+    """Train on the Production reference plus the batch's training rows (holdout kept out)."""
     from .training import train
 
-    fit_rows, holdout = _holdout_split(batch, settings)
-    training = pd.concat([ref_frame, fit_rows[ref_frame.columns.intersection(fit_rows.columns)]],
-                         ignore_index=True)
+    registry = registry or Registry(settings)
+    stages = stages or _Stages()
+    production = registry.run_tags(run_id)["mlops.production_before"]
+    fit_rows, _, kinds = _load_candidate_inputs(settings)
+    _, ref_frame = registry.load_reference(production)
+    training = pd.concat([ref_frame, fit_rows[ref_frame.columns.intersection(fit_rows.columns)]], ignore_index=True)
     if settings.train_window:
         training = training.tail(settings.train_window).reset_index(drop=True)
+    training.to_parquet(_candidate_dir(settings) / "training.parquet", index=False)
     with stages("train"):
-        result = train(training, settings, kinds=kinds)
-    new_profile = ReferenceProfile.fit(training, features=settings.features, kinds=kinds, bins=settings.bins)
+        return train(training, settings, kinds=kinds)
+
+
+def register_candidate(settings: Settings, run_id: str, result=None, *, registry: Registry | None = None,
+                       stages: _Stages | None = None) -> str:
+    """Log the trained candidate to ``run_id`` and register it as a new version (no alias yet)."""
+    from .training import TrainResult
+
+    registry = registry or Registry(settings)
+    stages = stages or _Stages()
+    training = pd.read_parquet(_candidate_dir(settings) / "training.parquet")
+    _, _, kinds = _load_candidate_inputs(settings)
+    result = result or TrainResult.load(settings, n_train=len(training))
+    digest = registry.run_tags(run_id).get("mlops.batch_sha256", "")
     with stages("register"):
-        version = _log_and_register(settings, registry, out.run_id, result, training, new_profile,
-                                    tags={"mlops.source": "drift", "mlops.batch_sha256": out.digest})
-    out.version = version
+        return _register(settings, registry, run_id, result, training, kinds,
+                         tags={"mlops.source": "drift", "mlops.batch_sha256": digest})
+
+
+def decide(settings: Settings, run_id: str, version: str, *, registry: Registry | None = None,
+           stages: _Stages | None = None) -> RunResult:
+    """Score candidate and Production on the same held-out rows; promote if strictly better, else stage."""
+    registry = registry or Registry(settings)
+    stages = stages or _Stages()
+    tags = registry.run_tags(run_id)
+    production = tags["mlops.production_before"]
+    out = RunResult("staged", version=version, run_id=run_id, digest=tags.get("mlops.batch_sha256", ""),
+                    drift=json.loads(tags.get("mlops.drift_summary", "null")), timings=stages.seconds)
+    _, holdout, _ = _load_candidate_inputs(settings)
     try:
         with stages("score"):
-            candidate = score(result.model, holdout, settings)
+            candidate = score(registry.load_model(version).model, holdout, settings)
             champion = score(registry.load_model(production).model, holdout, settings)
         metric = settings.promotion_metric
         better = candidate > champion + settings.min_improvement
@@ -294,18 +318,69 @@ def _retrain(settings, registry, batch, ref_frame, profile, production, stages, 
         out.status = "promoted" if better else "staged"
         out.reason = (f"holdout {metric}: candidate v{version} {candidate:.4f} vs production v{production} "
                       f"{champion:.4f} -> {'promoted' if better else 'kept as staging'}")
-        mlflow.log_metrics({f"holdout_{metric}_candidate": candidate, f"holdout_{metric}_production": champion})
+        registry.log_run(run_id, metrics={f"holdout_{metric}_candidate": candidate,
+                                          f"holdout_{metric}_production": champion})
         registry.tag_version(version, {f"holdout_{metric}_candidate": round(candidate, 6),
                                        f"holdout_{metric}_production": round(champion, 6),
                                        "holdout_rows": len(holdout), "compared_with": production,
                                        "decision": out.status, "decision_reason": out.reason})
         with stages("promote"):
-            if better:
-                registry.promote(version)
-            else:
-                registry.stage(version)
+            registry.promote(version) if better else registry.stage(version)
     except BaseException:
         # never leave a half-registered version looking live: it keeps no alias and says it failed
         with contextlib.suppress(Exception):
             registry.tag_version(version, {LIFECYCLE: "failed"})
         raise
+    return _finish(settings, registry, out)
+
+
+def _finish(settings: Settings, registry: Registry, out: RunResult) -> RunResult:
+    """Record the decision on the chain run and close it; the batch now counts as processed."""
+    aliases = registry.aliases()
+    out.production, out.staging = aliases.get(PRODUCTION), aliases.get(STAGING)
+    registry.log_run(out.run_id, tags={"mlops.status": out.status, "mlops.reason": out.reason,
+                                       "mlops.version": out.version or "", "mlops.done": "true"},
+                     text={"decision.json": dumps(out.to_dict())})
+    registry.finish_run(out.run_id, ok=True)
+    log.info("decision status=%s version=%s production=%s staging=%s reason=%r", out.status, out.version,
+             out.production, out.staging, out.reason)
+    return out
+
+
+def _candidate_dir(settings: Settings) -> Path:
+    return settings.models_dir / "candidate"
+
+
+def _save_candidate_inputs(settings: Settings, fit_rows: pd.DataFrame, holdout: pd.DataFrame, kinds: dict) -> None:
+    folder = _candidate_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    fit_rows.to_parquet(folder / "train_rows.parquet", index=False)
+    holdout.to_parquet(folder / "holdout.parquet", index=False)
+    (folder / "kinds.json").write_text(json.dumps(kinds))
+
+
+def _load_candidate_inputs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    folder = _candidate_dir(settings)
+    return (pd.read_parquet(folder / "train_rows.parquet"), pd.read_parquet(folder / "holdout.parquet"),
+            json.loads((folder / "kinds.json").read_text()))
+
+
+def run(settings: Settings, *, force: bool = False, current: Path | None = None,
+        registry: Registry | None = None, lock_timeout: float = 900.0) -> RunResult:
+    """Process one batch through the whole chain under the lock and return the decision."""
+    stages = _Stages()
+    with pipeline_lock(settings, timeout=lock_timeout):
+        registry = registry or Registry(settings)
+        out = begin(settings, current=current, force=force, registry=registry, stages=stages)
+        if out.status != "drift":
+            return out
+        try:
+            result = train_candidate(settings, out.run_id, registry=registry, stages=stages)
+            version = register_candidate(settings, out.run_id, result, registry=registry, stages=stages)
+            result = decide(settings, out.run_id, version, registry=registry, stages=stages)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                registry.finish_run(out.run_id, ok=False)
+            raise
+        result.bootstrapped = out.bootstrapped
+        return result

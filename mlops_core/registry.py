@@ -127,52 +127,70 @@ class Registry:
                     raise
                 return exp.experiment_id
 
-    @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str] | None = None):
-        """An MLflow run in the loop's experiment; failed on exception, finished otherwise."""
-        mlflow = _mlflow()
+    def create_run(self, run_name: str, tags: dict[str, str] | None = None) -> str:
+        """Open a run in the loop's experiment and return its id (runs are addressed by id, not fluently)."""
         experiment_id = self.experiment_id()
         with registry_errors("starting an MLflow run"):
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags or {})
-        ok = False
-        try:
-            yield run
-            ok = True
-        finally:
-            with contextlib.suppress(Exception):
-                mlflow.end_run(status="FINISHED" if ok else "FAILED")
+            run = self.client.create_run(experiment_id, run_name=run_name,
+                                         tags={k: str(v) for k, v in (tags or {}).items()})
+        return run.info.run_id
+
+    def log_run(self, run_id: str, *, tags: dict | None = None, params: dict | None = None,
+                metrics: dict | None = None, artifacts: dict[str, Path] | None = None,
+                text: dict[str, str] | None = None) -> None:
+        """Record tags, params, metrics and files on run ``run_id`` (artifacts: folder -> file)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        with registry_errors(f"recording on run {run_id}"):
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                                  params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+                                  tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
+            for path, folder in ((p, f) for f, ps in (artifacts or {}).items() for p in _as_list(ps)):
+                self.client.log_artifact(run_id, str(path), artifact_path=folder or None)
+            for name, content in (text or {}).items():
+                self.client.log_text(run_id, content, name)
+
+    def finish_run(self, run_id: str, *, ok: bool) -> None:
+        with registry_errors(f"closing run {run_id}"):
+            self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        with registry_errors(f"reading run {run_id}"):
+            return dict(self.client.get_run(run_id).data.tags)
 
     def processed_run(self, digest: str) -> str | None:
-        """The id of a finished run that already processed content ``digest``, if any."""
+        """The id of a run that completed processing content ``digest``, if any."""
         experiment_id = self.experiment_id()
         with registry_errors("searching processed batches"):
             runs = self.client.search_runs(
                 [experiment_id], filter_string=f"tags.`mlops.batch_sha256` = '{digest}' and "
-                                               f"attributes.status = 'FINISHED'", max_results=1)
+                                               f"tags.`mlops.done` = 'true'", max_results=1)
         return runs[0].info.run_id if runs else None
 
     # -- writing -------------------------------------------------------------------
-    def log_model(self, model, example: pd.DataFrame) -> str:
-        """Log ``model`` to the active run (signature, input example, explicit requirements)."""
+    def log_model(self, run_id: str, model, example: pd.DataFrame) -> str:
+        """Log ``model`` to run ``run_id`` (signature, input example, explicit requirements)."""
         mlflow = _mlflow()
         from mlflow.models import infer_signature
 
         with registry_errors("logging the model"):
             signature = infer_signature(example, model.predict(example))
-            info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
-                                            signature=signature, input_example=example,
-                                            pip_requirements=_requirements(model))
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
+                                                signature=signature, input_example=example,
+                                                pip_requirements=_requirements(model))
+            self.client.update_run(run_id, status="RUNNING")  # the chain closes the run itself
         return info.model_uri
 
-    def log_reference(self, profile: ReferenceProfile, frame: pd.DataFrame) -> None:
-        """Store the reference profile and training data with the active run."""
-        mlflow = _mlflow()
+    def log_reference(self, run_id: str, profile: ReferenceProfile, frame: pd.DataFrame) -> None:
+        """Store the reference profile and training data with run ``run_id``."""
         with tempfile.TemporaryDirectory() as tmp, registry_errors("logging the reference"):
             folder = Path(tmp) / "reference"
             folder.mkdir()
             profile.save(folder / "profile.json")
             frame.to_parquet(folder / "training_data.parquet", index=False)
-            mlflow.log_artifacts(str(folder), artifact_path="reference")
+            self.client.log_artifacts(run_id, str(folder), artifact_path="reference")
 
     def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
         """Create a new version (no alias yet) and return its number."""
@@ -299,6 +317,10 @@ def _requirements(model) -> list[str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             reqs.append(f"{name}=={metadata.version(name)}")
     return reqs
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def dumps(obj: Any) -> str:

@@ -54,6 +54,23 @@ class TrainResult:
     seconds: float
     n_train: int
 
+    @classmethod
+    def load(cls, settings: Settings, *, n_train: int = 0) -> TrainResult:
+        """Re-read what :func:`train` wrote under ``settings.models_dir`` (for a separate register step)."""
+        model_path = settings.models_dir / "best_model.pkl"
+        comparison_path = settings.models_dir / "pycaret_compare_results.csv"
+        comparison = pd.read_csv(comparison_path, index_col=0)
+        top = comparison.iloc[0]
+        return cls(model=joblib.load(model_path), model_id=str(comparison.index[0]), model_name=str(top["Model"]),
+                   comparison=comparison, cv_metrics=_metrics(top), model_path=model_path,
+                   comparison_path=comparison_path, seconds=0.0, n_train=n_train)
+
+
+def _metrics(row: pd.Series) -> dict[str, float]:
+    """The comparison row's scores as ``accuracy``, ``auc``, ``f1``… (the timing column left out)."""
+    return {re.sub(r"[^a-z0-9]+", "_", str(k).lower()).strip("_"): float(v) for k, v in row.items()
+            if isinstance(v, (int, float)) and k != "TT (Sec)"}
+
 
 def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | None = None) -> TrainResult:
     """Compare ``settings.models`` on ``frame`` by Accuracy and finalise the best.
@@ -97,8 +114,7 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     tmp = model_path.with_suffix(".pkl.tmp")
     joblib.dump(final, tmp)
     os.replace(tmp, model_path)
-    metrics = {re.sub(r"[^a-z0-9]+", "_", str(k).lower()).strip("_"): float(v) for k, v in top.items()
-               if isinstance(v, (int, float)) and k != "TT (Sec)"}
+    metrics = _metrics(top)
     seconds = time.perf_counter() - started
     log.info("trained %s (cv accuracy %.4f) on %d rows in %.1fs", top.get("Model"), metrics.get("accuracy", 0.0),
              len(data), seconds)
