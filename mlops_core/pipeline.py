@@ -21,7 +21,7 @@ from .drift import DriftReport, ReferenceProfile
 from .errors import BusyError, DataValidationError
 from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
 
-__all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "bootstrap",
+__all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "abort", "bootstrap",
            "check_drift", "file_digest", "pipeline_lock", "score"]
 
 log = logging.getLogger(__name__)
@@ -365,6 +365,12 @@ def _load_candidate_inputs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFra
             json.loads((folder / "kinds.json").read_text()))
 
 
+def abort(settings: Settings, run_id: str, *, registry: Registry | None = None) -> None:
+    """Mark an open chain run failed (its batch is then processed again next time)."""
+    with contextlib.suppress(Exception):
+        (registry or Registry(settings)).finish_run(run_id, ok=False)
+
+
 def run(settings: Settings, *, force: bool = False, current: Path | None = None,
         registry: Registry | None = None, lock_timeout: float = 900.0) -> RunResult:
     """Process one batch through the whole chain under the lock and return the decision."""
@@ -379,8 +385,7 @@ def run(settings: Settings, *, force: bool = False, current: Path | None = None,
             version = register_candidate(settings, out.run_id, result, registry=registry, stages=stages)
             result = decide(settings, out.run_id, version, registry=registry, stages=stages)
         except BaseException:
-            with contextlib.suppress(Exception):
-                registry.finish_run(out.run_id, ok=False)
+            abort(settings, out.run_id, registry=registry)
             raise
         result.bootstrapped = out.bootstrapped
         return result
