@@ -187,7 +187,7 @@ def _register(settings, registry, run_id, result, frame, kinds, *, tags) -> str:
                      artifacts={"": result.comparison_path})
     registry.log_reference(run_id, profile, frame)
     uri = registry.log_model(run_id, result.model, frame[list(settings.features)].head(5).reset_index(drop=True))
-    return registry.register(uri, run_id, {"mlops.model": result.model_name,
+    return registry.register(uri, {"mlops.model": result.model_name,
                                            "cv_accuracy": round(result.cv_metrics.get("accuracy", 0.0), 6),
                                            **tags})
 

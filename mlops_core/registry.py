@@ -192,18 +192,10 @@ class Registry:
             frame.to_parquet(folder / "training_data.parquet", index=False)
             self.client.log_artifacts(run_id, str(folder), artifact_path="reference")
 
-    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
-        """Create a new version (no alias yet) and return its number."""
+    def register(self, model_uri: str, tags: dict[str, str]) -> str:
+        """Create a new version of the logged model ``model_uri`` (no alias yet) and return its number."""
         with registry_errors(f"registering a version of {self.name!r}"):
-            try:
-                self.client.get_registered_model(self.name)
-            except Exception as err:
-                if not _is_missing(err):
-                    raise
-                with contextlib.suppress(Exception):  # another process may create it first
-                    self.client.create_registered_model(self.name)
-            mv = self.client.create_model_version(self.name, source=model_uri, run_id=run_id,
-                                                  tags={k: str(v) for k, v in tags.items()})
+            mv = _mlflow().register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()})
         return str(mv.version)
 
     def tag_version(self, version: str, tags: dict[str, Any]) -> None:
