@@ -99,6 +99,11 @@ def read_csv(path: str | os.PathLike, *, content: bytes | None = None) -> pd.Dat
     head = content[:65536]
     if b"\x00" in head:
         raise DataValidationError(name, ["not a CSV text file (binary content)"])
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataValidationError(name, [f"not UTF-8 text: byte 0x{content[err.start]:02x} at offset {err.start}"
+                                         ]) from err
     header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip().lstrip("\ufeff")
     columns = [c.strip().strip('"') for c in header.split(",")]
     dupes = sorted({c for c in columns if columns.count(c) > 1})
@@ -139,8 +144,11 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
     kinds = {**infer_kinds(frame, present), **(kinds or {})}
     out = frame[[*present, *([settings.target] if has_target else [])]].copy()
     for col in present:
+        if len(out) and out[col].isna().all():
+            problems.append(f"column {col!r} has no values (all missing)")
+            continue
         if kinds.get(col) != NUMERIC:
-            out[col] = out[col].astype("object").where(out[col].notna(), None)
+            out[col] = out[col].astype("object").where(out[col].notna(), np.nan)
             continue
         values = pd.to_numeric(out[col], errors="coerce")
         bad = out[col].notna() & values.isna()
@@ -152,7 +160,9 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
             problems.append(f"column {col!r}: {int(infinite.sum())} infinite value(s)")
         out[col] = values.astype(float)
     if has_target and len(out):
-        target = pd.to_numeric(out[settings.target], errors="coerce")
+        labels = out[settings.target]
+        target = (pd.Series(np.nan, index=out.index) if pd.api.types.is_bool_dtype(labels)
+                  else pd.to_numeric(labels, errors="coerce"))
         if out[settings.target].isna().all():
             out = out.drop(columns=[settings.target])
             if require_target:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pandas as pd
 
 from .config import Settings
@@ -87,7 +88,7 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     categorical = [c for c in features if c not in numeric]
     data = frame[[*features, settings.target]].reset_index(drop=True)
     for c in categorical:  # PyCaret wants strings for categories, not mixed objects
-        data[c] = data[c].astype("object").where(data[c].notna(), None)
+        data[c] = data[c].astype("object").where(data[c].notna(), np.nan)
     exp = classification.ClassificationExperiment()
     try:
         exp.setup(data=data, target=settings.target, session_id=settings.seed, fold=settings.fold,

@@ -1,0 +1,57 @@
+"""The prediction service: Flask app factory for gunicorn (``server:create_app()``) and tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+__all__ = ["create_app"]
+
+# set before MLflow is first used: a registry that is down must not block a refresh for minutes
+_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings, model store, metrics, blueprints and JSON errors.
+
+    ``config`` keys beyond Flask's: ``MLOPS_SETTINGS`` (a Settings; default
+    ``Settings.from_env()``), ``MLOPS_REGISTRY`` (an object with ``aliases()`` and
+    ``load_model(version)``; default: mlops_core's Registry) and ``MLOPS_AUTOSTART`` (load the models and start the
+    refresh scheduler now; default: yes, unless gunicorn's hooks do it after fork).
+    """
+    from mlops_core.config import Settings
+    from mlops_core.training import quiet_pycaret
+
+    from . import health, predict
+    from .errors import register_error_handlers
+    from .metrics import Metrics
+    from .store import ModelStore
+
+    for key, value in _MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+    quiet_pycaret(None)  # unpickling a model imports PyCaret: no ./logs.log
+
+    app = Flask(__name__)
+    app.config.from_mapping(MLOPS_AUTOSTART=os.environ.get("MLOPS_SERVER_HOOKS") != "gunicorn",
+                            JSON_SORT_KEYS=False)
+    if config:
+        app.config.update(config)
+    settings = app.config.get("MLOPS_SETTINGS") or Settings.from_env()
+    app.config["MLOPS_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+
+    metrics = Metrics(app)
+    store = ModelStore(settings, registry=app.config.get("MLOPS_REGISTRY"), on_refresh=metrics.observe_refresh)
+    app.extensions["mlops_store"] = store
+
+    app.register_blueprint(predict.bp)
+    app.register_blueprint(health.bp)
+    register_error_handlers(app)
+
+    if app.config["MLOPS_AUTOSTART"]:
+        store.start()
+    return app

@@ -1,0 +1,91 @@
+"""gunicorn settings for the prediction service.
+
+    gunicorn -c server/gunicorn.conf.py 'server:create_app()'
+
+Each worker loads the models and starts its own refresh scheduler after the fork
+(``post_worker_init``), so the service behaves the same with and without
+``--preload``; the scheduler stops in ``worker_exit``. Metrics of all workers are
+aggregated through prometheus_client's multiprocess mode.
+
+Environment: ``MLOPS_BIND`` (or ``GUNICORN_BIND``; default 127.0.0.1:8000),
+``MLOPS_WORKERS`` (2), ``MLOPS_THREADS`` (4), ``MLOPS_TIMEOUT`` (60 s),
+``MLOPS_CONTROL_SOCKET`` (gunicornc's socket; default: none),
+``PROMETHEUS_MULTIPROC_DIR`` (default: a fresh temporary folder), plus every
+``MLOPS_*`` setting of mlops_core.
+"""
+
+import glob
+import logging
+import os
+import shutil
+import tempfile
+
+# -- before anything imports prometheus_client or mlflow (the master reads this file first) --
+_OWN_METRICS_DIR = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _OWN_METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mlops-metrics-")
+# start with an empty metrics folder (files of a previous run would be counted again); once per
+# master, before --preload builds the app, and not again when a HUP re-reads this file
+if os.environ.get("_MLOPS_METRICS_WIPED") != str(os.getpid()):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    for _path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(_path)
+    os.environ["_MLOPS_METRICS_WIPED"] = str(os.getpid())
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ["MLOPS_SERVER_HOOKS"] = "gunicorn"  # create_app leaves the scheduler to post_worker_init
+
+bind = [os.environ.get("MLOPS_BIND") or os.environ.get("GUNICORN_BIND") or "127.0.0.1:8000"]
+workers = int(os.environ.get("MLOPS_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("MLOPS_THREADS", "4"))
+timeout = int(os.environ.get("MLOPS_TIMEOUT", "60"))  # covers the first model load in a worker
+graceful_timeout = 20
+keepalive = 5
+max_requests = 0  # a restarted worker must reload its models; do not recycle workers needlessly
+wsgi_app = "server:create_app()"
+accesslog = os.environ.get("MLOPS_ACCESS_LOG") or None
+errorlog = "-"
+# gunicorn >= 25 opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn by default: two servers
+# on one host would share it, and a sandboxed service may not write there. Opt in with MLOPS_CONTROL_SOCKET.
+control_socket_disable = not os.environ.get("MLOPS_CONTROL_SOCKET")
+control_socket = os.environ.get("MLOPS_CONTROL_SOCKET") or "gunicorn.ctl"
+loglevel = os.environ.get("MLOPS_LOG_LEVEL", "info")
+
+
+def on_starting(server):
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def post_worker_init(worker):
+    """Load the models in this worker, then start its refresh scheduler, before it serves."""
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    store = worker.wsgi.extensions["mlops_store"]
+    worker.notify()
+    store.start()
+    snapshot = store.snapshot
+    worker.log.info("worker %s serving production=%s staging=%s%s", worker.pid,
+                    snapshot.production.version if snapshot.production else None,
+                    snapshot.staging.version if snapshot.staging else None,
+                    f" (refresh error: {snapshot.error})" if snapshot.error else "")
+
+
+def worker_exit(server, worker):
+    """Stop this worker's scheduler."""
+    app = getattr(worker, "wsgi", None)
+    store = app.extensions.get("mlops_store") if app is not None and hasattr(app, "extensions") else None
+    if store is not None:
+        store.stop(wait=False)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the aggregated metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder if this file created it."""
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""GET /health, /ready, /models and /metrics: what operators and load balancers ask."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from mlops_core.config import redact_uri
+from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
+
+__all__ = ["bp"]
+
+bp = Blueprint("health", __name__)
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts else None
+
+
+def _arm(model: LoadedModel | None) -> dict | None:
+    if model is None:
+        return None
+    return {"version": model.version, "run_id": model.run_id, "loaded_at": _iso(model.loaded_at),
+            "loaded_at_epoch": model.loaded_at, "columns": list(model.columns), "dtypes": dict(model.dtypes)}
+
+
+@bp.get("/health")
+def health():
+    """Say the process is alive (nothing else is checked)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    """Say whether the process can answer predictions: 200 only with Production loaded."""
+    snapshot = current_app.extensions["mlops_store"].snapshot
+    if snapshot.production is None:
+        body = {"status": "not ready", "message": "no Production model loaded", "error": snapshot.error}
+        return jsonify(body), 503
+    return jsonify({"status": "ready", "production": snapshot.production.version,
+                    "staging": snapshot.staging.version if snapshot.staging else None})
+
+
+@bp.get("/models")
+def models():
+    """Describe each arm, the last refresh and its error, as seen by this worker."""
+    store = current_app.extensions["mlops_store"]
+    settings = store.settings
+    s = store.snapshot
+    return jsonify({
+        "model": settings.model_name,
+        "tracking_uri": redact_uri(settings.tracking_uri),
+        "worker_pid": os.getpid(),
+        "scheduler_running": store.running,
+        "refresh_seconds": settings.refresh_seconds,
+        "production": _arm(s.production),
+        "staging": _arm(s.staging),
+        "refresh": {
+            "ok": s.attempted_at is not None and s.error is None,
+            "last_attempt_at": _iso(s.attempted_at),
+            "last_success_at": _iso(s.refreshed_at),
+            "last_success_epoch": s.refreshed_at,
+            "error": s.error,
+            "last_error": s.last_error,
+            "last_error_at": _iso(s.error_at),
+            "failures": s.failures,
+        },
+        "aliases": [PRODUCTION, STAGING],
+    })
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus exposition text (every worker's values under gunicorn)."""
+    body, content_type = current_app.extensions["mlops_metrics"].render()
+    return Response(body, content_type=content_type)

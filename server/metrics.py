@@ -1,0 +1,104 @@
+"""Prometheus metrics of the service, correct under several gunicorn workers."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from flask import Flask
+
+from .store import ARMS, Snapshot
+
+__all__ = ["Metrics", "multiprocess_dir"]
+
+NO_ARM = "none"  # requests rejected before they reached a model
+
+
+def multiprocess_dir() -> str | None:
+    """The folder shared by gunicorn workers for metric files, when multiprocess mode is on."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+class Metrics:
+    """Request, error, latency and model metrics, in a registry owned by one app."""
+
+    def __init__(self, app: Flask | None = None):
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def _build(self) -> None:
+        """Create the metric objects in the process that uses them.
+
+        With ``gunicorn --preload`` the app is built in the master; metrics created
+        there would show the master as one more (idle) worker in the live gauges.
+        """
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("mlops_predict_requests", "Prediction requests, by the arm that served them.",
+                                ["stage"], registry=r)
+        self.errors = Counter("mlops_predict_errors", "Prediction requests answered with an error status.",
+                              ["stage", "code"], registry=r)
+        self.rows = Counter("mlops_predict_rows", "Rows predicted, by arm.", ["stage"], registry=r)
+        self.latency = Histogram("mlops_predict_latency_seconds", "Time to answer a prediction request.",
+                                 ["stage"], registry=r,
+                                 buckets=(.005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10))
+        self.version = Gauge("mlops_model_version", "Registry version loaded per arm (0: none), per worker.",
+                             ["stage"], registry=r, multiprocess_mode="liveall")
+        self.loaded_at = Gauge("mlops_model_loaded_timestamp_seconds", "When the loaded version was loaded.",
+                               ["stage"], registry=r, multiprocess_mode="liveall")
+        self.refreshes = Counter("mlops_refresh", "Model refreshes attempted.", registry=r)
+        self.refresh_failures = Counter("mlops_refresh_failures", "Model refreshes that failed "
+                                        "(registry unreachable or a version that would not load).", registry=r)
+        self.last_refresh = Gauge("mlops_refresh_last_success_timestamp_seconds",
+                                  "Time of the last successful refresh, per worker.", registry=r,
+                                  multiprocess_mode="liveall")
+        self._pid = os.getpid()
+
+    def _ready(self) -> Metrics:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._build()
+        return self
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["mlops_metrics"] = self
+
+    def observe_refresh(self, snapshot: Snapshot, ok: bool) -> None:
+        """Record one refresh and the versions it left loaded."""
+        self._ready()
+        self.refreshes.inc()
+        if not ok:
+            self.refresh_failures.inc()
+        if snapshot.refreshed_at is not None and ok:
+            self.last_refresh.set(snapshot.refreshed_at)
+        for alias, arm in ARMS.items():
+            model = snapshot.arm(alias)
+            self.version.labels(arm).set(int(model.version) if model is not None else 0)
+            self.loaded_at.labels(arm).set(model.loaded_at if model is not None else 0)
+
+    def observe_request(self, stage: str | None, status: int, seconds: float, rows: int) -> None:
+        self._ready()
+        stage = stage or NO_ARM
+        self.requests.labels(stage).inc()
+        self.latency.labels(stage).observe(seconds)
+        if status >= 400:
+            self.errors.labels(stage, str(status)).inc()
+        elif rows:
+            self.rows.labels(stage).inc(rows)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text: every worker's values in multiprocess mode, else this registry's."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        folder = multiprocess_dir()
+        if folder:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=folder)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._ready().registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,213 @@
+"""POST /predict: validate against the loaded model's schema, route by user_id parity, answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+
+from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
+
+from .errors import NoModelError, ValidationError
+from .store import ARMS
+
+__all__ = ["bp", "parse_body", "route", "to_frame"]
+
+bp = Blueprint("predict", __name__)
+
+_FLOATS = {"double", "float"}
+_INTEGERS = {"long", "integer"}
+_TOP_LEVEL = ("user_id", "features")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def parse_body(raw: bytes) -> Any:
+    """Decode a JSON body strictly: UTF-8, no NaN/Infinity, no numbers out of range."""
+    if not raw.strip():
+        raise ValidationError("body", "expected a JSON object, got an empty body instead")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValidationError("body", "JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, digit-limit errors
+        raise ValidationError("body", f"malformed JSON: {str(err).splitlines()[0][:200]}") from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _check_value(field: str, dtype: str, value: Any) -> Any:
+    """Return ``value`` as the column's type, or raise naming ``field``."""
+    kind = _kind(value)
+    if kind == "null":
+        return None
+    if dtype in _FLOATS:
+        if kind in ("integer", "number"):
+            try:
+                number = float(value)
+            except OverflowError:
+                raise ValidationError(field, "number out of range") from None
+            if math.isfinite(number):
+                return number
+            raise ValidationError(field, "number out of range")
+        expected = "a number or null"
+    elif dtype in _INTEGERS:
+        if kind == "integer":
+            return value
+        if kind == "number" and float(value).is_integer():
+            return int(value)
+        expected = "an integer or null"
+    elif dtype == "string":
+        if kind == "string":
+            return value
+        expected = "a string or null"
+    elif dtype == "boolean":
+        if kind == "boolean":
+            return value
+        expected = "true, false or null"
+    else:  # a schema type we do not know: accept any scalar and let the pipeline judge
+        if kind not in ("array", "object"):
+            return value
+        expected = "a scalar value or null"
+    raise ValidationError(field, f"expected {expected} ({dtype} column), got {kind} instead")
+
+
+def _check_row(prefix: str, row: Any, model: LoadedModel) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValidationError(prefix, f"expected an object of features, got {_kind(row)} instead")
+    unknown = [k for k in row if k not in model.dtypes and k not in model.columns]
+    if unknown:
+        raise ValidationError(f"{prefix}.{unknown[0]}", f"unknown feature; expected exactly {model.columns}")
+    missing = [c for c in model.columns if c not in row]
+    if missing:
+        raise ValidationError(f"{prefix}.{missing[0]}", f"missing feature; expected exactly {model.columns}")
+    return {c: _check_value(f"{prefix}.{c}", model.dtypes.get(c, ""), row[c]) for c in model.columns}
+
+
+def check_request(body: Any, *, max_batch: int) -> tuple[int, list[Any], bool]:
+    """Check the request's shape; return the user id, the raw rows and whether it was a batch."""
+    if not isinstance(body, dict):
+        raise ValidationError("body", f"expected a JSON object with {list(_TOP_LEVEL)}, got {_kind(body)} instead")
+    extra = [k for k in body if k not in _TOP_LEVEL]
+    if extra:
+        raise ValidationError(str(extra[0])[:100], f"unknown field; expected only {list(_TOP_LEVEL)}")
+    if "user_id" not in body:
+        raise ValidationError("user_id", "missing; expected a JSON integer")
+    user_id = body["user_id"]
+    if _kind(user_id) != "integer":
+        raise ValidationError("user_id", f"expected a JSON integer, got {_kind(user_id)} instead")
+    if "features" not in body:
+        raise ValidationError("features", "missing; expected an object of features or a list of them")
+    features = body["features"]
+    if isinstance(features, dict):
+        return user_id, [features], False
+    if not isinstance(features, list):
+        raise ValidationError("features", f"expected an object or a list of objects, got {_kind(features)} instead")
+    if not features:
+        raise ValidationError("features", "empty batch; expected at least one row")
+    if len(features) > max_batch:
+        raise ValidationError("features", f"batch of {len(features)} rows exceeds the cap of {max_batch}",
+                              status=413)
+    return user_id, features, True
+
+
+def route(user_id: int, snapshot) -> tuple[str, LoadedModel, bool]:
+    """Even users to Production, odd to Staging (Production when none is loaded)."""
+    if snapshot.production is None:
+        raise NoModelError("no Production model is loaded yet; the registry may be empty or unreachable")
+    wanted = STAGING if user_id % 2 else PRODUCTION
+    model = snapshot.arm(wanted)
+    if model is None:
+        return wanted, snapshot.production, True
+    return wanted, model, False
+
+
+def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
+    """Rows as a DataFrame with the training dtypes (JSON integers become floats for double columns)."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(rows, columns=model.columns)
+    for column in model.columns:
+        dtype = model.dtypes.get(column, "")
+        if dtype in _FLOATS:
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
+        elif dtype == "string":  # missing as NaN: the pipeline's imputers do not see None as missing
+            frame[column] = frame[column].astype("object").where(frame[column].notna(), np.nan)
+    return frame
+
+
+def _positive_probability(model, frame) -> list[float]:
+    proba = model.predict_proba(frame)
+    classes = list(getattr(model, "classes_", [])) or list(range(proba.shape[1]))
+    index = classes.index(1) if 1 in classes else proba.shape[1] - 1
+    return [round(float(p), 6) for p in proba[:, index]]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+@bp.post("/predict")
+def predict():
+    """Answer predictions and P(class 1) for one row or a batch, from the arm the user is routed to."""
+    settings = current_app.config["MLOPS_SETTINGS"]
+    store = current_app.extensions["mlops_store"]
+    if not request.is_json:
+        raise ValidationError("Content-Type", f"expected application/json, got {request.mimetype or 'none'} "
+                                              "instead", status=415)
+    body = parse_body(request.get_data(cache=False))
+    user_id, raw_rows, _ = check_request(body, max_batch=settings.max_batch)
+    snapshot = store.snapshot  # one read: the pair stays consistent for this request
+    wanted, model, fallback = route(user_id, snapshot)
+    g.mlops_stage = ARMS[PRODUCTION] if fallback else ARMS[wanted]
+    prefix = "features" if len(raw_rows) == 1 and isinstance(body["features"], dict) else "features[{}]"
+    rows = [_check_row(prefix.format(i), row, model) for i, row in enumerate(raw_rows)]
+    frame = to_frame(rows, model)
+    predictions = [_plain(p) for p in model.model.predict(frame)]
+    probabilities = _positive_probability(model.model, frame)
+    g.mlops_rows = len(rows)
+    return jsonify({"predictions": predictions, "probabilities": probabilities, "stage": g.mlops_stage,
+                    "version": model.version, "model": settings.model_name, "requested_stage": ARMS[wanted],
+                    "fallback": fallback})
+
+
+@bp.before_request
+def _start_clock():
+    g.mlops_started = time.perf_counter()
+
+
+@bp.after_request
+def _record(response):
+    metrics = current_app.extensions.get("mlops_metrics")
+    if metrics is not None and request.endpoint == "predict.predict":
+        metrics.observe_request(g.get("mlops_stage"), response.status_code,
+                                time.perf_counter() - g.get("mlops_started", time.perf_counter()),
+                                g.get("mlops_rows", 0))
+    return response

@@ -1,0 +1,164 @@
+"""The model store: Production and Staging in memory, refreshed from the registry on a tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mlops_core.config import Settings
+from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
+
+__all__ = ["ModelStore", "Snapshot", "ARMS"]
+
+log = logging.getLogger(__name__)
+
+ARMS = {PRODUCTION: "Production", STAGING: "Staging"}
+_CREDENTIALS = re.compile(r"(\w+://)[^/@\s:]+:[^/@\s]+@")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the store serves at one moment; replaced as a whole, never changed in place."""
+
+    production: LoadedModel | None = None
+    staging: LoadedModel | None = None
+    attempted_at: float | None = None  # last refresh, successful or not
+    refreshed_at: float | None = None  # last refresh that reached the registry and loaded what it named
+    error: str | None = None  # the last refresh's error; None when it succeeded
+    error_at: float | None = None  # time of the most recent failure (kept after recovery)
+    last_error: str | None = None  # the most recent failure's message (kept after recovery)
+    failures: int = 0  # failed refreshes since start
+
+    def arm(self, alias: str) -> LoadedModel | None:
+        return self.production if alias == PRODUCTION else self.staging
+
+
+def _clean(err: BaseException) -> str:
+    """One line describing ``err``, with any credentials in URIs hidden."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return _CREDENTIALS.sub(r"\1***@", text)[:500]
+
+
+class ModelStore:
+    """Holds the loaded Production and Staging models and keeps them in step with the registry.
+
+    ``snapshot`` is one immutable object; a refresh builds a new one and swaps it in
+    by a single assignment, so a request that read it keeps a consistent pair.
+    """
+
+    def __init__(self, settings: Settings, *, registry: Any = None, clock: Callable[[], float] = time.time,
+                 on_refresh: Callable[[Snapshot, bool], None] | None = None):
+        self.settings = settings
+        self._registry = registry
+        self._clock = clock
+        self._on_refresh = on_refresh
+        self._refresh_lock = threading.Lock()
+        self._scheduler = None
+        self._scheduler_pid: int | None = None
+        self.snapshot = Snapshot()
+
+    # -- registry access ---------------------------------------------------------
+    @property
+    def registry(self):
+        if self._registry is None:
+            from mlops_core.registry import Registry  # imports mlflow lazily
+
+            self._registry = Registry(self.settings)
+        return self._registry
+
+    # -- refresh -------------------------------------------------------------------
+    def refresh(self) -> Snapshot:
+        """Resolve both aliases in one call, load only what changed and swap the new pair in."""
+        with self._refresh_lock:
+            current = self.snapshot
+            try:
+                aliases = self.registry.aliases()
+            except Exception as err:  # registry down: keep serving what we have
+                new = self._failed(current, self._clock(), f"registry unreachable: {_clean(err)}")
+                log.warning("model refresh failed, keeping loaded models: %s", new.error)
+            else:
+                new = self._resolve(current, aliases)
+            self.snapshot = new
+        if self._on_refresh is not None:
+            try:
+                self._on_refresh(new, new.error is None)
+            except Exception:  # metrics must never break a refresh
+                log.exception("refresh callback failed")
+        return new
+
+    def _failed(self, current: Snapshot, now: float, message: str) -> Snapshot:
+        return replace(current, attempted_at=now, error=message, error_at=now, last_error=message,
+                       failures=current.failures + 1)
+
+    def _resolve(self, current: Snapshot, aliases: dict[str, str]) -> Snapshot:
+        loaded = [m for m in (current.production, current.staging) if m is not None]
+        problems: list[str] = []
+
+        def obtain(alias: str, fallback: LoadedModel | None) -> LoadedModel | None:
+            version = aliases.get(alias)
+            if version is None:
+                return None
+            for model in loaded:
+                if int(model.version) == int(version):
+                    return model
+            try:
+                model = self.registry.load_model(version)
+            except Exception as err:
+                problems.append(f"loading {alias} version {version}: {_clean(err)}")
+                return fallback
+            log.info("loaded %s version %s (run %s)", alias, version, model.run_id)
+            loaded.append(model)
+            return model
+
+        production = obtain(PRODUCTION, current.production)
+        if production is None and current.production is not None:
+            # an alias that vanished is most likely a mistake: never go from serving to 503 for it
+            problems.append(f"no {PRODUCTION!r} alias in the registry; "
+                            f"keeping version {current.production.version}")
+            production = current.production
+        staging = obtain(STAGING, current.staging)
+        now = self._clock()
+        if problems:
+            message = "; ".join(problems)
+            log.warning("model refresh incomplete: %s", message)
+            return replace(self._failed(current, now, message), production=production, staging=staging)
+        return replace(current, production=production, staging=staging, attempted_at=now, refreshed_at=now,
+                       error=None)
+
+    # -- scheduling ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True when this process's scheduler is ticking (a forked copy's never is)."""
+        return (self._scheduler is not None and self._scheduler_pid == os.getpid()
+                and self._scheduler.running)
+
+    def start(self) -> None:
+        """Load the models now, then refresh every ``refresh_seconds`` in a background thread."""
+        if self.running:
+            return
+        if self._scheduler_pid != os.getpid():
+            self._scheduler = None  # inherited through fork: its thread does not exist here
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.refresh()
+        # one job, never overlapping: one worker thread is all the executor needs
+        scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, daemon=True, timezone="UTC")
+        scheduler.add_job(self.refresh, "interval", seconds=self.settings.refresh_seconds, id="mlops-refresh",
+                          name="model refresh", max_instances=1, coalesce=True,
+                          misfire_grace_time=max(1, int(self.settings.refresh_seconds)))
+        scheduler.start()
+        self._scheduler, self._scheduler_pid = scheduler, os.getpid()
+
+    def stop(self, *, wait: bool = True) -> None:
+        """Stop the refresh scheduler, if it runs in this process."""
+        scheduler = self._scheduler
+        if scheduler is not None and self._scheduler_pid == os.getpid() and scheduler.running:
+            scheduler.shutdown(wait=wait)
+        self._scheduler = None

@@ -1,0 +1,390 @@
+"""The Flask app in-process (no gunicorn): validation, routing, model store, scheduler, endpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from mlops_core.config import Settings
+from mlops_core.errors import RegistryError
+from mlops_core.registry import Registry
+from server import create_app
+from server.predict import to_frame
+
+ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
+
+
+@pytest.fixture(scope="module")
+def ab_home(bootstrapped, tmp_path_factory) -> Settings:
+    """A home whose registry holds Production v1 and Staging v2 (a drifted batch's challenger)."""
+    from mlops_core.data import make_datasets
+    from mlops_core.pipeline import run
+
+    dst = tmp_path_factory.mktemp("ab") / "home"
+    shutil.copytree(bootstrapped.home, dst)
+    s = bootstrapped.replace(home=dst, tracking_uri="")
+    make_datasets(s, seed=5, drift=0.5, write_train=False)
+    result = run(s.replace(min_improvement=1.0))
+    assert (result.production, result.staging) == ("1", "2")
+    return s
+
+
+@pytest.fixture(scope="module")
+def app(ab_home):
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": ab_home, "MLOPS_AUTOSTART": False})
+    snapshot = app.extensions["mlops_store"].refresh()
+    assert snapshot.error is None
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class FakeRegistry:
+    """Aliases from a dict, models from a real registry; can be made to fail; counts calls."""
+
+    def __init__(self, real: Registry | None, aliases: dict[str, str]):
+        self.real, self.alias_map, self.down = real, dict(aliases), False
+        self.alias_calls, self.loads = 0, []
+
+    def aliases(self):
+        self.alias_calls += 1
+        if self.down:
+            raise RegistryError("reading aliases of 'titanic-survival': connection refused "
+                                "(https://alice:s3cret@mlflow.example)")
+        return dict(self.alias_map)
+
+    def load_model(self, version):
+        self.loads.append(str(version))
+        return self.real.load_model(version)
+
+
+def _post(client, body, content_type="application/json"):
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.post("/predict", data=data, content_type=content_type)
+
+
+# -- the malformed corpus ----------------------------------------------------------------
+def _row(**changes):
+    row = dict(ROW)
+    for key, value in changes.items():
+        if value is _DROP:
+            row.pop(key)
+        else:
+            row[key] = value
+    return row
+
+
+_DROP = object()
+_NESTED = "[" * 200_000 + "]" * 200_000  # deeper than any JSON parser's recursion limit
+
+MALFORMED = [  # (id, body, expected field); bodies that are str/bytes are sent as they are
+    ("empty body", b"", "body"),
+    ("whitespace body", b"   \n", "body"),
+    ("not json", b"user_id=1", "body"),
+    ("truncated json", b'{"user_id": 1, "features": {', "body"),
+    ("trailing garbage", b'{"user_id": 1, "features": {}} xx', "body"),
+    ("invalid utf-8", b'{"user_id": 1, "features": "\xff\xfe"}', "body"),
+    ("NaN literal", b'{"user_id": 1, "features": {"age": NaN}}', "body"),
+    ("Infinity literal", b'{"user_id": Infinity, "features": {}}', "body"),
+    ("float overflow", b'{"user_id": 2, "features": {"age": 1e999}}', "body"),
+    ("int of 5000 digits", b'{"user_id": ' + b"9" * 5000 + b', "features": {}}', "body"),
+    ("nested garbage", _NESTED.encode(), "body"),
+    ("null body", b"null", "body"),
+    ("list body", json.dumps([{"user_id": 1, "features": ROW}]), "body"),
+    ("string body", b'"hello"', "body"),
+    ("number body", b"42", "body"),
+    ("empty object", {}, "user_id"),
+    ("missing user_id", {"features": ROW}, "user_id"),
+    ("user_id true", {"user_id": True, "features": ROW}, "user_id"),
+    ("user_id false", {"user_id": False, "features": ROW}, "user_id"),
+    ("user_id string", {"user_id": "2", "features": ROW}, "user_id"),
+    ("user_id float", {"user_id": 2.0, "features": ROW}, "user_id"),
+    ("user_id null", {"user_id": None, "features": ROW}, "user_id"),
+    ("user_id list", {"user_id": [2], "features": ROW}, "user_id"),
+    ("user_id object", {"user_id": {"id": 2}, "features": ROW}, "user_id"),
+    ("missing features", {"user_id": 2}, "features"),
+    ("features null", {"user_id": 2, "features": None}, "features"),
+    ("features string", {"user_id": 2, "features": "pclass=3"}, "features"),
+    ("features number", {"user_id": 2, "features": 3}, "features"),
+    ("empty batch", {"user_id": 2, "features": []}, "features"),
+    ("oversize batch", {"user_id": 2, "features": [ROW] * 1001}, "features"),
+    ("batch of non-objects", {"user_id": 2, "features": [ROW, 5]}, "features[1]"),
+    ("batch of lists", {"user_id": 2, "features": [[3, "male"]]}, "features[0]"),
+    ("extra top-level key", {"user_id": 2, "features": ROW, "debug": True}, "debug"),
+    ("missing feature", {"user_id": 2, "features": _row(age=_DROP)}, "features.age"),
+    ("missing feature in batch", {"user_id": 3, "features": [ROW, _row(fare=_DROP)]}, "features[1].fare"),
+    ("unknown feature", {"user_id": 2, "features": _row(cabin="C85")}, "features.cabin"),
+    ("empty feature object", {"user_id": 2, "features": {}}, "features.pclass"),
+    ("string for double", {"user_id": 2, "features": _row(age="22")}, "features.age"),
+    ("bool for double", {"user_id": 2, "features": _row(fare=True)}, "features.fare"),
+    ("list for double", {"user_id": 2, "features": _row(age=[22])}, "features.age"),
+    ("object for double", {"user_id": 2, "features": _row(sibsp={"n": 1})}, "features.sibsp"),
+    ("number for string", {"user_id": 2, "features": _row(sex=1)}, "features.sex"),
+    ("bool for string", {"user_id": 2, "features": _row(embarked=False)}, "features.embarked"),
+    ("nested garbage in a feature", {"user_id": 2, "features": _row(sex=[[["male"]]])}, "features.sex"),
+    ("wrong type deep in a batch", {"user_id": 5, "features": [ROW] * 7 + [_row(pclass="first")]},
+     "features[7].pclass"),
+    ("huge int for double", {"user_id": 2, "features": _row(fare=10 ** 400)}, "features.fare"),
+]
+
+
+@pytest.mark.parametrize("body,field", [pytest.param(b, f, id=i) for i, b, f in MALFORMED])
+def test_malformed_request_gets_4xx_json_naming_the_field(client, body, field):
+    response = _post(client, body)
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:300]
+    assert response.is_json
+    answer = response.get_json()
+    assert answer["field"] == field
+    assert field.split(".")[-1].split("[")[0] in answer["message"]
+
+
+def test_corpus_is_large_enough():
+    assert len(MALFORMED) >= 30
+
+
+def test_oversize_body_is_413_before_parsing(client, app):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = json.dumps({"user_id": 2, "features": [ROW] * 2}).encode() + b" " * limit
+    response = _post(client, body)
+    assert response.status_code == 413
+    assert response.get_json()["field"] == "body"
+
+
+def test_oversize_batch_is_413_and_cap_is_inclusive(client, ab_home):
+    assert _post(client, {"user_id": 2, "features": [ROW] * (ab_home.max_batch + 1)}).status_code == 413
+    response = _post(client, {"user_id": 2, "features": [ROW] * ab_home.max_batch})
+    assert response.status_code == 200
+    assert len(response.get_json()["predictions"]) == ab_home.max_batch
+
+
+def test_non_json_content_type_is_415(client):
+    response = client.post("/predict", data=json.dumps({"user_id": 2, "features": ROW}), content_type="text/plain")
+    assert response.status_code == 415
+    assert response.get_json()["field"] == "Content-Type"
+
+
+def test_unknown_route_and_method_answer_json(client):
+    assert client.get("/nope").status_code == 404 and client.get("/nope").is_json
+    response = client.get("/predict")
+    assert response.status_code == 405 and response.is_json and "POST" in response.headers["Allow"]
+
+
+# -- routing and predictions ---------------------------------------------------------------
+def _titanic_rows(n: int, seed: int = 0) -> list[dict]:
+    from mlops_core.data import load_titanic
+
+    frame = load_titanic().sample(n, random_state=seed)[list(ROW)]
+    rows = []
+    for record in frame.to_dict(orient="records"):
+        rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()})
+    return rows
+
+
+@pytest.mark.parametrize("user_id,stage,version", [(0, "Production", "1"), (2, "Production", "1"),
+                                                   (-4, "Production", "1"), (1, "Staging", "2"),
+                                                   (7, "Staging", "2"), (-3, "Staging", "2"),
+                                                   (2 ** 70 + 1, "Staging", "2")])
+def test_parity_routes_even_to_production_and_odd_to_staging(client, user_id, stage, version):
+    answer = _post(client, {"user_id": user_id, "features": ROW}).get_json()
+    assert (answer["stage"], answer["version"], answer["model"]) == (stage, version, "titanic-survival")
+    assert answer["fallback"] is False and answer["requested_stage"] == stage
+
+
+def test_predictions_equal_the_registered_pipelines_own(client, ab_home):
+    rows = _titanic_rows(60)
+    registry = Registry(ab_home)
+    for user_id, version in ((10, "1"), (11, "2")):
+        answer = _post(client, {"user_id": user_id, "features": rows}).get_json()
+        assert answer["version"] == version
+        loaded = registry.load_model(version)
+        frame = to_frame(rows, loaded)
+        assert answer["predictions"] == [int(p) for p in loaded.model.predict(frame)]
+        expected = loaded.model.predict_proba(frame)[:, 1]
+        assert answer["probabilities"] == pytest.approx(list(expected), abs=1e-6)
+
+
+def test_versions_really_differ(client):
+    """The two arms are distinct models: some rows get different probabilities."""
+    rows = _titanic_rows(40, seed=3)
+    even = _post(client, {"user_id": 2, "features": rows}).get_json()["probabilities"]
+    odd = _post(client, {"user_id": 3, "features": rows}).get_json()["probabilities"]
+    assert even != odd
+
+
+def test_integers_for_doubles_and_nulls_are_accepted(client):
+    answer = _post(client, {"user_id": 2, "features": [ROW, _row(age=None, fare=None, embarked=None),
+                                                       _row(age=22.5, pclass=1)]})
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert len(body["predictions"]) == 3 and all(p in (0, 1) for p in body["predictions"])
+    assert all(0.0 <= p <= 1.0 for p in body["probabilities"])
+
+
+def test_single_row_answers_lists_of_one(client):
+    body = _post(client, {"user_id": 4, "features": ROW}).get_json()
+    assert len(body["predictions"]) == 1 and len(body["probabilities"]) == 1
+
+
+def test_odd_users_fall_back_to_production_without_staging(app, client):
+    store = app.extensions["mlops_store"]
+    before = store.snapshot
+    store.snapshot = replace(before, staging=None)
+    try:
+        answer = _post(client, {"user_id": 3, "features": ROW}).get_json()
+    finally:
+        store.snapshot = before
+    assert (answer["stage"], answer["version"]) == ("Production", "1")
+    assert answer["fallback"] is True and answer["requested_stage"] == "Staging"
+
+
+def test_no_model_is_503_with_a_clear_message(tmp_path):
+    registry = FakeRegistry(None, {})
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": Settings(home=tmp_path), "MLOPS_REGISTRY": registry,
+                      "MLOPS_AUTOSTART": False})
+    app.extensions["mlops_store"].refresh()
+    client = app.test_client()
+    response = _post(client, {"user_id": 2, "features": ROW})
+    assert response.status_code == 503 and "no Production model" in response.get_json()["message"]
+    assert client.get("/ready").status_code == 503
+    assert client.get("/health").status_code == 200
+    assert client.get("/models").get_json()["production"] is None
+
+
+# -- the store ---------------------------------------------------------------------------------
+def test_refresh_loads_only_what_changed_and_shares_a_synced_version(ab_home):
+    registry = FakeRegistry(Registry(ab_home), {"production": "1", "staging": "1"})
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": ab_home, "MLOPS_REGISTRY": registry,
+                      "MLOPS_AUTOSTART": False})
+    store = app.extensions["mlops_store"]
+    first = store.refresh()
+    assert registry.loads == ["1"] and first.production is first.staging
+    store.refresh()
+    assert registry.loads == ["1"] and registry.alias_calls == 2
+    registry.alias_map["staging"] = "2"
+    second = store.refresh()
+    assert registry.loads == ["1", "2"]
+    assert second.production is first.production and second.staging.version == "2"
+    registry.alias_map["production"] = "2"  # promotion: the loaded challenger is reused, not downloaded
+    third = store.refresh()
+    assert registry.loads == ["1", "2"] and third.production is second.staging
+
+
+def test_failing_registry_keeps_the_last_good_models(ab_home):
+    registry = FakeRegistry(Registry(ab_home), {"production": "1", "staging": "2"})
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": ab_home, "MLOPS_REGISTRY": registry,
+                      "MLOPS_AUTOSTART": False})
+    store, client = app.extensions["mlops_store"], app.test_client()
+    good = store.refresh()
+    registry.down = True
+    bad = store.refresh()
+    assert bad.production is good.production and bad.staging is good.staging
+    assert bad.error and "connection refused" in bad.error and bad.failures == 1
+    assert _post(client, {"user_id": 3, "features": ROW}).get_json()["version"] == "2"
+    models = client.get("/models")
+    text = models.get_data(as_text=True)
+    assert "connection refused" in models.get_json()["refresh"]["error"] and "s3cret" not in text
+    assert models.get_json()["refresh"]["ok"] is False
+    assert "mlops_refresh_failures_total 1.0" in client.get("/metrics").get_data(as_text=True)
+    registry.down = False
+    recovered = store.refresh()
+    assert recovered.error is None and recovered.last_error == bad.error and recovered.failures == 1
+    assert client.get("/models").get_json()["refresh"]["ok"] is True
+
+
+def test_a_vanished_production_alias_keeps_serving(ab_home):
+    registry = FakeRegistry(Registry(ab_home), {"production": "1"})
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": ab_home, "MLOPS_REGISTRY": registry,
+                      "MLOPS_AUTOSTART": False})
+    store = app.extensions["mlops_store"]
+    store.refresh()
+    registry.alias_map.clear()
+    snapshot = store.refresh()
+    assert snapshot.production.version == "1" and "no 'production' alias" in snapshot.error
+
+
+def test_a_version_that_fails_to_load_keeps_the_old_one(ab_home):
+    registry = FakeRegistry(Registry(ab_home), {"production": "1", "staging": "2"})
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": ab_home, "MLOPS_REGISTRY": registry,
+                      "MLOPS_AUTOSTART": False})
+    store = app.extensions["mlops_store"]
+    store.refresh()
+    registry.alias_map["staging"] = "99"
+    snapshot = store.refresh()
+    assert snapshot.staging.version == "2" and "version 99" in snapshot.error
+
+
+# -- scheduler lifecycle ---------------------------------------------------------------------
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_scheduler_ticks_and_no_thread_outlives_it(tmp_path):
+    initial = set(threading.enumerate())
+    registry = FakeRegistry(None, {})
+    settings = Settings(home=tmp_path, refresh_seconds=0.2)
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": registry})
+    store = app.extensions["mlops_store"]
+    try:
+        assert store.running and registry.alias_calls == 1  # autostart: first refresh before serving
+        store.start()  # a second start is a no-op, not a second scheduler
+        assert _wait(lambda: registry.alias_calls >= 4, 5), "the scheduler does not tick"
+        started = set(threading.enumerate()) - initial
+        assert [t.name for t in started].count("APScheduler") == 1 and len(started) <= 2, started
+        assert app.test_client().get("/models").get_json()["scheduler_running"] is True
+    finally:
+        store.stop()
+    assert not store.running
+    assert _wait(lambda: set(threading.enumerate()) <= initial, 5), set(threading.enumerate()) - initial
+    calls = registry.alias_calls
+    time.sleep(0.5)
+    assert registry.alias_calls == calls
+    store.stop()  # stopping twice is harmless
+
+
+def test_create_app_leaves_the_scheduler_to_gunicorn_hooks(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_SERVER_HOOKS", "gunicorn")
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": Settings(home=tmp_path),
+                      "MLOPS_REGISTRY": FakeRegistry(None, {})})
+    assert app.extensions["mlops_store"].running is False
+
+
+# -- health, models, metrics ------------------------------------------------------------------
+def test_ready_models_and_metrics(client, ab_home):
+    assert client.get("/health").get_json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.get_json()["production"] == "1"
+    models = client.get("/models").get_json()
+    assert models["production"]["version"] == "1" and models["staging"]["version"] == "2"
+    assert models["production"]["run_id"] and models["production"]["loaded_at"]
+    assert models["production"]["columns"] == list(ROW)
+    assert models["refresh"]["ok"] is True and models["refresh"]["error"] is None
+    _post(client, {"user_id": 3, "features": ROW})
+    _post(client, {"user_id": "x", "features": ROW})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'mlops_predict_requests_total{stage="Staging"}' in text
+    assert 'mlops_predict_errors_total{code="400",stage="none"}' in text
+    assert 'mlops_predict_latency_seconds_count{stage="Staging"}' in text
+    assert 'mlops_model_version{stage="Production"} 1.0' in text
+    assert 'mlops_model_version{stage="Staging"} 2.0' in text
+
+
+def test_models_never_shows_credentials(tmp_path):
+    settings = Settings(home=tmp_path, tracking_uri="postgresql://mlflow:hunter2@db.internal/mlflow")
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": FakeRegistry(None, {}),
+                      "MLOPS_AUTOSTART": False})
+    text = app.test_client().get("/models").get_data(as_text=True)
+    assert "hunter2" not in text and "db.internal" in text
