@@ -6,21 +6,29 @@ its own pid / process group, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "server" / "gunicorn.conf.py"
+ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
+REFRESH = 1.0
 
 
 def free_port() -> int:
@@ -46,18 +54,23 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout}s (last error: {last})")
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group started with ``start_new_session=True``; SIGKILL if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+def stop(proc: subprocess.Popen, *, group: bool = False, timeout: float = 20) -> None:
+    """Stop a process we started (or its process group), by id: TERM, bounded wait, then KILL."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM) if group else proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+        proc.wait(timeout=10)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop the process group of a process started with ``start_new_session=True``."""
+    stop(proc, group=True, timeout=timeout)
 
 
 def _pg_bin(name: str) -> str:
@@ -109,3 +122,103 @@ def start_mlflow_server(backend_uri: str, artifacts: Path, port: int | None = No
         stop_group(proc)
         raise
     return proc, url
+
+
+# -- gunicorn serving server:create_app() and a steady load on it ---------------------------------
+def wait_for(predicate, timeout: float, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            value = predicate()
+            if value:
+                return value
+        time.sleep(step)
+    return predicate()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MLOPS_") and k not in ("MLFLOW_TRACKING_URI", "PROMETHEUS_MULTIPROC_DIR")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+class Gunicorn:
+    """One gunicorn master serving ``server:create_app()`` from a scratch working directory."""
+
+    def __init__(self, home: Path, workdir: Path, *, preload: bool = False, tracking_uri: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / "gunicorn.log"
+        env = base_env(MLOPS_HOME=str(home), MLOPS_REFRESH_SECONDS=str(REFRESH), MLOPS_WORKERS="2",
+                        MLOPS_BIND=f"127.0.0.1:{self.port}", PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
+        if tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = tracking_uri
+        args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), *(["--preload"] if preload else []),
+                "server:create_app()"]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        def ready():
+            assert self.proc.poll() is None, self.tail()
+            return requests.get(self.url + "/ready", timeout=5).status_code == 200
+        assert wait_for(ready, timeout, 0.25), f"gunicorn not ready within {timeout}s\n{self.tail()}"
+
+    def worker_pids(self) -> set[int]:
+        text = requests.get(self.url + "/metrics", timeout=5).text
+        return {int(p) for p in re.findall(r'mlops_refresh_last_success_timestamp_seconds\{pid="(\d+)"\}', text)}
+
+    def gauge(self, name: str) -> dict[tuple[str, ...], float]:
+        """Samples of a per-worker gauge: {(pid, labels...): value}."""
+        text = requests.get(self.url + "/metrics", timeout=5).text
+        out = {}
+        for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, flags=re.M):
+            out[tuple(sorted(labels.split(",")))] = float(value)
+        return out
+
+    def tail(self, n: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text().splitlines()[-n:])
+        return ""
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.log.close()
+
+
+class Load(threading.Thread):
+    """A steady request load on /predict; records every answer and every failure."""
+
+    def __init__(self, url: str, *, user_ids=(0, 1, 2, 3)):
+        super().__init__(daemon=True)
+        self.url, self.user_ids = url + "/predict", user_ids
+        self.answers: list[tuple[float, int, str, str]] = []  # (time, user_id, stage, version)
+        self.failures: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self):
+        session, i = requests.Session(), 0
+        while not self._halt.is_set():
+            user_id = self.user_ids[i % len(self.user_ids)]
+            i += 1
+            try:
+                response = session.post(self.url, json={"user_id": user_id, "features": ROW}, timeout=10)
+                if response.status_code != 200:
+                    self.failures.append(f"{response.status_code} {response.text[:200]}")
+                    continue
+                body = response.json()
+                self.answers.append((time.time(), user_id, body["stage"], body["version"]))
+            except requests.RequestException as err:
+                self.failures.append(repr(err))
+            time.sleep(0.01)
+
+    def stop(self):
+        self._halt.set()
+        self.join(timeout=15)
+        assert not self.is_alive()
+
+

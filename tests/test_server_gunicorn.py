@@ -3,151 +3,27 @@ and a registry (a real ``mlflow server``) stopped for a while under load."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-import server
 from mlops_core.config import Settings
 from mlops_core.registry import Registry
 from server.predict import to_frame
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(server.__file__).resolve().parent.parent
-CONF = ROOT / "server" / "gunicorn.conf.py"
-ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
-REFRESH = 1.0
+from _services import REFRESH, ROW, Gunicorn, Load, base_env, free_port, stop, wait_for  # noqa: E402
+
 OUTAGE = float(os.environ.get("MLOPS_TEST_OUTAGE_SECONDS", "30"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            value = predicate()
-            if value:
-                return value
-        time.sleep(step)
-    return predicate()
-
-
-def _base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MLOPS_") and k not in ("MLFLOW_TRACKING_URI", "PROMETHEUS_MULTIPROC_DIR")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def _stop(proc: subprocess.Popen, *, group: bool = False, timeout: float = 20) -> None:
-    """Stop a process we started (or its process group), by id: TERM, bounded wait, then KILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM) if group else proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
-        proc.wait(timeout=10)
-
-
-class Gunicorn:
-    """One gunicorn master serving ``server:create_app()`` from a scratch working directory."""
-
-    def __init__(self, home: Path, workdir: Path, *, preload: bool = False, tracking_uri: str | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "gunicorn.log"
-        env = _base_env(MLOPS_HOME=str(home), MLOPS_REFRESH_SECONDS=str(REFRESH), MLOPS_WORKERS="2",
-                        MLOPS_BIND=f"127.0.0.1:{self.port}", PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
-        if tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = tracking_uri
-        args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), *(["--preload"] if preload else []),
-                "server:create_app()"]
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        def ready():
-            assert self.proc.poll() is None, self.tail()
-            return requests.get(self.url + "/ready", timeout=5).status_code == 200
-        assert _wait(ready, timeout, 0.25), f"gunicorn not ready within {timeout}s\n{self.tail()}"
-
-    def worker_pids(self) -> set[int]:
-        text = requests.get(self.url + "/metrics", timeout=5).text
-        return {int(p) for p in re.findall(r'mlops_refresh_last_success_timestamp_seconds\{pid="(\d+)"\}', text)}
-
-    def gauge(self, name: str) -> dict[tuple[str, ...], float]:
-        """Samples of a per-worker gauge: {(pid, labels...): value}."""
-        text = requests.get(self.url + "/metrics", timeout=5).text
-        out = {}
-        for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, flags=re.M):
-            out[tuple(sorted(labels.split(",")))] = float(value)
-        return out
-
-    def tail(self, n: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text().splitlines()[-n:])
-        return ""
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.log.close()
-
-
-class Load(threading.Thread):
-    """A steady request load on /predict; records every answer and every failure."""
-
-    def __init__(self, url: str, *, user_ids=(0, 1, 2, 3)):
-        super().__init__(daemon=True)
-        self.url, self.user_ids = url + "/predict", user_ids
-        self.answers: list[tuple[float, int, str, str]] = []  # (time, user_id, stage, version)
-        self.failures: list[str] = []
-        self._halt = threading.Event()
-
-    def run(self):
-        session, i = requests.Session(), 0
-        while not self._halt.is_set():
-            user_id = self.user_ids[i % len(self.user_ids)]
-            i += 1
-            try:
-                response = session.post(self.url, json={"user_id": user_id, "features": ROW}, timeout=10)
-                if response.status_code != 200:
-                    self.failures.append(f"{response.status_code} {response.text[:200]}")
-                    continue
-                body = response.json()
-                self.answers.append((time.time(), user_id, body["stage"], body["version"]))
-            except requests.RequestException as err:
-                self.failures.append(repr(err))
-            time.sleep(0.01)
-
-    def stop(self):
-        self._halt.set()
-        self.join(timeout=15)
-        assert not self.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +97,7 @@ def test_every_worker_loads_and_refreshes(served):
 
 
 def _every_worker_refreshes(srv: Gunicorn) -> None:
-    pids = _wait(lambda: len(srv.worker_pids()) == 2 and srv.worker_pids(), 10)
+    pids = wait_for(lambda: len(srv.worker_pids()) == 2 and srv.worker_pids(), 10)
     assert pids and len(pids) == 2, srv.tail()
     first = srv.gauge("mlops_refresh_last_success_timestamp_seconds")
     time.sleep(3 * REFRESH + 0.5)
@@ -245,7 +121,7 @@ def test_moving_production_is_served_within_a_tick_under_load(served, abc_home):
             prod = [v for k, v in versions.items() if 'stage="Production"' in k]
             return len(prod) == 2 and all(v == 2 for v in prod)
 
-        assert _wait(both_workers_on_2, REFRESH + 15), served.gauge("mlops_model_version")
+        assert wait_for(both_workers_on_2, REFRESH + 15), served.gauge("mlops_model_version")
         switched_at = time.time()
         time.sleep(1.0)
     finally:
@@ -282,24 +158,24 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout: float = 60) -> None:
-        env = _base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.db.parent)
-        ok = _wait(lambda: requests.get(self.url + "/health", timeout=2).status_code == 200, timeout, 0.25)
+        ok = wait_for(lambda: requests.get(self.url + "/health", timeout=2).status_code == 200, timeout, 0.25)
         assert ok, self.log_path.read_text()[-3000:]
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc, group=True)
+            stop(self.proc, group=True)
 
 
 def test_registry_down_under_load_keeps_serving_and_recovers(abc_home, tmp_path):
     home = tmp_path / "remote"
     shutil.copytree(abc_home.home, home)
-    mlflow_server = MlflowServer(home / "mlflow.db", _free_port(), tmp_path / "mlflow.log")
+    mlflow_server = MlflowServer(home / "mlflow.db", free_port(), tmp_path / "mlflow.log")
     mlflow_server.start()
     srv = None
     try:
@@ -307,7 +183,7 @@ def test_registry_down_under_load_keeps_serving_and_recovers(abc_home, tmp_path)
         srv.wait_ready()
         models = requests.get(srv.url + "/models", timeout=5).json()
         assert models["tracking_uri"] == mlflow_server.url and models["refresh"]["ok"] is True
-        before = _wait(lambda: len(srv.gauge("mlops_model_version")) == 4 and srv.gauge("mlops_model_version"), 30)
+        before = wait_for(lambda: len(srv.gauge("mlops_model_version")) == 4 and srv.gauge("mlops_model_version"), 30)
         assert before, srv.tail()  # both workers have loaded both arms
         load = Load(srv.url)
         load.start()
@@ -325,7 +201,7 @@ def test_registry_down_under_load_keeps_serving_and_recovers(abc_home, tmp_path)
                         break
                 return any(r["error"] and not r["ok"] for r in seen.values()) and seen
 
-            seen = _wait(every_worker_reports_the_error, OUTAGE)
+            seen = wait_for(every_worker_reports_the_error, OUTAGE)
             assert seen, "no worker reported the registry error"
             assert all("unreachable" in r["error"] for r in seen.values() if r["error"])
             time.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))
@@ -337,14 +213,14 @@ def test_registry_down_under_load_keeps_serving_and_recovers(abc_home, tmp_path)
                 prod = [v for k, v in srv.gauge("mlops_model_version").items() if 'stage="Production"' in k]
                 return len(prod) == 2 and all(v == 3 for v in prod)
 
-            assert _wait(production_is_3_everywhere, 30), srv.tail()
+            assert wait_for(production_is_3_everywhere, 30), srv.tail()
         finally:
             load.stop()
         assert not load.failures, load.failures[:5]
         assert len(load.answers) > 50
         text = requests.get(srv.url + "/metrics", timeout=5).text
         assert float(re.search(r"^mlops_refresh_failures_total (\S+)$", text, re.M).group(1)) >= 2
-        recovered = _wait(lambda: all(
+        recovered = wait_for(lambda: all(
             requests.get(srv.url + "/models", timeout=5, headers={"Connection": "close"}).json()["refresh"]["ok"]
             for _ in range(6)), 10)
         assert recovered
