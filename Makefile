@@ -16,6 +16,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
 
 test: $(STAMP)  ## run the whole test suite (installs first when needed)
+	scripts/ensure-postgres
 	$(BIN)/python -m pytest
 
 up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)
