@@ -323,7 +323,7 @@ def decide(settings: Settings, run_id: str, version: str, *, registry: Registry 
         registry.tag_version(version, {f"holdout_{metric}_candidate": round(candidate, 6),
                                        f"holdout_{metric}_production": round(champion, 6),
                                        "holdout_rows": len(holdout), "compared_with": production,
-                                       "decision": out.status, "decision_reason": out.reason})
+                                       "decision_reason": out.reason, "decision": out.status})  # decision last
         with stages("promote"):
             registry.promote(version) if better else registry.stage(version)
     except BaseException:
