@@ -205,26 +205,28 @@ def _holdout_split(batch: pd.DataFrame, settings: Settings) -> tuple[pd.DataFram
 # -- the stages, callable one by one (the Airflow DAG) or chained by run() --------------------------
 
 def begin(settings: Settings, *, current: Path | None = None, force: bool = False,
-          registry: Registry | None = None, stages: _Stages | None = None) -> RunResult:
+          registry: Registry | None = None, stages: _Stages | None = None, source: Path | None = None) -> RunResult:
     """Validate the batch, bootstrap an empty registry, skip known content, score drift.
 
+    ``source`` names the batch in messages and records when ``current`` is a private copy of it.
     Returns ``status`` ``drift`` (the chain run stays open for :func:`train_candidate`),
     or a final ``no_drift``, ``refused`` or ``skipped``.
     """
     current = Path(current or settings.current_csv)
+    name = str(source or current)
     registry = registry or Registry(settings)
     stages = stages or _Stages()
     with stages("validate"):
         try:
             content = current.read_bytes()
         except OSError as err:
-            raise DataValidationError(str(current), [f"cannot read file: {err.strerror or err}"]) from err
+            raise DataValidationError(name, [f"cannot read file: {err.strerror or err}"]) from err
         digest = hashlib.sha256(content).hexdigest()
-        raw = read_csv(current, content=content)  # one clear error for an empty or garbled file
+        raw = read_csv(name, content=content)  # one clear error for an empty or garbled file
         production = registry.aliases().get(PRODUCTION)
         profile, _ = _reference(settings, registry, production, with_data=False)
         kinds = {c: profile.kinds[c] for c in settings.features}
-        batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=str(current))
+        batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=name)
     if not force and (done := registry.processed_run(digest)):
         aliases = registry.aliases()
         return RunResult("skipped", production=aliases.get(PRODUCTION), staging=aliases.get(STAGING), digest=digest,
@@ -234,7 +236,7 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
     if production is None:
         production = bootstrapped = bootstrap(settings, registry, stages)
     run_id = registry.create_run("chain", tags={"mlops.kind": "chain", "mlops.batch_sha256": digest,
-                                               "mlops.production_before": production, "mlops.current": current})
+                                               "mlops.production_before": production, "mlops.current": name})
     out = RunResult("drift", run_id=run_id, digest=digest, bootstrapped=bootstrapped, timings=stages.seconds)
     try:
         with stages("drift"):
@@ -372,12 +374,12 @@ def abort(settings: Settings, run_id: str, *, registry: Registry | None = None) 
 
 
 def run(settings: Settings, *, force: bool = False, current: Path | None = None,
-        registry: Registry | None = None, lock_timeout: float = 900.0) -> RunResult:
+        registry: Registry | None = None, lock_timeout: float = 900.0, source: Path | None = None) -> RunResult:
     """Process one batch through the whole chain under the lock and return the decision."""
     stages = _Stages()
     with pipeline_lock(settings, timeout=lock_timeout):
         registry = registry or Registry(settings)
-        out = begin(settings, current=current, force=force, registry=registry, stages=stages)
+        out = begin(settings, current=current, force=force, registry=registry, stages=stages, source=source)
         if out.status != "drift":
             return out
         try:
