@@ -38,11 +38,9 @@ def services(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: b
            Service("server", [_bin("gunicorn"), "-c", str(_REPO / "server" / "gunicorn.conf.py"),
                               "--bind", f"127.0.0.1:{port}", "server:create_app()"],
                    f"http://127.0.0.1:{port}")]
-    if ui:
+    if ui and settings.is_local_store:  # a remote registry is an `mlflow server` with its own UI
         argv = [_bin("mlflow"), "server", "--backend-store-uri", settings.tracking_uri, "--host", "127.0.0.1",
-                "--port", str(ui_port), "--workers", "1"]
-        if settings.is_local_store:
-            argv += ["--default-artifact-root", settings.artifact_root.as_uri()]
+                "--port", str(ui_port), "--workers", "1", "--default-artifact-root", settings.artifact_root.as_uri()]
         out.append(Service("mlflow-ui", argv, f"http://127.0.0.1:{ui_port}"))
     return out
 
