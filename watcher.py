@@ -152,26 +152,76 @@ class Outcome:
 
 
 class ChildRunner:
-    """Run ``pipeline.run(settings)`` in a child Python process that a shutdown can stop."""
+    """Run ``pipeline.run(settings)`` in a child Python process that a shutdown can stop.
 
-    def __init__(self, *, log_style: str = "text", grace: float = TERM_GRACE):
+    A spare child is started ahead of time: it imports MLflow and PyCaret (seconds) while
+    the daemon waits for data, then blocks until a batch arrives, so a run starts warm.
+    """
+
+    def __init__(self, *, log_style: str = "text", grace: float = TERM_GRACE, spare: bool = True):
         self.log_style = log_style
         self.grace = grace
+        self.spare = spare
+        self._spare: tuple[subprocess.Popen, threading.Thread] | None = None
 
-    def __call__(self, settings: Settings, stop: threading.Event, batch: Path) -> Outcome:
+    def _spawn(self, settings: Settings) -> tuple[subprocess.Popen, threading.Thread]:
         cmd = [sys.executable, os.path.abspath(__file__), "--run-child"]
-        payload = pickle.dumps({"settings": settings, "batch": batch, "log_style": self.log_style})
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)  # PyCaret's log file, set before it is imported
+        env = {"PYCARET_CUSTOM_LOGGING_PATH": str(settings.logs_dir / "pycaret.log"), **os.environ}
         # stdin stays open for the whole run: the child stops itself if it ever reads EOF (we died)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                close_fds=True)
-        log.info("run=child pid=%s", proc.pid)
+                                close_fds=True, env=env)
         relay = threading.Thread(target=_relay, args=(proc.stderr, proc.pid), name="run-log-relay", daemon=True)
         relay.start()
+        return proc, relay
+
+    def warm(self, settings: Settings) -> None:
+        """Start the spare child now (if spares are on and none is alive)."""
+        if self.spare and (self._spare is None or self._spare[0].poll() is not None):
+            if self._spare is not None:
+                self._reap(*self._spare)
+            self._spare = self._spawn(settings)
+
+    def close(self) -> None:
+        """Stop the spare child (an idle one just exits on SIGTERM)."""
+        if self._spare is not None:
+            proc, relay = self._spare
+            self._spare = None
+            if proc.poll() is None:
+                self._terminate(proc, quiet=True)
+            self._reap(proc, relay)
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen, relay: threading.Thread) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5.0)
+        relay.join(5.0)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def __call__(self, settings: Settings, stop: threading.Event, batch: Path) -> Outcome:
+        payload = pickle.dumps({"settings": settings, "batch": batch, "log_style": self.log_style})
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0].poll() is None:
+            proc, relay = spare
+        else:
+            if spare is not None:
+                self._reap(*spare)
+            proc, relay = self._spawn(settings)
+        log.info("run=child pid=%s warm=%s", proc.pid, str(spare is not None and proc is spare[0]).lower())
         try:
             proc.stdin.write(payload)
             proc.stdin.flush()
         except BrokenPipeError:
             pass
+        try:
+            return self._wait(proc, relay, stop)
+        finally:
+            if not stop.is_set():
+                self.warm(settings)  # the next run starts warm too
+
+    def _wait(self, proc: subprocess.Popen, relay: threading.Thread, stop: threading.Event) -> Outcome:
         try:
             while proc.poll() is None:
                 if stop.wait(0.1):
@@ -194,9 +244,10 @@ class ChildRunner:
         return Outcome(data.pop("outcome"), digest=data.pop("digest", ""), status=data.pop("status", ""),
                        reason=data.pop("reason", ""), error=data.pop("error", ""), result=data)
 
-    def _terminate(self, proc: subprocess.Popen) -> None:
+    def _terminate(self, proc: subprocess.Popen, *, quiet: bool = False) -> None:
         """SIGTERM (the run unwinds: MLflow run FAILED, no alias moved), SIGKILL after the grace period."""
-        log.info("run=terminate pid=%s grace_seconds=%s", proc.pid, self.grace)
+        if not quiet:
+            log.info("run=terminate pid=%s grace_seconds=%s", proc.pid, self.grace)
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         try:
@@ -221,6 +272,16 @@ def _relay(stream, pid: int) -> None:
             log.info("child=%s out=%s", pid, kv(line))
 
 
+def _warm_imports() -> None:
+    """Import what a run needs (MLflow, PyCaret: seconds) before the batch arrives."""
+    import mlflow.sklearn  # noqa: F401
+
+    from mlops_core import pipeline  # noqa: F401
+    from mlops_core.training import import_pycaret_classification
+
+    import_pycaret_classification()
+
+
 def _child_main() -> int:
     """Entry point of the run process: settings in on stdin, one JSON outcome out on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal Ctrl-C reaches us too
@@ -237,8 +298,12 @@ def _child_main() -> int:
     signal.signal(signal.SIGTERM, _on_term)
     result_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result
-    request = pickle.load(sys.stdin.buffer)
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # our formatter, not MLflow's own handler
+    _warm_imports()  # a spare child does this while the daemon still waits for a batch
+    try:
+        request = pickle.load(sys.stdin.buffer)
+    except EOFError:  # a spare that was never used: the daemon stopped or died
+        return 0
     setup_logging(request["log_style"])
 
     def _orphan_guard():
@@ -366,6 +431,8 @@ class Watcher:
         self._expect_close = type(self._observer).__name__.startswith("Inotify")
         self._worker = threading.Thread(target=self._loop, name="watcher-worker")
         self._worker.start()
+        if hasattr(self.runner, "warm"):
+            self.runner.warm(self.settings)
         log.info("watcher=started target=%s settle_seconds=%s state=%s last_sha256=%s last_outcome=%s",
                  kv(self.target), self.settle, kv(self.state_path), self.state.get("sha256", "-"),
                  self.state.get("outcome", "-"))
@@ -381,6 +448,8 @@ class Watcher:
             self._observer.join(timeout)
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout)
+        if hasattr(self.runner, "close"):
+            self.runner.close()
         log.info("watcher=stopped runs=%s", self.runs)
 
     def alive(self) -> bool:
