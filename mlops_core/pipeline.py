@@ -129,14 +129,14 @@ def check_drift(settings: Settings, *, current: Path | None = None, reference: P
                                            bins=settings.bins)
     batch = read_csv(current)
     kinds = {c: k for c, k in profile.kinds.items() if c in settings.features}
-    report = profile.report(batch if not kinds else _lenient(batch, settings, kinds), features,
+    report = profile.report(_lenient(batch, kinds), features,
                             threshold=settings.psi_threshold)
     if save:
         report.save(settings.data_dir)
     return report
 
 
-def _lenient(batch: pd.DataFrame, settings: Settings, kinds: dict) -> pd.DataFrame:
+def _lenient(batch: pd.DataFrame, kinds: dict) -> pd.DataFrame:
     """Coerce numeric features for scoring, leaving other columns as they are."""
     out = batch.copy()
     for c, k in kinds.items():
@@ -240,7 +240,8 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
     out = RunResult("drift", run_id=run_id, digest=digest, bootstrapped=bootstrapped, timings=stages.seconds)
     try:
         with stages("drift"):
-            profile, _ = registry.load_reference(production, with_data=False)
+            if bootstrapped:  # the reference is now version 1's (train.csv): fitted alike, but load what it stored
+                profile, _ = registry.load_reference(production, with_data=False)
             report = profile.report(batch, settings.drift_features, threshold=settings.psi_threshold)
             paths = report.save(settings.data_dir)
             registry.log_run(run_id, artifacts={"drift": list(paths.values())},
