@@ -412,6 +412,9 @@ class Watcher:
         self._running = False
         self._expect_close = False
         self._retry_at: float | None = None
+        # live A/B promotion on a schedule, when switched on
+        self._ab_at: float | None = (time.monotonic() + 60.0 * settings.ab_promote_minutes
+                                     if settings.ab_promote else None)
         self._failures = 0
         self.state: dict = {}
         self.runs = 0
@@ -488,14 +491,30 @@ class Watcher:
 
     def _wait_for_wake(self) -> bool:
         while not self._stop.is_set():
-            timeout = None if self._retry_at is None else max(self._retry_at - time.monotonic(), 0.0)
-            if self._wake.wait(timeout if timeout is not None else 3600.0):
+            deadlines = [t for t in (self._retry_at, self._ab_at) if t is not None]
+            timeout = max(min(deadlines) - time.monotonic(), 0.0) if deadlines else 3600.0
+            if self._wake.wait(timeout):
                 return not self._stop.is_set()
             if self._retry_at is not None and time.monotonic() >= self._retry_at:
                 self._retry_at = None
                 log.info("retry=due sha256=%s failures=%s", self.state.get("sha256", "-"), self._failures)
                 self.notify("retry")
+            if self._ab_at is not None and time.monotonic() >= self._ab_at:
+                self._ab_at = time.monotonic() + 60.0 * self.settings.ab_promote_minutes
+                self._live_promotion()
         return False
+
+    def _live_promotion(self) -> None:
+        """Promote Staging on live A/B evidence (MLOPS_AB_PROMOTE), between runs, never during one."""
+        from mlops_core.ab import maybe_promote
+
+        try:
+            out = maybe_promote(self.settings)
+        except Exception as err:  # the store or the registry is down: try again at the next tick
+            log.error("ab=failed error=%s reason=%s", type(err).__name__, kv(err))
+            return
+        log.info("ab=%s version=%s production=%s staging=%s reason=%s", out["status"], out.get("version") or "-",
+                 out.get("production") or "-", out.get("staging") or "-", kv(out.get("reason", "")))
 
     def _wait_until_settled(self) -> bool:
         """Wait for a quiet period; longer while a writer seems to hold the file open."""

@@ -1,4 +1,4 @@
-"""The ``mlops`` command: make-data, drift, run, status, promote, sync, rollback."""
+"""The ``mlops`` command: make-data, drift, run, status, promote, sync, rollback, ab-report, ab-promote."""
 
 from __future__ import annotations
 
@@ -171,6 +171,56 @@ def up(settings: Settings, port: int, ui_port: int, no_ui: bool) -> None:
     from .stack import up as run_stack
 
     sys.exit(run_stack(settings, port=port, ui_port=ui_port, ui=not no_ui))
+
+
+def _ab_text(report: dict) -> str:
+    lines = [f"{'arm':<10} {'version':>7} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} "
+             f"{'labelled':>8} {'accuracy':>8}  95% interval"]
+    for g in report["groups"]:
+        acc = f"{g['accuracy']:.4f}" if g["accuracy"] is not None else "-"
+        ci = "[{:.4f}, {:.4f}]".format(*g["accuracy_ci95"]) if g["accuracy_ci95"] else "-"
+        lat = g["latency_ms"]
+        p50, p99 = (f"{lat[k]:.1f}" if lat[k] is not None else "-" for k in ("p50", "p99"))
+        lines.append(f"{g['arm']:<10} {g['version'] or '-':>7} {g['requests']:>8} {g['errors']:>6} {p50:>7} "
+                     f"{p99:>7} {g['labelled']:>8} {acc:>8}  {ci}")
+    c = report["comparison"]
+    if c["difference"] is not None:
+        lines.append(f"difference staging - production: {c['difference']:+.4f} (z={c['z']}, p={c['p_value']:.3g}, "
+                     f"alpha {c['alpha']})")
+    still = c["samples_still_needed"]
+    lines.append(f"labels per arm to detect {c['min_effect']}: {c['samples_needed_per_arm']} "
+                 f"(still needed: production {still['production']}, staging {still['staging']})")
+    lines.append(f"verdict: {c['verdict']}: {c['reason']}")
+    return "\n".join(lines)
+
+
+@main.command("ab-report")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def ab_report(settings: Settings, as_json: bool) -> None:
+    """Live A/B: per arm and version traffic, latency, labelled accuracy, and the arms compared."""
+    from .ab import PredictionStore
+
+    try:
+        aliases = _registry(settings).aliases()
+    except MlopsError as err:  # the report stands without the registry: compare the latest versions seen
+        click.echo(f"warning: {err}; comparing the latest versions seen", err=True)
+        aliases = {}
+    report = PredictionStore(settings).report(production=aliases.get("production"), staging=aliases.get("staging"))
+    _emit(report, as_json, _ab_text(report))
+
+
+@main.command("ab-promote")
+@click.option("--dry-run", is_flag=True, help="Show the decision without promoting.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def ab_promote(settings: Settings, dry_run: bool, as_json: bool) -> None:
+    """Promote Staging if live labelled traffic shows it significantly more accurate than Production."""
+    from .ab import maybe_promote
+
+    obj = maybe_promote(settings, force=True, dry_run=dry_run)
+    _emit(obj, as_json, f"{obj['status']}: {obj['reason']}\nproduction={obj.get('production')} "
+                        f"staging={obj.get('staging')}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,21 @@ class Settings:
     settle_seconds: float = 1.0
     max_batch: int = 1000
     max_body_bytes: int = 1_048_576
+    # live A/B evidence (mlops_core.ab): the prediction store, its writer, the statistics, live promotion
+    ab_store_url: str = ""  # default: sqlite:///<home>/predictions.db; any SQLAlchemy URL
+    ab_log: bool = True  # record every prediction (off: answers still carry request ids)
+    ab_queue_size: int = 10_000  # requests waiting for the writer, per worker; beyond it they are dropped
+    ab_batch_size: int = 500  # requests written per transaction
+    ab_flush_seconds: float = 0.2  # the writer's longest wait before writing what it holds
+    ab_retention_days: float = 30.0  # predictions (and their labels) older than this are deleted; 0: keep
+    ab_max_rows: int = 1_000_000  # most recent predicted rows kept; 0: no limit
+    ab_feedback_wait: float = 1.0  # how long feedback waits for a prediction not yet written
+    ab_alpha: float = 0.05  # significance level of the two-proportion test
+    ab_power: float = 0.8  # power used for the samples still needed
+    ab_min_labels: int = 200  # labelled rows per arm before a verdict (and a live promotion)
+    ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting
+    ab_promote: bool = False  # promote Staging on live evidence from the watcher's schedule
+    ab_promote_minutes: float = 15.0  # how often the watcher evaluates live promotion
 
     def __post_init__(self) -> None:
         home = Path(self.home).expanduser().resolve()
@@ -84,6 +99,15 @@ class Settings:
             problems.append(f"fold must be at least 2, got {self.fold}")
         if self.promotion_metric not in _METRICS:
             problems.append(f"promotion_metric must be one of {sorted(_METRICS)}, got {self.promotion_metric!r}")
+        if not 0.0 < self.ab_alpha < 1.0:
+            problems.append(f"ab_alpha must be in (0, 1), got {self.ab_alpha}")
+        if not 0.0 < self.ab_power < 1.0:
+            problems.append(f"ab_power must be in (0, 1), got {self.ab_power}")
+        if not 0.0 < self.ab_min_effect < 1.0:
+            problems.append(f"ab_min_effect must be in (0, 1), got {self.ab_min_effect}")
+        if self.ab_queue_size < 1 or self.ab_batch_size < 1:
+            problems.append(f"ab_queue_size and ab_batch_size must be at least 1, got {self.ab_queue_size} "
+                            f"and {self.ab_batch_size}")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
@@ -130,6 +154,7 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
         out["tracking_uri"] = redact_uri(self.tracking_uri)
+        out["ab_store_url"] = redact_uri(self.ab_store_url)
         return out
 
 
@@ -147,9 +172,21 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "bool":
+            return _bool(raw)
     except ValueError as err:
         raise ValueError(f"{_ENV_PREFIX}{f.name.upper()}: expected {kind}, got {raw!r} instead") from err
     return raw
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE | _FALSE:
+        return word in _TRUE
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
 
 
 def redact_uri(uri: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,8 +47,12 @@ def registry_errors(action: str) -> Iterator[None]:
     except RegistryError:
         raise
     except Exception as err:  # MlflowException, requests' and SQLAlchemy's errors alike
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = _CREDENTIALS.sub(r"\1***@", str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise RegistryError(f"{action}: {message}") from err
+
+
+#: ``user:password@`` in a URI inside an error message (MLflow names the request URL): never logged
+_CREDENTIALS = re.compile(r"(\w+://[^/@\s:]*:)[^/@\s]+@")
 
 
 def _is_missing(err: Exception) -> bool:

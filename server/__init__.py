@@ -25,8 +25,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from mlops_core.config import Settings
     from mlops_core.training import quiet_pycaret
 
-    from . import health, predict
+    from . import ab, health, openapi, predict
     from .errors import register_error_handlers
+    from .fastpath import Serving
     from .metrics import Metrics
     from .store import ModelStore
 
@@ -45,13 +46,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
 
     metrics = Metrics(app)
-    store = ModelStore(settings, registry=app.config.get("MLOPS_REGISTRY"), on_refresh=metrics.observe_refresh)
+    serving = app.extensions["mlops_serving"] = Serving.from_config(app.config)  # compiled path, micro-batching
+    store = ModelStore(settings, registry=app.config.get("MLOPS_REGISTRY"), on_refresh=metrics.observe_refresh,
+                       on_load=serving.prepare)
     app.extensions["mlops_store"] = store
 
     app.register_blueprint(predict.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)  # GET /openapi.json: the schema of POST /predict
+    ab_log = ab.init_app(app, settings)  # POST /feedback, GET /ab/report, the prediction log
     register_error_handlers(app)
 
     if app.config["MLOPS_AUTOSTART"]:
         store.start()
+        ab_log.start()  # its writer thread starts with the first logged prediction
     return app

@@ -7,6 +7,8 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from mlops_core.ab import FeedbackError, UnknownRequestError
+
 __all__ = ["ValidationError", "NoModelError", "register_error_handlers"]
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ class NoModelError(RuntimeError):
     """No Production model is loaded yet: the service cannot answer predictions."""
 
 
-def _answer(status: int, error: str, message: str, field: str | None = None):
+def _answer(status: int, error: str, message: str, field: str | None = None, **extra):
     body = {"error": error, "message": message, "status": status}
     if field is not None:
         body["field"] = field
+    body.update(extra)
     response = jsonify(body)
     response.status_code = status
     return response
@@ -56,6 +59,12 @@ def _http(err: HTTPException):
     return response
 
 
+def _feedback(err: FeedbackError):
+    """Unknown request ids: 404; labels given before: 409. Both name the ids."""
+    status, name = (404, "unknown_request_id") if isinstance(err, UnknownRequestError) else (409, "duplicate_feedback")
+    return _answer(status, name, str(err), "request_id", request_ids=err.ids[:100])
+
+
 def _unexpected(err: Exception):
     log.exception("unhandled error while serving a request")
     return _answer(500, "internal_error", "the server failed to answer this request; see its log")
@@ -65,5 +74,6 @@ def register_error_handlers(app: Flask) -> None:
     """Answer every error as JSON: validation, no model, HTTP errors, anything else."""
     app.register_error_handler(ValidationError, _validation)
     app.register_error_handler(NoModelError, _no_model)
+    app.register_error_handler(FeedbackError, _feedback)
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(Exception, _unexpected)

@@ -63,6 +63,8 @@ def post_worker_init(worker):
     store = worker.wsgi.extensions["mlops_store"]
     worker.notify()
     store.start()
+    if "mlops_ab" in worker.wsgi.extensions:
+        worker.wsgi.extensions["mlops_ab"].start()  # this worker's prediction log (writer on first record)
     snapshot = store.snapshot
     worker.log.info("worker %s serving production=%s staging=%s%s", worker.pid,
                     snapshot.production.version if snapshot.production else None,
@@ -71,11 +73,14 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Stop this worker's scheduler."""
+    """Stop this worker's scheduler; write its queued predictions and stop its writer."""
     app = getattr(worker, "wsgi", None)
     store = app.extensions.get("mlops_store") if app is not None and hasattr(app, "extensions") else None
     if store is not None:
         store.stop(wait=False)
+    ab_log = app.extensions.get("mlops_ab") if app is not None and hasattr(app, "extensions") else None
+    if ab_log is not None:
+        ab_log.stop(timeout=10)  # write what is queued: no logged prediction is lost on a restart
 
 
 def child_exit(server, worker):

@@ -55,6 +55,9 @@ class Metrics:
         self.last_refresh = Gauge("mlops_refresh_last_success_timestamp_seconds",
                                   "Time of the last successful refresh, per worker.", registry=r,
                                   multiprocess_mode="liveall")
+        self.ab_written = Counter("mlops_ab_log_written", "Prediction rows written to the A/B store.", registry=r)
+        self.ab_dropped = Counter("mlops_ab_log_dropped", "Prediction rows not logged: the writer's queue was "
+                                  "full (never waited on).", registry=r)
         self._pid = os.getpid()
 
     def _ready(self) -> Metrics:
@@ -89,6 +92,14 @@ class Metrics:
             self.errors.labels(stage, str(status)).inc()
         elif rows:
             self.rows.labels(stage).inc(rows)
+
+    def observe_ab_log(self, *, written: int = 0, dropped: int = 0) -> None:
+        """Count prediction rows written to the A/B store, or dropped because its queue was full."""
+        self._ready()
+        if written:
+            self.ab_written.inc(written)
+        if dropped:
+            self.ab_dropped.inc(dropped)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: every worker's values in multiprocess mode, else this registry's."""

@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
+from .ab import stamp
 from .errors import NoModelError, ValidationError
 from .store import ARMS
 
@@ -116,7 +117,7 @@ def check_request(body: Any, *, max_batch: int) -> tuple[int, list[Any], bool]:
         raise ValidationError("body", f"expected a JSON object with {list(_TOP_LEVEL)}, got {_kind(body)} instead")
     extra = [k for k in body if k not in _TOP_LEVEL]
     if extra:
-        raise ValidationError(str(extra[0])[:100], f"unknown field; expected only {list(_TOP_LEVEL)}")
+        raise ValidationError(str(extra[0])[:100] or '""', f"unknown field; expected only {list(_TOP_LEVEL)}")
     if "user_id" not in body:
         raise ValidationError("user_id", "missing; expected a JSON integer")
     user_id = body["user_id"]
@@ -163,17 +164,6 @@ def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
     return frame
 
 
-def _positive_probability(model, frame) -> list[float]:
-    proba = model.predict_proba(frame)
-    classes = list(getattr(model, "classes_", [])) or list(range(proba.shape[1]))
-    index = classes.index(1) if 1 in classes else proba.shape[1] - 1
-    return [round(float(p), 6) for p in proba[:, index]]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
 @bp.post("/predict")
 def predict():
     """Answer predictions and P(class 1) for one row or a batch, from the arm the user is routed to."""
@@ -183,19 +173,19 @@ def predict():
         raise ValidationError("Content-Type", f"expected application/json, got {request.mimetype or 'none'} "
                                               "instead", status=415)
     body = parse_body(request.get_data(cache=False))
-    user_id, raw_rows, _ = check_request(body, max_batch=settings.max_batch)
+    user_id, raw_rows, batch = check_request(body, max_batch=settings.max_batch)
     snapshot = store.snapshot  # one read: the pair stays consistent for this request
     wanted, model, fallback = route(user_id, snapshot)
     g.mlops_stage = ARMS[PRODUCTION] if fallback else ARMS[wanted]
     prefix = "features" if len(raw_rows) == 1 and isinstance(body["features"], dict) else "features[{}]"
     rows = [_check_row(prefix.format(i), row, model) for i, row in enumerate(raw_rows)]
-    frame = to_frame(rows, model)
-    predictions = [_plain(p) for p in model.model.predict(frame)]
-    probabilities = _positive_probability(model.model, frame)
+    predictions, probabilities = current_app.extensions["mlops_serving"](model, rows)  # server/fastpath.py
     g.mlops_rows = len(rows)
-    return jsonify({"predictions": predictions, "probabilities": probabilities, "stage": g.mlops_stage,
-                    "version": model.version, "model": settings.model_name, "requested_stage": ARMS[wanted],
-                    "fallback": fallback})
+    answer = {"predictions": predictions, "probabilities": probabilities, "stage": g.mlops_stage,
+              "version": model.version, "model": settings.model_name, "requested_stage": ARMS[wanted],
+              "fallback": fallback}
+    return jsonify(stamp(answer, user_id=user_id, version=model.version, predictions=predictions,
+                         probabilities=probabilities, batch=batch))  # request_id(s); the A/B log's record
 
 
 @bp.before_request

@@ -445,3 +445,21 @@ def test_log_lines_are_key_value_and_parse_back():
     assert journal.startswith("<3>level=error") and "ts=" not in journal
     plain = watcher.log.makeRecord("mlops_core.x", 20, __file__, 1, "bootstrapped %s", ("v1",), None)
     assert parse(fmt.format(plain))["msg"] == "bootstrapped v1"
+
+
+def test_live_ab_promotion_is_evaluated_on_its_schedule_between_runs(fresh, caplog):
+    """With MLOPS_AB_PROMOTE on, the worker asks mlops_core.ab.maybe_promote every ab_promote_minutes."""
+    settings = fresh.replace(settle_seconds=0.2, ab_promote=True, ab_promote_minutes=0.01)  # every 0.6 s
+    caplog.set_level("INFO", logger="watcher")
+    w = watcher.Watcher(settings, runner=FakeRunner())
+    w.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not [r for r in caplog.records if r.getMessage().startswith("ab=")] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        w.stop()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ab=")]
+    # no labelled traffic yet: the evaluation keeps the aliases as they are
+    assert lines and lines[0].startswith("ab=kept version=- production=1 staging=1"), lines
+    assert Registry(settings).aliases() == {"production": "1", "staging": "1"}

@@ -1,0 +1,483 @@
+"""Live A/B evidence: the prediction store, the statistics of the two arms, promotion on live evidence.
+
+Every answered prediction row is one row of ``predictions`` (written in batches by the
+server's writer thread); ``POST /feedback`` adds its true label to ``feedback``. The
+report joins the two per arm and version::
+
+    store = PredictionStore(settings)
+    report = store.report(production="3", staging="4")
+    report["comparison"]["verdict"]      # staging_better | production_better | ...
+
+Nothing here runs inside a request except :meth:`PredictionStore.add_feedback` and
+:meth:`PredictionStore.report`; :func:`maybe_promote` runs from the watcher's schedule
+or ``mlops ab-promote``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings, redact_uri
+from .errors import MlopsError
+
+__all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
+           "wilson_interval", "two_proportion_test", "samples_per_arm", "maybe_promote", "store_url"]
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_ARM, STAGING_ARM = "Production", "Staging"
+_RETENTION_EVERY = 60.0  # seconds between retention passes of one writer
+
+
+# -- errors ------------------------------------------------------------------------------------------
+class FeedbackError(MlopsError, ValueError):
+    """Feedback that cannot be joined; ``ids`` names the request ids at fault."""
+
+    def __init__(self, message: str, ids: Sequence[str]):
+        self.ids = list(ids)
+        super().__init__(message)
+
+
+class UnknownRequestError(FeedbackError, LookupError):
+    """Feedback for a request id that no logged prediction carries."""
+
+
+class DuplicateFeedbackError(FeedbackError):
+    """Feedback for a request id that already has a label."""
+
+
+# -- statistics --------------------------------------------------------------------------------------
+_NORMAL = statistics.NormalDist()
+
+
+def _z(confidence: float) -> float:
+    return _NORMAL.inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (None without observations)."""
+    if n <= 0:
+        return None
+    z = _z(confidence)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def two_proportion_test(x1: int, n1: int, x2: int, n2: int) -> tuple[float, float] | None:
+    """Pooled two-proportion z-test of p2 - p1: ``(z, two-sided p-value)`` (None when undefined)."""
+    if n1 <= 0 or n2 <= 0:
+        return None
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    diff = x2 / n2 - x1 / n1
+    if se == 0:  # both arms all right or all wrong: no evidence of a difference
+        return 0.0, 1.0
+    z = diff / se
+    return z, math.erfc(abs(z) / math.sqrt(2))
+
+
+def samples_per_arm(baseline: float, *, min_effect: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Labelled rows per arm for a two-sided test at ``alpha`` to detect ``min_effect`` with ``power``.
+
+    The classic normal-approximation formula for two proportions, around the
+    baseline accuracy and baseline + effect (baseline - effect near 1).
+    """
+    p1 = min(max(baseline, 0.0), 1.0)
+    p2 = p1 + min_effect if p1 + min_effect <= 1.0 else p1 - min_effect
+    mean = (p1 + p2) / 2
+    za, zb = _z(1 - alpha), _NORMAL.inv_cdf(power)
+    root = za * math.sqrt(2 * mean * (1 - mean)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
+    return math.ceil(root * root / (min_effect * min_effect))
+
+
+# -- the store ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    """One answered request as the writer receives it (rows expanded when written)."""
+
+    call_id: str
+    request_ids: Sequence[str]
+    user_id: int | None
+    arm: str
+    version: str | None
+    predictions: Sequence[Any]
+    probabilities: Sequence[float]
+    status: int
+    latency_ms: float
+    created: float
+
+
+def store_url(settings: Settings) -> str:
+    """The store's SQLAlchemy URL: the setting, else ``<home>/predictions.db``."""
+    return settings.ab_store_url or f"sqlite:///{settings.home / 'predictions.db'}"
+
+
+def _metadata():
+    from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table
+
+    md = MetaData()
+    Table("predictions", md,
+          Column("request_id", String(32), primary_key=True),
+          Column("call_id", String(32), nullable=False),
+          Column("created", Float, nullable=False),
+          Column("user_id", BigInteger),
+          Column("arm", String(16), nullable=False),
+          Column("version", String(32)),
+          Column("prediction", Integer),
+          Column("probability", Float),
+          Column("status", Integer, nullable=False),
+          Column("latency_ms", Float),
+          Index("ix_predictions_created", "created"),
+          Index("ix_predictions_arm_version", "arm", "version"))
+    Table("feedback", md,
+          Column("request_id", String(32), primary_key=True),
+          Column("label", Integer, nullable=False),
+          Column("received", Float, nullable=False),
+          Index("ix_feedback_received", "received"))
+    return md
+
+
+_COLUMNS = ("request_id", "call_id", "created", "user_id", "arm", "version", "prediction", "probability", "status",
+            "latency_ms")
+_INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class PredictionStore:
+    """The append-only log of predictions and their labels, in any SQLAlchemy database.
+
+    The engine is created in the process that uses it (gunicorn workers fork after the
+    app is built), and is safe to share between that process's threads.
+    """
+
+    def __init__(self, settings: Settings, *, url: str | None = None, clock=time.time):
+        self.settings = settings
+        self.url = url or store_url(settings)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._engine = None
+        self._pid: int | None = None
+        self._md = _metadata()
+        self.predictions = self._md.tables["predictions"]
+        self.feedback = self._md.tables["feedback"]
+
+    # -- connection -------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine, self._pid = self._connect(), os.getpid()
+        return self._engine
+
+    def _connect(self):
+        from sqlalchemy import create_engine, event
+
+        if self.url.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(os.path.abspath(self.url[len("sqlite:///"):])) or ".", exist_ok=True)
+        engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
+        if engine.dialect.name == "sqlite":
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection, _record):  # WAL: readers never block the writer
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=10000")
+                cursor.close()
+        for attempt in range(3):  # two workers creating the tables at once: one wins, the other retries
+            try:
+                self._md.create_all(engine, checkfirst=True)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        return engine
+
+    def dispose(self) -> None:
+        """Close this process's connections."""
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    def describe(self) -> str:
+        return redact_uri(self.url)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, items: Iterable[Prediction]) -> int:
+        """Insert the rows of answered requests in one transaction; return the number of rows."""
+        rows = []
+        for item in items:
+            common = (item.call_id, item.created, item.user_id, item.arm, item.version)
+            if not item.request_ids:  # an error answer: one row, no prediction
+                rows.append((item.call_id, *common, None, None, item.status, item.latency_ms))
+                continue
+            predictions, probabilities = item.predictions, item.probabilities
+            for i, request_id in enumerate(item.request_ids):
+                rows.append((request_id, *common, _as_int(predictions[i]) if i < len(predictions) else None,
+                             probabilities[i] if i < len(probabilities) else None, item.status, item.latency_ms))
+        if not rows:
+            return 0
+        engine = self.engine
+        if engine.dialect.name == "sqlite":  # the driver's own executemany: a fraction of the CPU of Core's
+            raw = engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.executemany(_INSERT, rows)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                raw.close()
+        else:
+            with engine.begin() as conn:
+                conn.execute(self.predictions.insert(), [dict(zip(_COLUMNS, row)) for row in rows])
+        return len(rows)
+
+    def apply_retention(self) -> int:
+        """Delete predictions (and labels) beyond the age and row limits; return rows deleted."""
+        from sqlalchemy import delete, select
+
+        p, f = self.predictions, self.feedback
+        deleted = 0
+        with self.engine.begin() as conn:
+            if self.settings.ab_retention_days > 0:
+                cutoff = self._clock() - self.settings.ab_retention_days * 86400
+                deleted += conn.execute(delete(p).where(p.c.created < cutoff)).rowcount or 0
+                conn.execute(delete(f).where(f.c.received < cutoff))
+            if self.settings.ab_max_rows > 0:
+                edge = conn.execute(select(p.c.created).order_by(p.c.created.desc())
+                                    .offset(self.settings.ab_max_rows).limit(1)).scalar()
+                if edge is not None:
+                    deleted += conn.execute(delete(p).where(p.c.created <= edge)).rowcount or 0
+            if deleted:
+                conn.execute(delete(f).where(f.c.request_id.not_in(select(p.c.request_id))))
+        return deleted
+
+    # -- feedback ---------------------------------------------------------------------------------
+    def add_feedback(self, labels: Sequence[tuple[str, int]]) -> int:
+        """Join true labels to logged predictions, all or none; return how many were stored.
+
+        Raises UnknownRequestError for ids with no logged prediction and
+        DuplicateFeedbackError for ids labelled before (or twice in ``labels``).
+        """
+        from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
+
+        ids = [request_id for request_id, _ in labels]
+        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        if repeated:
+            raise DuplicateFeedbackError(f"request ids given more than once: {', '.join(repeated[:10])}", repeated)
+        p, f = self.predictions, self.feedback
+        now = self._clock()
+        try:
+            with self.engine.begin() as conn:
+                known = set()
+                for chunk in _chunks(ids, 500):
+                    known.update(conn.execute(select(p.c.request_id).where(p.c.request_id.in_(chunk),
+                                                                           p.c.status < 400)).scalars())
+                unknown = [i for i in ids if i not in known]
+                if unknown:
+                    raise UnknownRequestError(f"no logged prediction has request id {', '.join(unknown[:10])}"
+                                              + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""),
+                                              unknown)
+                done = set()
+                for chunk in _chunks(ids, 500):
+                    done.update(conn.execute(select(f.c.request_id).where(f.c.request_id.in_(chunk))).scalars())
+                if done:
+                    dup = [i for i in ids if i in done]
+                    raise DuplicateFeedbackError(f"request id {', '.join(dup[:10])} already has a label", dup)
+                conn.execute(f.insert(), [{"request_id": i, "label": int(label), "received": now}
+                                          for i, label in labels])
+        except IntegrityError as err:  # labelled meanwhile by another worker
+            raise DuplicateFeedbackError(f"request ids already labelled: {', '.join(ids[:10])}", ids) from err
+        return len(labels)
+
+    # -- the report -------------------------------------------------------------------------------
+    def groups(self) -> list[dict]:
+        """Per arm and version: requests, errors, rows, latency p50/p99, labels, accuracy with its 95% interval."""
+        from sqlalchemy import case, func, select
+
+        p, f = self.predictions, self.feedback
+        ok = p.c.status < 400
+        query = (select(p.c.arm, p.c.version,
+                        func.count(func.distinct(p.c.call_id)).label("requests"),
+                        func.count(func.distinct(case((~ok, p.c.call_id)))).label("errors"),
+                        func.sum(case((ok, 1), else_=0)).label("rows"),
+                        func.count(f.c.request_id).label("labelled"),
+                        func.sum(case((f.c.label == p.c.prediction, 1), else_=0)).label("correct"),
+                        func.min(p.c.created).label("first_at"), func.max(p.c.created).label("last_at"))
+                 .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
+                 .group_by(p.c.arm, p.c.version))
+        latency = (select(p.c.arm, p.c.version, p.c.call_id, func.max(p.c.latency_ms))
+                   .group_by(p.c.arm, p.c.version, p.c.call_id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+            latencies: dict[tuple[str, str], list[float]] = {}
+            for arm, version, _, ms in conn.execute(latency):
+                if ms is not None:
+                    latencies.setdefault((arm, version), []).append(float(ms))
+        out = []
+        for row in rows:
+            labelled, correct = int(row["labelled"] or 0), int(row["correct"] or 0)
+            interval = wilson_interval(correct, labelled)
+            out.append({"arm": row["arm"], "version": row["version"], "requests": int(row["requests"] or 0),
+                        "errors": int(row["errors"] or 0), "rows": int(row["rows"] or 0),
+                        "latency_ms": _percentiles(latencies.get((row["arm"], row["version"]), [])),
+                        "labelled": labelled, "correct": correct,
+                        "accuracy": round(correct / labelled, 6) if labelled else None,
+                        "accuracy_ci95": [round(v, 6) for v in interval] if interval else None,
+                        "first_at": row["first_at"], "last_at": row["last_at"]})
+        return sorted(out, key=lambda g: (g["arm"], _as_int(g["version"]) or 0, str(g["version"])))
+
+    def report(self, *, production: str | None = None, staging: str | None = None) -> dict:
+        """Every group, and the comparison of Production's version with Staging's (default: the latest seen)."""
+        groups = self.groups()
+        production = str(production) if production is not None else _latest(groups, PRODUCTION_ARM)
+        staging = str(staging) if staging is not None else _latest(groups, STAGING_ARM)
+        return {"generated_at": self._clock(), "store": self.describe(), "groups": groups,
+                "comparison": compare(groups, production, staging, self.settings),
+                "settings": {"alpha": self.settings.ab_alpha, "power": self.settings.ab_power,
+                             "min_labels": self.settings.ab_min_labels, "min_effect": self.settings.ab_min_effect}}
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p99": None}
+    import numpy as np
+
+    p50, p99 = np.percentile(np.asarray(values), [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+def _latest(groups: list[dict], arm: str) -> str | None:
+    seen = [g for g in groups if g["arm"] == arm]
+    return max(seen, key=lambda g: g["last_at"] or 0)["version"] if seen else None
+
+
+def _find(groups: list[dict], arm: str, version: str | None) -> dict | None:
+    return next((g for g in groups if g["arm"] == arm and g["version"] == version), None)
+
+
+def compare(groups: list[dict], production: str | None, staging: str | None, settings: Settings) -> dict:
+    """Staging's accuracy minus Production's, its test, the samples still needed and a verdict."""
+    prod, stag = _find(groups, PRODUCTION_ARM, production), _find(groups, STAGING_ARM, staging)
+    n1, x1 = (prod["labelled"], prod["correct"]) if prod else (0, 0)
+    n2, x2 = (stag["labelled"], stag["correct"]) if stag else (0, 0)
+    test = two_proportion_test(x1, n1, x2, n2)
+    baseline = x1 / n1 if n1 else 0.5
+    needed = samples_per_arm(baseline, min_effect=settings.ab_min_effect, alpha=settings.ab_alpha,
+                             power=settings.ab_power)
+    out = {"production_version": production, "staging_version": staging,
+           "production_labelled": n1, "staging_labelled": n2,
+           "production_accuracy": round(x1 / n1, 6) if n1 else None,
+           "staging_accuracy": round(x2 / n2, 6) if n2 else None,
+           "difference": round(x2 / n2 - x1 / n1, 6) if n1 and n2 else None,
+           "z": round(test[0], 4) if test else None, "p_value": test[1] if test else None,
+           "alpha": settings.ab_alpha, "significant": bool(test and test[1] < settings.ab_alpha),
+           "min_labels": settings.ab_min_labels,
+           "min_labels_met": n1 >= settings.ab_min_labels and n2 >= settings.ab_min_labels,
+           "min_effect": settings.ab_min_effect, "samples_needed_per_arm": needed,
+           "samples_still_needed": {"production": max(0, needed - n1), "staging": max(0, needed - n2)}}
+    if production is None or staging is None or production == staging:
+        out["verdict"] = "nothing_to_compare"
+        out["reason"] = (f"both arms serve version {production}" if production is not None and production == staging
+                         else "an arm has no logged predictions")
+    elif not out["min_labels_met"]:
+        out["verdict"] = "insufficient_labels"
+        out["reason"] = (f"labelled rows: production v{production} {n1}, staging v{staging} {n2}; "
+                         f"at least {settings.ab_min_labels} per arm are needed")
+    elif out["significant"]:
+        out["verdict"] = "staging_better" if x2 / n2 > x1 / n1 else "production_better"
+        out["reason"] = (f"live accuracy staging v{staging} {x2 / n2:.4f} vs production v{production} "
+                         f"{x1 / n1:.4f} (p={test[1]:.3g} < {settings.ab_alpha})")
+    else:
+        out["verdict"] = "no_significant_difference"
+        out["reason"] = (f"live accuracy staging v{staging} {x2 / n2:.4f} vs production v{production} "
+                         f"{x1 / n1:.4f} (p={test[1]:.3g} >= {settings.ab_alpha})")
+    return out
+
+
+# -- promotion on live evidence -------------------------------------------------------------------------
+def maybe_promote(settings: Settings, *, force: bool = False, dry_run: bool = False, registry=None,
+                  store: PredictionStore | None = None, lock_timeout: float = 60.0) -> dict:
+    """Promote Staging when live labelled traffic shows it significantly better than Production.
+
+    Off unless ``settings.ab_promote`` (or ``force``, as ``mlops ab-promote`` does). Runs
+    under the pipeline lock and promotes exactly as an offline promotion (archive, sync);
+    the decision and its live figures are recorded as version tags and an MLflow run.
+    """
+    from .errors import BusyError
+    from .pipeline import pipeline_lock
+    from .registry import PRODUCTION, STAGING, Registry, dumps
+
+    if not (settings.ab_promote or force):
+        return {"status": "disabled", "reason": "live promotion is off (MLOPS_AB_PROMOTE=true turns it on)"}
+    store = store or PredictionStore(settings)
+    try:
+        with pipeline_lock(settings, timeout=lock_timeout):
+            registry = registry or Registry(settings)
+            aliases = registry.aliases()
+            production, staging = aliases.get(PRODUCTION), aliases.get(STAGING)
+            comparison = store.report(production=production, staging=staging)["comparison"]
+            out = {"status": "kept", "production": production, "staging": staging, "version": None,
+                   "reason": comparison["reason"], "comparison": comparison, "run_id": None}
+            if production is None or staging is None or comparison["verdict"] != "staging_better":
+                return out
+            if dry_run:
+                return {**out, "status": "would_promote", "version": staging}
+            run_id = registry.create_run("ab-promote", tags={"mlops.kind": "ab-promote",
+                                                             "mlops.production_before": production})
+            ok = False
+            try:
+                figures = {"live_accuracy_candidate": comparison["staging_accuracy"],
+                           "live_accuracy_production": comparison["production_accuracy"],
+                           "live_labelled_candidate": comparison["staging_labelled"],
+                           "live_labelled_production": comparison["production_labelled"],
+                           "live_p_value": comparison["p_value"], "live_z": comparison["z"]}
+                registry.tag_version(staging, {**figures, "compared_with": production, "decision": "promoted",
+                                               "decision_source": "live_ab",
+                                               "decision_reason": comparison["reason"]})
+                registry.promote(staging)
+                after = registry.aliases()
+                out = {**out, "status": "promoted", "version": staging, "production": after.get(PRODUCTION),
+                       "staging": after.get(STAGING), "run_id": run_id}
+                registry.log_run(run_id, metrics={k: v for k, v in figures.items() if v is not None},
+                                 params={"alpha": settings.ab_alpha, "min_labels": settings.ab_min_labels},
+                                 tags={"mlops.status": "promoted", "mlops.reason": comparison["reason"],
+                                       "mlops.version": staging, "mlops.decision_source": "live_ab",
+                                       "mlops.done": "true"},
+                                 text={"decision.json": dumps(out)})
+                ok = True
+            finally:
+                try:
+                    registry.finish_run(run_id, ok=ok)
+                except Exception:  # the promotion stands; the run stays open
+                    log.exception("could not close run %s", run_id)
+            log.info("live promotion: version %s promoted (%s)", staging, comparison["reason"])
+            return out
+    except BusyError as err:
+        return {"status": "busy", "reason": str(err)}

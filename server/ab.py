@@ -1,0 +1,334 @@
+"""Live A/B: request ids on answers, the per-worker prediction log, POST /feedback and GET /ab/report.
+
+The request thread only puts one small record on a bounded queue (``put_nowait``);
+a full queue drops the record and counts it, it is never waited on. One writer
+thread per worker, started on the first record after :meth:`PredictionLog.start`,
+writes what the queue holds in batches and applies retention now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+
+from mlops_core.ab import Prediction, PredictionStore, UnknownRequestError
+from mlops_core.config import Settings
+
+from .errors import ValidationError
+
+__all__ = ["bp", "PredictionLog", "init_app", "stamp"]
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ab", __name__)
+
+_RETENTION_EVERY = 60.0
+
+
+class _Flush:
+    """A marker on the queue: the writer sets it once everything queued before it is written."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class PredictionLog:
+    """A bounded queue and one writer thread per process, feeding a PredictionStore."""
+
+    def __init__(self, settings: Settings, *, store: PredictionStore | None = None,
+                 on_written: Callable[[int], None] | None = None, on_dropped: Callable[[int], None] | None = None):
+        self.settings = settings
+        self.store = store or PredictionStore(settings)
+        self._on_written, self._on_dropped = on_written, on_dropped
+        self._lock = threading.Lock()
+        self._pid: int | None = None  # the process where start() was called; records elsewhere are ignored
+        self._queue: queue.Queue = queue.Queue(maxsize=settings.ab_queue_size)
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        self.written = self.dropped = self.failed = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Accept records in this process (a fresh queue after a fork); the writer starts on the first one."""
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid, self._thread = os.getpid(), None
+            self._queue = queue.Queue(maxsize=self.settings.ab_queue_size)
+            self._halt.clear()
+
+    @property
+    def active(self) -> bool:
+        """Whether records are accepted in this process."""
+        return self.settings.ab_log and self._pid == os.getpid()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """Write what is queued, stop the writer and close the store's connections."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            self._pid = None  # no new records from here on
+            thread, self._thread = self._thread, None
+        self._halt.set()
+        if thread is not None:
+            try:
+                self._queue.put_nowait(None)  # wake the writer now
+            except queue.Full:
+                pass
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("prediction writer did not stop within %.0fs", timeout)
+        self.store.dispose()
+
+    # -- the hot path -----------------------------------------------------------------------------------
+    def record(self, item: Prediction) -> bool:
+        """Queue one answered request without waiting; False when it was dropped (or logging is off here)."""
+        if self._pid != os.getpid():
+            return False
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            rows = max(1, len(item.request_ids))
+            with self._lock:
+                self.dropped += rows
+            if self._on_dropped is not None:
+                self._on_dropped(rows)
+            return False
+        if self._thread is None:
+            self._spawn()
+        return True
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._thread is None and self._pid == os.getpid():
+                self._thread = threading.Thread(target=self._run, name="mlops-ab-writer", daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until everything this process queued so far is written (False on timeout or when idle)."""
+        if self._pid != os.getpid() or self._thread is None:
+            return False
+        marker = _Flush()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # -- the writer -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        wait, size = self.settings.ab_flush_seconds, self.settings.ab_batch_size
+        next_retention = time.monotonic()
+        while True:
+            batch: list[Prediction] = []
+            markers: list[_Flush] = []
+            try:
+                item = self._queue.get(timeout=wait)
+                # gather for up to ``wait`` (few, large transactions), unless asked to flush or stop
+                deadline = time.monotonic() + wait
+                while True:
+                    if isinstance(item, _Flush):
+                        markers.append(item)
+                    elif item is not None:
+                        batch.append(item)
+                    if len(batch) >= size or markers or self._halt.is_set():
+                        break
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pass
+            while markers and len(batch) < size:  # what was queued before a flush marker goes now too
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Flush):
+                    markers.append(item)
+                elif item is not None:
+                    batch.append(item)
+            if batch:
+                self._write(batch)
+            for marker in markers:
+                marker.done.set()
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + _RETENTION_EVERY
+                try:
+                    self.store.apply_retention()
+                except Exception:
+                    log.exception("prediction store retention failed")
+            if self._halt.is_set() and self._queue.empty():
+                return
+
+    def _write(self, batch: list[Prediction]) -> None:
+        try:
+            rows = self.store.write(batch)
+        except Exception as err:  # a slow or broken store must not stop the writer
+            rows = sum(max(1, len(item.request_ids)) for item in batch)
+            with self._lock:
+                self.failed += rows
+            log.warning("prediction store write failed, %d rows lost: %s", rows, str(err).splitlines()[0][:300])
+            if not self._halt.is_set():
+                time.sleep(min(1.0, self.settings.ab_flush_seconds * 5))
+            return
+        with self._lock:
+            self.written += rows
+        if self._on_written is not None:
+            self._on_written(rows)
+
+
+# -- wiring ---------------------------------------------------------------------------------------------
+def init_app(app: Flask, settings: Settings) -> PredictionLog:
+    """Create this app's prediction log, the recording hook and the blueprint."""
+    metrics = app.extensions.get("mlops_metrics")
+    ab_log = PredictionLog(settings,
+                           on_written=(lambda n: metrics.observe_ab_log(written=n)) if metrics else None,
+                           on_dropped=(lambda n: metrics.observe_ab_log(dropped=n)) if metrics else None)
+    app.extensions["mlops_ab"] = ab_log
+    app.after_request(_record)
+    app.register_blueprint(bp)
+    return ab_log
+
+
+def stamp(answer: dict, *, user_id: int, version: str, predictions: list, probabilities: list,
+          batch: bool) -> dict:
+    """Give the answer its request id(s) and keep what the log needs for after the response is built."""
+    call_id = uuid.uuid4().hex
+    # rows of a batch: the call's first 96 random bits and the row's index, unique and cheap
+    row_ids = [call_id] if not batch else [f"{call_id[:24]}{i:08x}" for i in range(len(predictions))]
+    answer["request_id"] = call_id
+    if batch:
+        answer["request_ids"] = row_ids
+    g.mlops_ab = (call_id, row_ids, user_id, version, predictions, probabilities)
+    return answer
+
+
+def _record(response):
+    """After a /predict answer: queue its record (answered or failed after routing)."""
+    if request.endpoint != "predict.predict":
+        return response
+    ab_log: PredictionLog | None = current_app.extensions.get("mlops_ab")
+    if ab_log is None or not ab_log.active:
+        return response
+    stage = g.get("mlops_stage")
+    if stage is None:  # rejected before routing: no arm to charge
+        return response
+    latency_ms = (time.perf_counter() - g.get("mlops_started", time.perf_counter())) * 1000
+    stamped = g.get("mlops_ab")
+    if stamped is not None and response.status_code < 400:
+        call_id, row_ids, user_id, version, predictions, probabilities = stamped
+    else:
+        snapshot = current_app.extensions["mlops_store"].snapshot
+        model = snapshot.production if stage == "Production" else snapshot.staging
+        call_id, row_ids, user_id, predictions, probabilities = uuid.uuid4().hex, (), None, (), ()
+        version = model.version if model is not None else None
+    ab_log.record(Prediction(call_id, row_ids, user_id, stage, version, predictions, probabilities,
+                             response.status_code, round(latency_ms, 3), time.time()))
+    return response
+
+
+# -- endpoints -------------------------------------------------------------------------------------------
+def _kind(value: Any) -> str:
+    from .predict import _kind as kind
+
+    return kind(value)
+
+
+def _item(prefix: str, item: Any) -> tuple[str, int]:
+    def field(name: str = "") -> str:
+        return ".".join(filter(None, (prefix, name))) or "body"
+
+    if not isinstance(item, dict):
+        raise ValidationError(field(), f"expected an object with 'request_id' and 'label', got {_kind(item)} instead")
+    extra = [k for k in item if k not in ("request_id", "label")]
+    if extra:
+        raise ValidationError(field(str(extra[0])[:100]), "unknown field; expected only "
+                                                                "['request_id', 'label']")
+    if "request_id" not in item:
+        raise ValidationError(field("request_id"), "missing; expected the request_id of a /predict answer")
+    request_id = item["request_id"]
+    if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
+        raise ValidationError(field("request_id"), f"expected the request_id string of a /predict answer, "
+                                                    f"got {_kind(request_id)} instead")
+    if "label" not in item:
+        raise ValidationError(field("label"), "missing; expected 0 or 1")
+    label = item["label"]
+    if _kind(label) != "integer" or label not in (0, 1):
+        shown = repr(label)[:40] if _kind(label) in ("integer", "number", "string", "boolean") else _kind(label)
+        raise ValidationError(field("label"), f"expected 0 or 1, got {shown} instead", status=422)
+    return request_id, label
+
+
+def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
+    """``{"request_id", "label"}`` or ``{"feedback": [...]}`` as a list of (request id, label)."""
+    if isinstance(body, dict) and "feedback" in body:
+        if len(body) != 1:
+            raise ValidationError("feedback", "expected only 'feedback' beside it, or the single form "
+                                              "{'request_id', 'label'}")
+        items = body["feedback"]
+        if not isinstance(items, list) or not items:
+            raise ValidationError("feedback", f"expected a non-empty list of objects, got {_kind(items)} instead")
+        if len(items) > max_batch:
+            raise ValidationError("feedback", f"batch of {len(items)} labels exceeds the cap of {max_batch}",
+                                  status=413)
+        return [_item(f"feedback[{i}]", item) for i, item in enumerate(items)]
+    if not isinstance(body, dict):
+        raise ValidationError("body", f"expected a JSON object, got {_kind(body)} instead")
+    return [_item("", body)]
+
+
+@bp.post("/feedback")
+def feedback():
+    """Join true labels to logged predictions: one ``{"request_id", "label"}`` or ``{"feedback": [...]}``."""
+    from .predict import parse_body
+
+    settings = current_app.config["MLOPS_SETTINGS"]
+    ab_log: PredictionLog = current_app.extensions["mlops_ab"]
+    if not request.is_json:
+        raise ValidationError("Content-Type", f"expected application/json, got {request.mimetype or 'none'} "
+                                              "instead", status=415)
+    labels = parse_feedback(parse_body(request.get_data(cache=False)), max_batch=settings.max_batch)
+    deadline = time.monotonic() + settings.ab_feedback_wait
+    flushed = False
+    while True:
+        try:
+            stored = ab_log.store.add_feedback(labels)
+            break
+        except UnknownRequestError:
+            # the prediction may still wait in a writer's queue: flush ours, give the others a moment
+            if not flushed:
+                flushed = True
+                ab_log.flush(timeout=max(0.1, deadline - time.monotonic()))
+            elif time.monotonic() >= deadline:
+                raise
+            else:
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return jsonify({"accepted": stored, "request_ids": [i for i, _ in labels]}), 201
+
+
+@bp.get("/ab/report")
+def report():
+    """Per arm and version: traffic, latency, labelled accuracy; the arms compared (this worker's view)."""
+    ab_log: PredictionLog = current_app.extensions["mlops_ab"]
+    snapshot = current_app.extensions["mlops_store"].snapshot
+    ab_log.flush(timeout=1.0)
+    out = ab_log.store.report(production=snapshot.production.version if snapshot.production else None,
+                              staging=snapshot.staging.version if snapshot.staging else None)
+    out["log"] = {"worker_pid": os.getpid(), "enabled": ab_log.active,
+                  "queued": ab_log.queued, "written": ab_log.written, "dropped": ab_log.dropped,
+                  "failed": ab_log.failed}
+    return jsonify(out)

@@ -1,0 +1,480 @@
+"""Compiled inference: a fitted PyCaret pipeline's known steps as plain array operations.
+
+At load time :func:`build_predictor` walks the pipeline's preprocessing steps. Each
+step it knows (scikit-learn's ``SimpleImputer``, category_encoders' ``OrdinalEncoder``
+and ``OneHotEncoder``, scikit-learn's ``StandardScaler`` and ``MinMaxScaler``) becomes
+an operation on Python lists, the encoders as lookup tables read off the fitted
+encoder itself. The result feeds the final estimator as one numpy matrix. The
+compiled path is then run beside the pipeline on probe rows (the Titanic table,
+nulls, unseen categories, extreme numbers): the matrix must be identical, the
+predictions equal and the probabilities within 1e-9. Any unknown step, any
+difference, any error: the predictor is the pipeline itself.
+
+A predictor is called with checked rows (dicts of the model's columns) and returns
+``(predictions, probabilities of the positive class rounded to 6 places)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["build_predictor", "CompiledPredictor", "PipelinePredictor", "probe_rows", "UNSEEN"]
+
+log = logging.getLogger(__name__)
+
+NUMERIC_TYPES = {"double", "float", "long", "integer"}
+UNSEEN = "\x00unseen category"  # a category no encoder can have seen
+_NAN = float("nan")
+_TOLERANCE = 1e-9
+DEFAULT_BATCH = "off"  # micro-batching measured no steady gain over the compiled path (bench/serve)
+
+
+class Unsupported(Exception):
+    """The pipeline holds something the compiler does not know: serve it as it is."""
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def positive_index(estimator: Any, n_columns: int) -> int:
+    """The column of P(class 1) in ``predict_proba``'s answer (the last one without a class 1)."""
+    classes = list(getattr(estimator, "classes_", [])) or list(range(n_columns))
+    return classes.index(1) if 1 in classes else n_columns - 1
+
+
+def _answer(predictions, proba, index: int) -> tuple[list, list[float]]:
+    return ([p.item() if hasattr(p, "item") else p for p in predictions],
+            [round(float(p), 6) for p in proba[:, index]])
+
+
+class PipelinePredictor:
+    """The reference path: the registered pipeline's own ``predict`` and ``predict_proba`` on a DataFrame."""
+
+    compiled = False
+
+    def __init__(self, model, reason: str = ""):
+        self.model = model
+        self.reason = reason
+
+    def raw(self, rows: list[dict[str, Any]]):
+        from .predict import to_frame
+
+        frame = to_frame(rows, self.model)
+        return self.model.model.predict(frame), self.model.model.predict_proba(frame)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+        predictions, proba = self.raw(rows)
+        return _answer(predictions, proba, positive_index(self.model.model, proba.shape[1]))
+
+
+# -- the compiler: one function per known transformer, each returning an op on a dict of column lists --
+def _imputer(t, include: list[str]):
+    from sklearn.impute import SimpleImputer
+
+    if type(t) is not SimpleImputer or t.add_indicator or not _missing(t.missing_values):
+        raise Unsupported(f"imputer {t!r}")
+    if list(t.feature_names_in_) != include or len(t.statistics_) != len(include):
+        raise Unsupported("imputer columns differ from the step's")
+    fills = dict(zip(include, t.statistics_.tolist(), strict=True))
+    if any(_missing(v) for v in fills.values()):
+        raise Unsupported("an imputer column was all missing in training")
+
+    def impute(cols: dict[str, list]) -> None:
+        for name, fill in fills.items():
+            cols[name] = [fill if _missing(v) else v for v in cols[name]]
+    return impute
+
+
+def _scaler(t, include: list[str]):
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    if list(getattr(t, "feature_names_in_", [])) != include:
+        raise Unsupported("scaler columns differ from the step's")
+    if type(t) is StandardScaler:  # sklearn: X -= mean_; X /= scale_
+        mean = t.mean_.tolist() if t.with_mean else [0.0] * len(include)
+        scale = t.scale_.tolist() if t.with_std else [1.0] * len(include)
+        ops = [(name, lambda v, m=m, s=s: (v - m) / s) for name, m, s in zip(include, mean, scale, strict=True)]
+    elif type(t) is MinMaxScaler and not t.clip:  # sklearn: X *= scale_; X += min_
+        ops = [(name, lambda v, m=m, s=s: v * s + m)
+               for name, m, s in zip(include, t.min_.tolist(), t.scale_.tolist(), strict=True)]
+    else:
+        raise Unsupported(f"scaler {t!r}")
+
+    def scale_columns(cols: dict[str, list]) -> None:
+        for name, op in ops:
+            cols[name] = [op(float(v)) for v in cols[name]]
+    return scale_columns
+
+
+def _encoder(t, include: list[str]):
+    """A per-column category encoder as lookup tables, read off the fitted encoder on every category it knows."""
+    import pandas as pd
+    from category_encoders import OneHotEncoder, OrdinalEncoder
+
+    if type(t) is OrdinalEncoder:
+        known = {s["col"]: list(s["mapping"].index) for s in t.mapping}
+        outputs = {col: [col] for col in known}
+    elif type(t) is OneHotEncoder:
+        known = {s["col"]: list(s["mapping"].index) for s in t.ordinal_encoder.mapping}
+        outputs = {s["col"]: list(s["mapping"].columns) for s in t.mapping}
+    else:
+        raise Unsupported(f"encoder {type(t).__name__}")
+    if list(t.feature_names_in_) != include or set(known) != set(include) or t.drop_invariant:
+        raise Unsupported("encoder columns differ from the step's")
+    tables = {}
+    for col in include:
+        categories = [c for c in known[col] if not _missing(c)]
+        if not all(isinstance(c, str) for c in categories):
+            raise Unsupported(f"non-string categories in {col!r}")
+        probe = [*categories, _NAN, UNSEEN]
+        frame = pd.DataFrame({c: probe if c == col else [categories[0] if categories else UNSEEN] * len(probe)
+                              for c in include})
+        out = t.transform(frame)[outputs[col]].to_numpy(dtype="float64").tolist()
+        values = [tuple(row) for row in out]
+        tables[col] = (dict(zip(categories, values, strict=False)), values[-2], values[-1])
+
+    def encode(cols: dict[str, list]) -> None:
+        for col, (table, when_missing, when_unseen) in tables.items():
+            coded = [when_missing if _missing(v) else table.get(v, when_unseen) for v in cols.pop(col)]
+            for j, name in enumerate(outputs[col]):
+                cols[name] = [c[j] for c in coded]
+    return encode
+
+
+def _compile_step(step):
+    from pycaret.internal.preprocess.transformers import TransformerWrapper
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    if type(step) is not TransformerWrapper or step._include is None or step._exclude:
+        raise Unsupported(f"step {type(step).__name__}")
+    include = list(step._include)
+    if not include:
+        return None
+    t = step.transformer
+    if type(t).__name__ == "SimpleImputer":
+        return _imputer(t, include)
+    if type(t) in (StandardScaler, MinMaxScaler):
+        return _scaler(t, include)
+    return _encoder(t, include)
+
+
+# -- kernels: the final estimator on the feature matrix, returning (predictions, probabilities) --
+def _generic(estimator):
+    """``predict`` and ``predict_proba`` of a copy without ``feature_names_in_`` (sklearn warns, slowly, on arrays)."""
+    est = copy.copy(estimator)
+    if isinstance(getattr(est, "feature_names_in_", None), np.ndarray):
+        del est.feature_names_in_
+    return lambda x: (est.predict(x), est.predict_proba(x))
+
+
+def _special(estimator):
+    """A cheaper kernel for estimators whose ``predict`` is the argmax of ``predict_proba``; None for others."""
+    from sklearn.ensemble._forest import ForestClassifier
+
+    if isinstance(estimator, ForestClassifier) and estimator.n_outputs_ == 1:  # sklearn: classes_.take(argmax)
+        est = copy.copy(estimator)
+        if isinstance(getattr(est, "feature_names_in_", None), np.ndarray):
+            del est.feature_names_in_
+
+        def forest(x):
+            proba = est.predict_proba(x)
+            return est.classes_.take(np.argmax(proba, axis=1), axis=0), proba
+        return forest
+    if type(estimator).__name__ == "LGBMClassifier" and estimator.n_classes_ == 2 and not callable(estimator.objective):
+        # LGBMClassifier.predict_proba: booster.predict with the fitted predict params (about 1 ms of
+        # parameter copying per call), stacked as (1 - p, p); predict: the argmax through its label encoder
+        from lightgbm.basic import _ConfigAliases
+        from lightgbm.sklearn import _choose_param_value
+
+        params = estimator._process_params(stage="predict")
+        for alias in _ConfigAliases.get_by_alias("data", "X", "raw_score", "start_iteration", "num_iteration",
+                                                 "pred_leaf", "pred_contrib"):
+            params.pop(alias, None)
+        params = _choose_param_value("num_threads", params, estimator.n_jobs)
+        params["num_threads"] = estimator._process_n_jobs(params["num_threads"])
+        booster, encoder = estimator.booster_, estimator._le
+
+        def lightgbm(x):
+            p = booster.predict(x, **params)
+            proba = np.vstack((1.0 - p, p)).transpose()
+            return encoder.inverse_transform(np.argmax(proba, axis=1)), proba
+        return lightgbm
+    return None
+
+
+class CompiledPredictor:
+    """Rows to a feature matrix by the compiled steps, then the final estimator on that matrix."""
+
+    compiled = True
+    reason = ""
+
+    def __init__(self, model, ops: list, layout: list[str], dtype, estimator, kernel=None):
+        self.model = model
+        self.ops = ops
+        self.layout = layout  # the estimator's input columns, in the pipeline's order
+        self.dtype = dtype
+        self.estimator = estimator
+        self.kernel = kernel or _generic(estimator)
+        self.fallback = PipelinePredictor(model)
+        numeric = {c for c in model.columns if model.dtypes.get(c, "") in NUMERIC_TYPES}
+        self._numeric = [c for c in model.columns if c in numeric]
+        self._strings = [c for c in model.columns if c not in numeric]
+        self._index: int | None = None
+
+    def matrix(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        cols: dict[str, list] = {c: [_NAN if r[c] is None else float(r[c]) for r in rows] for c in self._numeric}
+        for c in self._strings:
+            cols[c] = [_NAN if r[c] is None else r[c] for r in rows]
+        for op in self.ops:
+            op(cols)
+        return np.array([cols[c] for c in self.layout], dtype=self.dtype).T
+
+    def raw(self, rows: list[dict[str, Any]]):
+        return self.kernel(self.matrix(rows))
+
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+        try:
+            predictions, proba = self.raw(rows)
+        except Exception:  # never seen in verification: answer as the pipeline would (or fail as it would)
+            log.exception("compiled inference failed; answering through the pipeline")
+            return self.fallback(rows)
+        if self._index is None:
+            self._index = positive_index(self.estimator, proba.shape[1])
+        return _answer(predictions, proba, self._index)
+
+
+def compile_pipeline(model) -> CompiledPredictor:
+    """The compiled predictor of ``model`` (a LoadedModel), or :class:`Unsupported`; not yet verified."""
+    pipeline = model.model
+    steps = getattr(pipeline, "steps", None)
+    if not steps or not hasattr(steps[-1][1], "predict_proba"):
+        raise Unsupported("not a pipeline ending in a classifier")
+    if any(model.dtypes.get(c, "") not in NUMERIC_TYPES | {"string"} for c in model.columns):
+        raise Unsupported(f"column types {sorted(set(model.dtypes.values()))}")
+    ops = []
+    for _, step in steps[:-1]:
+        if step is None or step == "passthrough" or getattr(step, "_train_only", False):
+            continue
+        op = _compile_step(step)
+        if op is not None:
+            ops.append(op)
+    from .predict import to_frame
+
+    sample = pipeline[:-1].transform(to_frame(probe_rows(model)[:5], model))
+    kinds = set(sample.dtypes.map(lambda d: d.kind))
+    if not kinds <= {"f", "i", "u", "b"}:
+        raise Unsupported(f"the estimator receives non-numeric columns ({sample.dtypes.to_dict()})")
+    dtype = np.result_type(*sample.dtypes)
+    if any(d != dtype and d.kind == "f" and d.itemsize < dtype.itemsize for d in sample.dtypes):
+        raise Unsupported("mixed float widths")
+    return CompiledPredictor(model, ops, list(sample.columns), dtype, steps[-1][1])
+
+
+def verify(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
+    """None when the compiled path answers exactly as the pipeline on ``rows``; else what differed."""
+    from .predict import to_frame
+
+    expected = compiled.model.model[:-1].transform(to_frame(rows, compiled.model)).to_numpy(dtype=compiled.dtype)
+    got = compiled.matrix(rows)
+    if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
+        return "the compiled features differ from the pipeline's"
+    (p1, q1), (p0, q0) = compiled.raw(rows), fallback.raw(rows)
+    if q1.shape != q0.shape or list(p1) != list(p0):
+        return "the compiled predictions differ from the pipeline's"
+    worst = float(np.max(np.abs(q1 - q0))) if q0.size else 0.0
+    if not worst <= _TOLERANCE:
+        return f"the compiled probabilities differ from the pipeline's by {worst:.3g}"
+    return None
+
+
+def probe_rows(model, base: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Rows to verify on: ``base`` (default: the Titanic table's rows), each column null, unseen or extreme."""
+    if base is None:
+        base = _titanic_rows(model)
+    numeric = {c for c in model.columns if model.dtypes.get(c, "") in NUMERIC_TYPES}
+    if not base:
+        base = [{c: 1.0 if c in numeric else "a" for c in model.columns}]
+    edges = [{c: None for c in model.columns}]
+    for row in base[:20]:
+        for c in model.columns:
+            for value in ((None, 0, -1, 10 ** 9) if c in numeric else (None, UNSEEN, "")):
+                edges.append({**row, c: value})
+    return [*base, *edges]
+
+
+def _titanic_rows(model) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    from mlops_core.data import load_titanic
+
+    frame = load_titanic()
+    if not set(model.columns) <= set(frame.columns):
+        return []
+    rows = []
+    for record in frame[model.columns].astype(object).to_dict("records"):
+        row = {}
+        for c, v in record.items():
+            if pd.isna(v):
+                row[c] = None
+            elif model.dtypes.get(c) in ("long", "integer"):
+                row[c] = int(v)
+            elif model.dtypes.get(c) in NUMERIC_TYPES:
+                row[c] = float(v)
+            else:
+                row[c] = str(v)
+        rows.append(row)
+    return rows
+
+
+def build_predictor(model, *, probe: list[dict[str, Any]] | None = None):
+    """The compiled predictor when it answers exactly as the pipeline on the probe rows, else the pipeline.
+
+    The estimator's special kernel is tried first, then its plain ``predict``/``predict_proba``.
+    """
+    fallback = PipelinePredictor(model)
+    version = getattr(model, "version", "?")
+    try:
+        compiled = compile_pipeline(model)
+        rows = probe if probe is not None else probe_rows(model)
+        problem = "no kernel"
+        for kernel in (_special(compiled.estimator), _generic(compiled.estimator)):
+            if kernel is not None:
+                compiled.kernel = kernel
+                problem = verify(compiled, fallback, rows)
+                if problem is None:
+                    break
+    except Unsupported as err:
+        problem = f"not compiled: {err}"
+    except Exception as err:  # a compiler bug must never stop a model from serving
+        log.exception("compiling version %s failed", version)
+        problem = f"compiling failed: {type(err).__name__}: {err}"
+    if problem is None:
+        log.info("version %s: compiled inference path verified", version)
+        return compiled
+    log.warning("version %s: serving through the pipeline (%s)", version, problem)
+    fallback.reason = problem
+    return fallback
+
+
+# -- serving: a predictor per loaded model, and micro-batching of the requests of one worker --
+class _Job:
+    __slots__ = ("model", "rows", "answer", "error", "done")
+
+    def __init__(self, model, rows):
+        self.model, self.rows = model, rows
+        self.answer, self.error, self.done = None, None, False
+
+
+class Batcher:
+    """Requests of one worker share a predict call: whoever runs next takes every queued request.
+
+    Requests queue while a predict runs; the next runner takes them all. Before it runs,
+    it lingers up to ``wait`` seconds for as many requests as the previous batch held
+    (none when it held one, so a lone request never waits). Each model (arm) of a batch
+    gets its own call, on its own rows only.
+    """
+
+    def __init__(self, predict, *, wait: float = 0.001):
+        import threading
+
+        self._predict = predict  # (model, rows) -> (predictions, probabilities)
+        self.wait = wait
+        self._queue: list[_Job] = []
+        self._busy = False
+        self._last = 1  # size of the previous batch
+        self._changed = threading.Condition()
+
+    def __call__(self, model, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+        import time
+
+        job = _Job(model, rows)
+        with self._changed:
+            self._queue.append(job)
+            self._changed.notify_all()
+            while not job.done and self._busy:
+                self._changed.wait()
+            if not job.done:  # run the batch this request is in
+                self._busy = True
+                deadline = time.monotonic() + self.wait
+                while len(self._queue) < self._last and (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                batch, self._queue, self._last = self._queue, [], len(self._queue)
+        if not job.done:
+            try:
+                self._run(batch)
+            finally:
+                for j in batch:
+                    if not j.done:  # the runner was interrupted
+                        j.error, j.done = RuntimeError("the shared predict call was interrupted"), True
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.answer
+
+    def _run(self, batch: list[_Job]) -> None:
+        groups: dict[int, list[_Job]] = {}
+        for job in batch:
+            groups.setdefault(id(job.model), []).append(job)
+        for jobs in groups.values():
+            try:
+                predictions, probabilities = self._predict(jobs[0].model, [r for j in jobs for r in j.rows])
+            except Exception as err:  # each request answers its own error
+                for j in jobs:
+                    j.error, j.done = err, True
+                continue
+            start = 0
+            for j in jobs:
+                end = start + len(j.rows)
+                j.answer, j.done = (predictions[start:end], probabilities[start:end]), True
+                start = end
+
+
+class Serving:
+    """How this app predicts: compiled or pipeline predictors, called directly or micro-batched.
+
+    ``MLOPS_FASTPATH`` (``compiled``, the default, or ``pipeline``) and ``MLOPS_BATCH_WAIT_MS``
+    (micro-batching; ``off`` or a wait in milliseconds), from the app config or the environment.
+    """
+
+    def __init__(self, *, compiled: bool = True, batch_wait: float | None = None):
+        self.compiled = compiled
+        self.batch_wait = batch_wait
+        self._call = Batcher(self._direct, wait=batch_wait) if batch_wait is not None else self._direct
+
+    @classmethod
+    def from_config(cls, config) -> Serving:
+        import os
+
+        mode = str(config.get("MLOPS_FASTPATH") or os.environ.get("MLOPS_FASTPATH") or "compiled").lower()
+        if mode not in ("compiled", "pipeline"):
+            raise ValueError(f"MLOPS_FASTPATH: expected 'compiled' or 'pipeline', got {mode!r} instead")
+        wait = str(config.get("MLOPS_BATCH_WAIT_MS") or os.environ.get("MLOPS_BATCH_WAIT_MS") or DEFAULT_BATCH)
+        try:
+            batch_wait = None if wait.lower() in ("off", "none", "") else float(wait) / 1000.0
+        except ValueError:
+            raise ValueError(f"MLOPS_BATCH_WAIT_MS: expected 'off' or milliseconds, got {wait!r} instead") from None
+        return cls(compiled=mode == "compiled", batch_wait=batch_wait)
+
+    def prepare(self, model) -> None:
+        """Build the model's predictor once, at load time (the store calls this for every version it loads)."""
+        model.predictor = build_predictor(model) if self.compiled else PipelinePredictor(model, "MLOPS_FASTPATH")
+
+    def _direct(self, model, rows):
+        predictor = getattr(model, "predictor", None)
+        if predictor is None:
+            self.prepare(model)
+            predictor = model.predictor
+        return predictor(rows)
+
+    def __call__(self, model, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+        """Predictions and P(class 1) (6 places) of ``rows`` by ``model``."""
+        return self._call(model, rows)
+

@@ -1,0 +1,415 @@
+"""Live A/B without servers: the statistics, the prediction store, the per-worker log, /feedback and /ab/report."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from mlops_core.ab import (
+    DuplicateFeedbackError,
+    Prediction,
+    PredictionStore,
+    UnknownRequestError,
+    maybe_promote,
+    samples_per_arm,
+    two_proportion_test,
+    wilson_interval,
+)
+from mlops_core.cli import main
+from mlops_core.config import Settings
+from mlops_core.registry import LoadedModel
+from server import create_app
+from server.ab import PredictionLog
+
+COLUMNS = ["pclass", "sex", "age", "fare", "sibsp", "parch", "embarked"]
+DTYPES = {"pclass": "long", "sex": "string", "age": "double", "fare": "double", "sibsp": "long", "parch": "long",
+          "embarked": "string"}
+ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_the_test():
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = {t.name for t in set(threading.enumerate()) - before}
+    assert not left, f"threads outlived the test: {left}"
+
+
+# -- statistics against hand-computed values -------------------------------------------------------------
+def test_wilson_interval_matches_hand_computation():
+    # 8/10: z = 1.959964, z^2 = 3.841459; centre = (0.8 + 0.192073) / 1.384146 = 0.716738,
+    # half = 1.959964 * sqrt(0.016 + 0.009604) / 1.384146 = 0.226578
+    low, high = wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((0.490160, 0.943315), abs=1e-5)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-5)  # never below 0
+    assert wilson_interval(10, 10) == pytest.approx((0.722467, 1.0), abs=1e-5)
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(80, 100, confidence=0.99)
+    assert low < 0.8 < high and high - low > 0.16  # wider than the 95% one (0.7112, 0.8666)
+
+
+def test_two_proportion_test_matches_hand_computation():
+    # 45/100 vs 60/100: pooled 0.525, se = sqrt(0.525 * 0.475 * 0.02) = 0.070622, z = 0.15 / se = 2.12398
+    z, p = two_proportion_test(45, 100, 60, 100)
+    assert z == pytest.approx(2.12398, abs=1e-4)
+    assert p == pytest.approx(0.033672, abs=1e-5)  # 2 * (1 - Phi(2.12398))
+    z, p = two_proportion_test(60, 100, 45, 100)
+    assert z == pytest.approx(-2.12398, abs=1e-4) and p == pytest.approx(0.033672, abs=1e-5)
+    assert two_proportion_test(10, 10, 5, 5) == (0.0, 1.0)  # no variance: no evidence
+    assert two_proportion_test(1, 0, 1, 1) is None
+
+
+def test_samples_per_arm_matches_hand_computation():
+    # 0.5 -> 0.6, alpha 0.05 two-sided, power 0.8:
+    # (1.959964 * sqrt(2 * 0.55 * 0.45) + 0.841621 * sqrt(0.25 + 0.24))^2 / 0.01 = 387.3 -> 388
+    assert samples_per_arm(0.5, min_effect=0.1, alpha=0.05, power=0.8) == 388
+    # 0.8 -> 0.85: (1.959964 * 0.537355 + 0.841621 * 0.536190)^2 / 0.0025 = 1.504466^2 / 0.0025 = 905.4 -> 906
+    assert samples_per_arm(0.8, min_effect=0.05) == 906
+    # near 1 the effect is taken downwards: 0.98 -> 0.93 equals 0.93 -> 0.98
+    assert samples_per_arm(0.98, min_effect=0.05) == samples_per_arm(0.93, min_effect=0.05)
+    assert samples_per_arm(0.5, min_effect=0.1, alpha=0.01) > 388
+    assert samples_per_arm(0.5, min_effect=0.1, power=0.9) > 388
+
+
+# -- the store ---------------------------------------------------------------------------------------------
+def _item(arm: str, version: str, predictions: list[int], *, call: str | None = None, status: int = 200,
+          latency: float = 10.0, created: float | None = None) -> Prediction:
+    import uuid
+
+    call = call or uuid.uuid4().hex
+    ids = [call] if len(predictions) == 1 else [uuid.uuid4().hex for _ in predictions]
+    return Prediction(call, ids if status < 400 else (), 2 if arm == "Production" else 1, arm, version,
+                      predictions, [0.5] * len(predictions), status, latency, created or time.time())
+
+
+def test_store_joins_labels_and_reports_per_arm_and_version(tmp_path):
+    settings = Settings(home=tmp_path, ab_min_labels=3)
+    store = PredictionStore(settings)
+    try:
+        prod = [_item("Production", "1", [1], latency=ms) for ms in (10, 20, 30, 40)]
+        stag = [_item("Staging", "2", [0, 1, 1])]  # one batch request of three rows
+        errors = [_item("Staging", "2", [], status=400)]
+        assert store.write(prod + stag + errors) == 4 + 3 + 1
+        assert store.url == f"sqlite:///{tmp_path / 'predictions.db'}"
+        labels = [(prod[0].call_id, 1), (prod[1].call_id, 0), (prod[2].call_id, 1)]  # 2 of 3 right
+        labels += [(stag[0].request_ids[0], 0), (stag[0].request_ids[1], 1), (stag[0].request_ids[2], 1)]  # 3/3
+        assert store.add_feedback(labels) == 6
+        report = store.report()
+        by = {(g["arm"], g["version"]): g for g in report["groups"]}
+        p, s = by[("Production", "1")], by[("Staging", "2")]
+        assert (p["requests"], p["errors"], p["rows"], p["labelled"], p["correct"]) == (4, 0, 4, 3, 2)
+        assert (s["requests"], s["errors"], s["rows"], s["labelled"], s["correct"]) == (2, 1, 3, 3, 3)
+        assert p["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+        assert p["accuracy_ci95"] == pytest.approx(list(wilson_interval(2, 3)), abs=1e-6)
+        assert p["latency_ms"] == {"p50": 25.0, "p99": pytest.approx(39.7)}
+        c = report["comparison"]
+        assert (c["production_version"], c["staging_version"]) == ("1", "2")
+        assert c["difference"] == pytest.approx(1 / 3, abs=1e-6)
+        assert c["p_value"] == pytest.approx(two_proportion_test(2, 3, 3, 3)[1])
+        assert c["verdict"] == "no_significant_difference" and not c["significant"]
+        assert c["samples_still_needed"]["production"] == c["samples_needed_per_arm"] - 3
+        assert json.loads(json.dumps(report)) == report  # JSON as it is
+    finally:
+        store.dispose()
+
+
+def test_feedback_errors_name_the_ids_and_store_nothing(tmp_path):
+    store = PredictionStore(Settings(home=tmp_path))
+    try:
+        a, b = _item("Production", "1", [1]), _item("Staging", "2", [0])
+        failed = _item("Staging", "2", [], status=422)
+        store.write([a, b, failed])
+        with pytest.raises(UnknownRequestError, match="nope") as err:
+            store.add_feedback([(a.call_id, 1), ("nope", 0)])
+        assert err.value.ids == ["nope"]
+        with pytest.raises(UnknownRequestError):  # an error answer has no prediction to label
+            store.add_feedback([(failed.call_id, 1)])
+        with pytest.raises(DuplicateFeedbackError, match="more than once"):
+            store.add_feedback([(a.call_id, 1), (a.call_id, 0)])
+        assert store.report()["comparison"]["production_labelled"] == 0  # all or nothing
+        store.add_feedback([(a.call_id, 1)])
+        with pytest.raises(DuplicateFeedbackError, match=a.call_id) as err:
+            store.add_feedback([(b.call_id, 0), (a.call_id, 0)])
+        assert err.value.ids == [a.call_id]
+        assert store.report()["comparison"]["staging_labelled"] == 0
+    finally:
+        store.dispose()
+
+
+def test_retention_by_age_and_rows(tmp_path):
+    now = [time.time()]
+    settings = Settings(home=tmp_path, ab_retention_days=1, ab_max_rows=5)
+    store = PredictionStore(settings, clock=lambda: now[0])
+    try:
+        old = [_item("Production", "1", [1], created=now[0] - 2 * 86400) for _ in range(3)]
+        new = [_item("Production", "1", [1], created=now[0] - i) for i in range(8)]
+        store.write(old + new)
+        store.add_feedback([(new[0].call_id, 1), (new[7].call_id, 0)])
+        assert store.apply_retention() == 3 + 3  # three too old, then the oldest beyond five rows
+        group = store.report()["groups"][0]
+        assert group["rows"] == 5 and group["labelled"] == 1  # new[7]'s label went with its prediction
+    finally:
+        store.dispose()
+
+
+def _write_from_a_worker(home: str, arm: str) -> None:
+    store = PredictionStore(Settings(home=home))
+    for _ in range(40):
+        store.write([_item(arm, "1", [1, 0]) for _ in range(10)])
+    store.dispose()
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    import multiprocessing
+
+    PredictionStore(Settings(home=tmp_path)).dispose()  # tables exist, as after the first worker started
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_from_a_worker, args=(str(tmp_path), arm))
+               for arm in ("Production", "Staging")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    store = PredictionStore(Settings(home=tmp_path))
+    try:
+        groups = store.report()["groups"]
+        assert [(g["arm"], g["requests"], g["rows"]) for g in groups] == [("Production", 400, 800),
+                                                                          ("Staging", 400, 800)]
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.dispose()
+
+
+# -- the per-worker log --------------------------------------------------------------------------------------
+class StalledStore(PredictionStore):
+    """A store whose writes wait until released: the writer is stuck, the queue fills."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, items):
+        items = list(items)
+        self.entered.set()
+        self.release.wait(10)
+        return super().write(items)
+
+
+def test_overflow_is_counted_not_waited_on(tmp_path):
+    settings = Settings(home=tmp_path, ab_queue_size=5, ab_batch_size=1)
+    store = StalledStore(settings)
+    dropped = []
+    ab_log = PredictionLog(settings, store=store, on_dropped=dropped.append)
+    ab_log.record(_item("Production", "1", [1]))  # not started here: ignored
+    assert ab_log.dropped == 0 and not ab_log.running
+    ab_log.start()
+    try:
+        assert ab_log.record(_item("Production", "1", [1]))
+        assert store.entered.wait(5)  # the writer holds one record and is stuck in write()
+        started = time.perf_counter()
+        results = [ab_log.record(_item("Production", "1", [1, 0])) for _ in range(200)]
+        took = time.perf_counter() - started
+        assert results.count(True) == 5 and ab_log.queued == 5
+        assert ab_log.dropped == 2 * 195 and sum(dropped) == 2 * 195  # rows, counted
+        assert took < 0.5, f"recording waited: {took:.3f}s for 200 records"
+    finally:
+        store.release.set()
+        ab_log.stop()
+    assert not ab_log.running
+    assert ab_log.written == 1 + 5 * 2  # what was queued before stop is written
+    assert PredictionStore(settings).report()["groups"][0]["rows"] == 11
+
+
+def test_writer_survives_a_failing_store_and_stops(tmp_path):
+    settings = Settings(home=tmp_path, ab_flush_seconds=0.05)
+
+    class Broken(PredictionStore):
+        def write(self, items):
+            raise RuntimeError("database is locked")
+
+    ab_log = PredictionLog(settings, store=Broken(settings))
+    ab_log.start()
+    try:
+        for _ in range(3):
+            ab_log.record(_item("Staging", "2", [1]))
+        ab_log.flush(2)
+        assert ab_log.running and ab_log.failed >= 1
+    finally:
+        ab_log.stop()
+    assert not ab_log.running
+
+
+# -- /feedback and /ab/report in-process -------------------------------------------------------------------------
+class SexModel:
+    """Predicts survival for women only; or the opposite (a worse model) when ``flip``."""
+
+    classes_ = [0, 1]
+
+    def __init__(self, flip: bool = False):
+        self.flip = flip
+
+    def predict(self, frame):
+        return [int((s == "female") != self.flip) for s in frame["sex"]]
+
+    def predict_proba(self, frame):
+        import numpy as np
+
+        return np.array([[1 - p, p] for p in (0.9 if y else 0.1 for y in self.predict(frame))])
+
+
+class FakeRegistry:
+    def aliases(self):
+        return {"production": "1", "staging": "2"}
+
+    def load_model(self, version):
+        return LoadedModel(version=str(version), run_id=f"run{version}", model=SexModel(flip=version == "2"),
+                           columns=COLUMNS, dtypes=DTYPES)
+
+
+@pytest.fixture
+def app(tmp_path):
+    settings = Settings(home=tmp_path, ab_feedback_wait=0.3, ab_min_labels=4)
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": FakeRegistry(),
+                      "MLOPS_AUTOSTART": False})
+    assert app.extensions["mlops_store"].refresh().error is None
+    app.extensions["mlops_ab"].start()
+    yield app
+    app.extensions["mlops_ab"].stop()
+
+
+def _predict(client, user_id, features):
+    response = client.post("/predict", json={"user_id": user_id, "features": features})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_answers_carry_request_ids_and_feedback_joins_them(app):
+    client = app.test_client()
+    one = _predict(client, 2, ROW)
+    assert len(one["request_id"]) == 32 and int(one["request_id"], 16) >= 0 and "request_ids" not in one
+    rows = [dict(ROW, sex=s) for s in ("male", "female", "female", "male")]
+    batch = _predict(client, 3, rows)
+    assert batch["stage"] == "Staging" and len(set(batch["request_ids"])) == 4
+    assert batch["request_id"] not in batch["request_ids"]
+    # feedback at once: the predictions may still be queued
+    response = client.post("/feedback", json={"request_id": one["request_id"], "label": 0})
+    assert response.status_code == 201, response.get_json()
+    truth = [0, 1, 1, 0]
+    response = client.post("/feedback", json={"feedback": [{"request_id": i, "label": y}
+                                                           for i, y in zip(batch["request_ids"], truth)]})
+    assert response.status_code == 201 and response.get_json()["accepted"] == 4
+    report = client.get("/ab/report").get_json()
+    by = {(g["arm"], g["version"]): g for g in report["groups"]}
+    assert by[("Production", "1")]["labelled"] == 1 and by[("Production", "1")]["accuracy"] == 1.0
+    assert by[("Staging", "2")]["labelled"] == 4 and by[("Staging", "2")]["accuracy"] == 0.0  # the flipped model
+    assert by[("Staging", "2")]["requests"] == 1 and by[("Staging", "2")]["rows"] == 4
+    assert report["comparison"]["verdict"] == "insufficient_labels"
+    assert report["log"]["enabled"] and report["log"]["dropped"] == 0
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "mlops_ab_log_written_total 5.0" in metrics
+
+
+def test_feedback_errors_are_json_4xx(app):
+    client = app.test_client()
+    known = _predict(client, 2, ROW)["request_id"]
+    assert client.post("/feedback", json={"request_id": known, "label": 1}).status_code == 201
+    cases = [
+        ({"request_id": "0" * 32, "label": 1}, 404, "unknown_request_id", "request_id"),
+        ({"request_id": known, "label": 0}, 409, "duplicate_feedback", "request_id"),
+        ({"request_id": known, "label": 2}, 422, "invalid_request", "label"),
+        ({"request_id": known, "label": True}, 422, "invalid_request", "label"),
+        ({"request_id": known, "label": "1"}, 422, "invalid_request", "label"),
+        ({"request_id": known, "label": 1.0}, 422, "invalid_request", "label"),
+        ({"request_id": known}, 400, "invalid_request", "label"),
+        ({"label": 1}, 400, "invalid_request", "request_id"),
+        ({"request_id": 7, "label": 1}, 400, "invalid_request", "request_id"),
+        ({"request_id": known, "label": 1, "extra": 1}, 400, "invalid_request", "extra"),
+        ({"feedback": []}, 400, "invalid_request", "feedback"),
+        ({"feedback": [{"request_id": known, "label": 5}]}, 422, "invalid_request", "feedback[0].label"),
+        ({"feedback": [1]}, 400, "invalid_request", "feedback[0]"),
+        ([1, 2], 400, "invalid_request", "body"),
+    ]
+    for body, status, error, field in cases:
+        response = client.post("/feedback", json=body)
+        answer = response.get_json()
+        assert (response.status_code, answer["error"], answer["field"]) == (status, error, field), (body, answer)
+    unknown = client.post("/feedback", json={"request_id": "f" * 32, "label": 1}).get_json()
+    assert "f" * 32 in unknown["message"] and unknown["request_ids"] == ["f" * 32]
+    for raw, status in ((b"{", 400), (b"", 400), (b"null", 400)):
+        response = client.post("/feedback", data=raw, content_type="application/json")
+        assert response.status_code == status and response.get_json()["field"] == "body"
+    response = client.post("/feedback", data="label=1", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415 and response.is_json
+
+
+def test_errors_after_routing_count_for_the_arm(app):
+    client = app.test_client()
+    response = client.post("/predict", json={"user_id": 1, "features": dict(ROW, age="old")})
+    assert response.status_code == 400
+    _predict(client, 1, ROW)
+    staging = [g for g in client.get("/ab/report").get_json()["groups"] if g["arm"] == "Staging"]
+    assert [(g["version"], g["requests"], g["errors"], g["rows"]) for g in staging] == [("2", 2, 1, 1)]
+
+
+def test_logging_off_still_answers_request_ids(tmp_path):
+    settings = Settings(home=tmp_path, ab_log=False)
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": FakeRegistry(),
+                      "MLOPS_AUTOSTART": False})
+    app.extensions["mlops_store"].refresh()
+    ab_log = app.extensions["mlops_ab"]
+    ab_log.start()
+    try:
+        assert "request_id" in _predict(app.test_client(), 2, ROW)
+        assert not ab_log.running and ab_log.queued == 0
+    finally:
+        ab_log.stop()
+
+
+def test_autostarted_app_starts_no_writer_until_a_prediction(tmp_path):
+    settings = Settings(home=tmp_path, refresh_seconds=60)
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": FakeRegistry()})
+    store, ab_log = app.extensions["mlops_store"], app.extensions["mlops_ab"]
+    try:
+        assert store.running and not ab_log.running
+        _predict(app.test_client(), 4, ROW)
+        assert ab_log.running
+    finally:
+        store.stop()
+        ab_log.stop()
+    assert not ab_log.running
+
+
+# -- CLI and the promotion switch -------------------------------------------------------------------------------
+def test_live_promotion_is_off_by_default(tmp_path):
+    result = maybe_promote(Settings(home=tmp_path))
+    assert result["status"] == "disabled"
+    assert not (tmp_path / "predictions.db").exists()
+
+
+def test_ab_report_cli_reads_the_store(tmp_path, monkeypatch):
+    store = PredictionStore(Settings(home=tmp_path))
+    items = [_item("Production", "1", [1]) for _ in range(3)] + [_item("Staging", "2", [0]) for _ in range(2)]
+    store.write(items)
+    store.add_feedback([(i.call_id, 1) for i in items])
+    store.dispose()
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["ab-report", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.splitlines()[-1])
+    c = report["comparison"]
+    assert (c["production_version"], c["staging_version"], c["production_accuracy"], c["staging_accuracy"]) == \
+        ("1", "2", 1.0, 0.0)
+    assert math.isclose(c["p_value"], two_proportion_test(3, 3, 0, 2)[1])
+    text = CliRunner().invoke(main, ["ab-report"])
+    assert text.exit_code == 0 and "verdict: insufficient_labels" in text.output

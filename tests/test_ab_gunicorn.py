@@ -1,0 +1,253 @@
+"""Live A/B under real gunicorn: a weak Production and a good Staging, traffic on Titanic rows with
+feedback from the true labels, the report checked against a direct computation, live promotion once,
+and the store surviving a restart of the server."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from mlops_core.ab import maybe_promote, two_proportion_test
+from mlops_core.cli import main
+from mlops_core.config import Settings
+from mlops_core.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+from _services import CONF, base_env, free_port, stop, wait_for  # noqa: E402
+
+MIN_LABELS = 100
+
+
+def _register_weak(settings: Settings) -> str:
+    """Register a majority-class model (about 62% accurate on Titanic) as a new version."""
+    from sklearn.dummy import DummyClassifier
+
+    from mlops_core.data import read_csv, validate_frame
+
+    frame = validate_frame(read_csv(settings.train_csv), settings)
+    X = frame[list(settings.features)]
+    model = DummyClassifier(strategy="most_frequent").fit(X, frame[settings.target].astype(int))
+    registry = Registry(settings)
+    run_id = registry.create_run("weak", tags={"mlops.kind": "test-weak"})
+    uri = registry.log_model(run_id, model, X.head(5).reset_index(drop=True))
+    version = registry.register(uri, {"mlops.model": "DummyClassifier", "mlops.source": "test"})
+    registry.finish_run(run_id, ok=True)
+    return version
+
+
+@pytest.fixture(scope="module")
+def live_home(bootstrapped, tmp_path_factory) -> Settings:
+    """Production: the weak v2; Staging: the bootstrapped v1 (about 80% accurate)."""
+    dst = tmp_path_factory.mktemp("live") / "home"
+    shutil.copytree(bootstrapped.home, dst)
+    s = bootstrapped.replace(home=dst, tracking_uri="", ab_min_labels=MIN_LABELS)
+    weak = _register_weak(s)
+    registry = Registry(s)
+    registry.promote(weak)
+    registry.stage("1")
+    assert registry.aliases() == {"production": weak, "staging": "1"}
+    return s
+
+
+class Server:
+    """gunicorn (two workers) serving the app on 127.0.0.1, restartable on the same home."""
+
+    def __init__(self, home: Path, workdir: Path):
+        self.home, self.workdir = home, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = None
+
+    def start(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = base_env(MLOPS_HOME=str(self.home), MLOPS_REFRESH_SECONDS="1", MLOPS_WORKERS="2",
+                       MLOPS_BIND=f"127.0.0.1:{port}", PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
+                       MLOPS_AB_MIN_LABELS=str(MIN_LABELS), MLOPS_AB_FEEDBACK_WAIT="3")
+        self.log = open(self.workdir / "gunicorn.log", "a")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "server:create_app()"],
+                                     cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        ok = wait_for(lambda: self.proc.poll() is None and
+                      requests.get(self.url + "/ready", timeout=5).status_code == 200, 120, 0.25)
+        assert ok, self.tail()
+
+    def tail(self) -> str:
+        return (self.workdir / "gunicorn.log").read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.log.close()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def served(live_home, tmp_path_factory):
+    server = Server(live_home.home, tmp_path_factory.mktemp("cwd"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def titanic():
+    from mlops_core.data import load_titanic
+
+    frame = load_titanic().sample(frac=1.0, random_state=3).reset_index(drop=True)
+    features = ["pclass", "sex", "age", "fare", "sibsp", "parch", "embarked"]
+    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in frame[features].to_dict(orient="records")]
+    return rows, [int(y) for y in frame["survived"]]
+
+
+class Traffic:
+    """Requests sent, their answers, and the true label of every answered row."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.answered: list[tuple[str, str, str, int, int]] = []  # (request id, arm, version, prediction, label)
+        self.requests: dict[tuple[str, str], int] = defaultdict(int)
+
+    def send(self, rows, labels, *, start_user: int, batch: int = 1) -> list[tuple[str, int]]:
+        chunks = [(start_user + i, rows[j:j + batch], labels[j:j + batch])
+                  for i, j in enumerate(range(0, len(rows), batch))]
+
+        def post(chunk):
+            user_id, part, truth = chunk
+            body = {"user_id": user_id, "features": part if batch > 1 else part[0]}
+            response = requests.post(self.url + "/predict", json=body, timeout=10)
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            ids = answer["request_ids"] if batch > 1 else [answer["request_id"]]
+            return answer["stage"], answer["version"], list(zip(ids, answer["predictions"], truth))
+
+        new = []
+        with ThreadPoolExecutor(4) as pool:
+            for stage, version, triples in pool.map(post, chunks):
+                self.requests[(stage, version)] += 1
+                for request_id, prediction, label in triples:
+                    self.answered.append((request_id, stage, version, int(prediction), label))
+                    new.append((request_id, label))
+        return new
+
+    def feedback(self, labels: list[tuple[str, int]]) -> None:
+        single, rest = labels[:10], labels[10:]
+        for request_id, label in single:  # the single form, at once
+            response = requests.post(self.url + "/feedback", json={"request_id": request_id, "label": label},
+                                     timeout=10)
+            assert response.status_code == 201, response.text
+        for j in range(0, len(rest), 100):
+            body = {"feedback": [{"request_id": i, "label": y} for i, y in rest[j:j + 100]]}
+            response = requests.post(self.url + "/feedback", json=body, timeout=30)
+            assert response.status_code == 201, response.text
+
+    def expected(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(labelled, correct) per arm and version, computed from the answers and the true labels."""
+        out: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+        for _, stage, version, prediction, label in self.answered:
+            out[(stage, version)][0] += 1
+            out[(stage, version)][1] += int(prediction == label)
+        return {k: tuple(v) for k, v in out.items()}
+
+
+def _report(url: str) -> dict:
+    response = requests.get(url + "/ab/report", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _check_against_direct(report: dict, traffic: Traffic) -> None:
+    groups = {(g["arm"], g["version"]): g for g in report["groups"]}
+    for key, (labelled, correct) in traffic.expected().items():
+        g = groups[key]
+        assert (g["labelled"], g["correct"]) == (labelled, correct), (key, g)
+        assert g["accuracy"] == pytest.approx(correct / labelled, abs=1e-6)
+        assert g["requests"] == traffic.requests[key] and g["errors"] == 0
+        assert g["latency_ms"]["p50"] is not None and g["latency_ms"]["p99"] >= g["latency_ms"]["p50"]
+        low, high = g["accuracy_ci95"]
+        assert low < g["accuracy"] < high
+
+
+def test_live_ab_report_significance_and_promotion_once(served, live_home, titanic):
+    rows, labels = titanic
+    registry = Registry(live_home)
+    weak = registry.aliases()["production"]
+    traffic = Traffic(served.url)
+
+    # a first trickle: 20 labelled rows per arm, not enough for a verdict
+    traffic.feedback(traffic.send(rows[:40], labels[:40], start_user=0))
+    report = _report(served.url)
+    _check_against_direct(report, traffic)
+    c = report["comparison"]
+    assert (c["production_version"], c["staging_version"]) == (weak, "1")
+    assert (c["production_labelled"], c["staging_labelled"]) == (20, 20)
+    assert c["verdict"] == "insufficient_labels" and c["samples_still_needed"]["staging"] > 0
+    assert maybe_promote(live_home.replace(ab_promote=True))["status"] == "kept"
+
+    # enough labels: single rows and batches, feedback from the true labels
+    traffic.feedback(traffic.send(rows[40:340], labels[40:340], start_user=100))
+    traffic.feedback(traffic.send(rows[340:460], labels[340:460], start_user=1000, batch=30))
+    report = _report(served.url)
+    _check_against_direct(report, traffic)
+    c = report["comparison"]
+    expected = traffic.expected()
+    (n1, x1), (n2, x2) = expected[("Production", weak)], expected[("Staging", "1")]
+    assert n1 >= MIN_LABELS and n2 >= MIN_LABELS and n1 + n2 == 460
+    assert c["p_value"] == pytest.approx(two_proportion_test(x1, n1, x2, n2)[1], rel=1e-9)
+    assert c["staging_accuracy"] > c["production_accuracy"] + 0.1  # good v1 vs the majority class
+    assert c["significant"] and c["p_value"] < 0.05 and c["verdict"] == "staging_better", c
+
+    # every row logged, none dropped, whichever worker served it (metrics add up all workers)
+    metrics = requests.get(served.url + "/metrics", timeout=10).text
+    assert re.search(r"^mlops_ab_log_written_total 460\.0$", metrics, re.M), metrics[-2000:]
+    assert not re.search(r"^mlops_ab_log_dropped_total [1-9]", metrics, re.M)
+
+    # promotion on live evidence: off by default, a dry run changes nothing, then exactly once
+    assert maybe_promote(live_home)["status"] == "disabled"
+    dry = CliRunner().invoke(main, ["--home", str(live_home.home), "ab-promote", "--dry-run", "--json"])
+    assert dry.exit_code == 0 and '"status": "would_promote"' in dry.output, dry.output
+    assert registry.aliases() == {"production": weak, "staging": "1"}
+    first = maybe_promote(live_home.replace(ab_promote=True))
+    assert (first["status"], first["version"], first["production"], first["staging"]) == \
+        ("promoted", "1", "1", "1"), first
+    assert registry.aliases() == {"production": "1", "staging": "1"}
+    tags = registry.describe("1")["tags"]
+    assert tags["decision_source"] == "live_ab" and float(tags["live_p_value"]) < 0.05
+    assert registry.describe(weak)["lifecycle"] == "archived"
+    run_tags = registry.run_tags(first["run_id"])
+    assert run_tags["mlops.kind"] == "ab-promote" and run_tags["mlops.status"] == "promoted"
+    again = CliRunner().invoke(main, ["--home", str(live_home.home), "ab-promote", "--json"])
+    assert again.exit_code == 0 and '"status": "kept"' in again.output, again.output
+    assert maybe_promote(live_home.replace(ab_promote=True))["status"] == "kept"
+    assert registry.aliases() == {"production": "1", "staging": "1"}
+
+    # the server follows: every user now gets version 1, and there is nothing left to compare
+    def both_arms_on_1():
+        answers = [requests.post(served.url + "/predict", json={"user_id": u, "features": rows[0]},
+                                 headers={"Connection": "close"}, timeout=10).json() for u in range(8)]
+        return all(a["version"] == "1" for a in answers)
+
+    assert wait_for(both_arms_on_1, 20, 0.5)
+    assert _report(served.url)["comparison"]["verdict"] == "nothing_to_compare"
+
+    # a restart loses no logged or labelled row
+    before = {(g["arm"], g["version"]): (g["rows"], g["labelled"], g["correct"]) for g in report["groups"]}
+    served.stop()
+    served.start()
+    after = {(g["arm"], g["version"]): (g["rows"], g["labelled"], g["correct"])
+             for g in _report(served.url)["groups"]}
+    for key, (rows_before, labelled, correct) in before.items():
+        assert after[key][1:] == (labelled, correct) and after[key][0] >= rows_before, (key, after[key])
+    assert sum(r for r, _, _ in before.values()) == 460

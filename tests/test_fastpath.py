@@ -1,0 +1,195 @@
+"""The compiled inference path answers exactly as the registered pipeline, or is not used; micro-batching."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from mlops_core.config import Settings
+from mlops_core.registry import LoadedModel
+from server import fastpath
+from server.fastpath import Batcher, PipelinePredictor, build_predictor, probe_rows
+from server.predict import to_frame
+
+MODEL_TYPES = Settings().models  # every model type the default list can select
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory) -> dict[str, LoadedModel]:
+    """One finalised pipeline per model type (two folds), with the schema the registry would record."""
+    from mlflow.models import infer_signature
+
+    from mlops_core.data import load_batch, make_datasets
+    from mlops_core.training import train
+
+    models = {}
+    for kind in MODEL_TYPES:
+        settings = Settings(home=tmp_path_factory.mktemp(kind), models=(kind,), fold=2)
+        make_datasets(settings)
+        frame = load_batch(settings.train_csv, settings, require_target=True)
+        result = train(frame, settings)
+        schema = infer_signature(frame[list(settings.features)].head(5)).inputs
+        models[kind] = LoadedModel(version=kind, run_id="", model=result.model, columns=list(schema.input_names()),
+                                   dtypes={c.name: c.type.name for c in schema.inputs})
+    return models
+
+
+def _edge_rows(model: LoadedModel) -> list[dict]:
+    base = {"pclass": 3, "sex": "male", "age": 22.0, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
+    return [base, dict.fromkeys(model.columns), {**base, "sex": None, "embarked": None, "age": None},
+            {**base, "sex": "unknown", "embarked": "Z"}, {**base, "sex": "", "embarked": "s"},
+            {**base, "age": -5.0, "fare": 1e12, "pclass": 7, "sibsp": 100}]
+
+
+def _assert_same(predictor, model: LoadedModel, rows: list[dict]) -> None:
+    reference = PipelinePredictor(model)
+    (p1, q1), (p0, q0) = predictor.raw(rows), reference.raw(rows)
+    assert list(p1) == list(p0)
+    np.testing.assert_allclose(q1, q0, rtol=0, atol=1e-9)
+    assert predictor(rows) == reference(rows)  # the answers the API gives, rounding included
+
+
+@pytest.mark.parametrize("kind", MODEL_TYPES)
+def test_compiled_path_agrees_on_every_titanic_row_nulls_and_unseen_categories(loaded, kind):
+    model = loaded[kind]
+    predictor = build_predictor(model)
+    assert predictor.compiled, predictor.reason
+    titanic = fastpath._titanic_rows(model)
+    assert len(titanic) == 1309
+    _assert_same(predictor, model, titanic)
+    _assert_same(predictor, model, _edge_rows(model))
+    _assert_same(predictor, model, probe_rows(model))
+    for row in _edge_rows(model):  # one row at a time, as /predict mostly sees them
+        _assert_same(predictor, model, [row])
+
+
+class _AddOne(BaseEstimator, TransformerMixin):
+    """A step the compiler does not know."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X, y=None):
+        return X.assign(fare=X["fare"] + 1.0)
+
+
+def test_an_unknown_step_falls_back_to_the_pipeline(loaded):
+    model = copy.copy(loaded["lr"])
+    pipeline = copy.deepcopy(model.model)
+    pipeline.steps.insert(len(pipeline.steps) - 1, ("add_one", _AddOne()))
+    model.model = pipeline
+    predictor = build_predictor(model)
+    assert not predictor.compiled and "_AddOne" in predictor.reason
+    rows = fastpath._titanic_rows(model)[:300] + _edge_rows(model)
+    predictions, probabilities = predictor(rows)
+    frame = to_frame(rows, model)
+    assert predictions == [int(p) for p in pipeline.predict(frame)]
+    assert probabilities == [round(float(p), 6) for p in pipeline.predict_proba(frame)[:, 1]]
+    assert probabilities != PipelinePredictor(loaded["lr"])(rows)[1]  # the extra step really changes answers
+
+
+def test_a_mismatch_on_probe_rows_falls_back(loaded, monkeypatch):
+    real = fastpath._imputer
+
+    def off_by_a_little(t, include):  # an imputer compiled wrongly: fills 1e-6 too high
+        op = real(t, include)
+
+        def wrong(cols):
+            missing = {c: [v is None or v != v for v in cols[c]] for c in include}
+            op(cols)
+            for c in include:
+                cols[c] = [v + 1e-6 if m and isinstance(v, float) else v for v, m in zip(cols[c], missing[c])]
+        return wrong
+
+    monkeypatch.setattr(fastpath, "_imputer", off_by_a_little)
+    predictor = build_predictor(loaded["lightgbm"])
+    assert not predictor.compiled and "features differ" in predictor.reason
+    _assert_same(predictor, loaded["lightgbm"], _edge_rows(loaded["lightgbm"]))
+
+
+def test_a_wrong_special_kernel_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
+    def skewed(estimator):
+        return lambda x: (estimator.predict(x), estimator.predict_proba(x) + 1e-7)
+
+    monkeypatch.setattr(fastpath, "_special", skewed)
+    predictor = build_predictor(loaded["rf"])
+    assert predictor.compiled
+    _assert_same(predictor, loaded["rf"], _edge_rows(loaded["rf"]))
+
+
+# -- micro-batching -------------------------------------------------------------------------
+class _Arm:
+    def __init__(self, name: str, calls: list):
+        self.name, self.calls = name, calls
+
+    def predictor(self, rows):
+        self.calls.append((self.name, len(rows)))
+        time.sleep(0.003)  # a predict call long enough for requests to queue behind it
+        if any(r["x"] < 0 for r in rows):
+            raise ValueError("negative x")
+        return [self.name] * len(rows), [float(r["x"]) for r in rows]
+
+
+def test_batched_requests_share_calls_and_each_gets_its_own_arms_answer():
+    calls: list = []
+    arms = [_Arm("production", calls), _Arm("staging", calls)]
+    batcher = Batcher(lambda model, rows: model.predictor(rows), wait=0.002)
+    answers, errors = {}, {}
+
+    def request(i):
+        rows = [{"x": float(i * 10 + k)} for k in range(1 + i % 3)]
+        try:
+            answers[i] = batcher(arms[i % 2], rows)
+        except ValueError as err:
+            errors[i] = err
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not errors and len(answers) == 24
+    for i, (predictions, probabilities) in answers.items():
+        n = 1 + i % 3
+        assert predictions == [arms[i % 2].name] * n
+        assert probabilities == [float(i * 10 + k) for k in range(n)]
+    assert len(calls) < 24 and max(n for _, n in calls) > 3  # requests really shared calls
+
+
+def test_an_error_reaches_only_the_requests_of_its_arm_and_a_lone_request_does_not_wait():
+    calls: list = []
+    good, bad = _Arm("production", calls), _Arm("staging", calls)
+    batcher = Batcher(lambda model, rows: model.predictor(rows), wait=0.5)
+    started = time.perf_counter()
+    assert batcher(good, [{"x": 1.0}]) == (["production"], [1.0])
+    assert time.perf_counter() - started < 0.25  # no linger after a batch of one
+    outcomes = {}
+
+    def request(name, model, x):
+        try:
+            outcomes[name] = batcher(model, [{"x": x}])
+        except ValueError as err:
+            outcomes[name] = err
+
+    threads = [threading.Thread(target=request, args=(f"r{i}", bad if i % 2 else good, -1.0 if i % 2 else 2.0))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert all(isinstance(outcomes[f"r{i}"], ValueError) for i in range(1, 6, 2))
+    assert all(outcomes[f"r{i}"] == (["production"], [2.0]) for i in range(0, 6, 2))
+
+
+def test_serving_settings_are_checked():
+    assert fastpath.Serving.from_config({"MLOPS_BATCH_WAIT_MS": "1.5"}).batch_wait == pytest.approx(0.0015)
+    assert fastpath.Serving.from_config({}).compiled
+    with pytest.raises(ValueError, match="MLOPS_FASTPATH: expected 'compiled' or 'pipeline'"):
+        fastpath.Serving.from_config({"MLOPS_FASTPATH": "fast"})
+    with pytest.raises(ValueError, match="MLOPS_BATCH_WAIT_MS"):
+        fastpath.Serving.from_config({"MLOPS_BATCH_WAIT_MS": "soon"})
