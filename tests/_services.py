@@ -147,20 +147,30 @@ def base_env(**extra: str) -> dict[str, str]:
 class Gunicorn:
     """One gunicorn master serving ``server:create_app()`` from a scratch working directory."""
 
-    def __init__(self, home: Path, workdir: Path, *, preload: bool = False, tracking_uri: str | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir = workdir
+    def __init__(self, home: Path, workdir: Path, *, preload: bool = False, tracking_uri: str | None = None,
+                 env: dict[str, str] | None = None):
+        self.home, self.workdir, self.preload = home, workdir, preload
+        self.extra = {**({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}), **(env or {})}
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "gunicorn.log"
-        env = base_env(MLOPS_HOME=str(home), MLOPS_REFRESH_SECONDS=str(REFRESH), MLOPS_WORKERS="2",
-                        MLOPS_BIND=f"127.0.0.1:{self.port}", PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
-        if tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = tracking_uri
-        args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), *(["--preload"] if preload else []),
+        self.start()
+
+    def start(self) -> None:
+        """Start the master on a new free port (the log file is appended to)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = base_env(MLOPS_HOME=str(self.home), MLOPS_REFRESH_SECONDS=str(REFRESH), MLOPS_WORKERS="2",
+                       MLOPS_BIND=f"127.0.0.1:{self.port}", PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
+                       **self.extra)
+        args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), *(["--preload"] if self.preload else []),
                 "server:create_app()"]
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+        self.wait_ready()
 
     def wait_ready(self, timeout: float = 120) -> None:
         def ready():

@@ -7,11 +7,8 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -22,9 +19,9 @@ from mlops_core.cli import main
 from mlops_core.config import Settings
 from mlops_core.registry import Registry
 
-pytestmark = pytest.mark.slow
+from _services import Gunicorn, wait_for
 
-from _services import CONF, base_env, free_port, stop, wait_for  # noqa: E402
+pytestmark = pytest.mark.slow
 
 MIN_LABELS = 100
 
@@ -60,42 +57,12 @@ def live_home(bootstrapped, tmp_path_factory) -> Settings:
     return s
 
 
-class Server:
-    """gunicorn (two workers) serving the app on 127.0.0.1, restartable on the same home."""
-
-    def __init__(self, home: Path, workdir: Path):
-        self.home, self.workdir = home, workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = None
-
-    def start(self) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = base_env(MLOPS_HOME=str(self.home), MLOPS_REFRESH_SECONDS="1", MLOPS_WORKERS="2",
-                       MLOPS_BIND=f"127.0.0.1:{port}", PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
-                       MLOPS_AB_MIN_LABELS=str(MIN_LABELS), MLOPS_AB_FEEDBACK_WAIT="3")
-        self.log = open(self.workdir / "gunicorn.log", "a")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "server:create_app()"],
-                                     cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        ok = wait_for(lambda: self.proc.poll() is None and
-                      requests.get(self.url + "/ready", timeout=5).status_code == 200, 120, 0.25)
-        assert ok, self.tail()
-
-    def tail(self) -> str:
-        return (self.workdir / "gunicorn.log").read_text()[-3000:]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.log.close()
-            self.proc = None
-
-
 @pytest.fixture(scope="module")
 def served(live_home, tmp_path_factory):
-    server = Server(live_home.home, tmp_path_factory.mktemp("cwd"))
+    server = Gunicorn(live_home.home, tmp_path_factory.mktemp("cwd"),
+                      env={"MLOPS_AB_MIN_LABELS": str(MIN_LABELS), "MLOPS_AB_FEEDBACK_WAIT": "3"})
     try:
-        server.start()
+        server.wait_ready()
         yield server
     finally:
         server.stop()
@@ -244,8 +211,7 @@ def test_live_ab_report_significance_and_promotion_once(served, live_home, titan
 
     # a restart loses no logged or labelled row
     before = {(g["arm"], g["version"]): (g["rows"], g["labelled"], g["correct"]) for g in report["groups"]}
-    served.stop()
-    served.start()
+    served.restart()
     after = {(g["arm"], g["version"]): (g["rows"], g["labelled"], g["correct"])
              for g in _report(served.url)["groups"]}
     for key, (rows_before, labelled, correct) in before.items():
