@@ -72,6 +72,7 @@ class Settings:
     ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting
     ab_promote: bool = False  # promote Staging on live evidence from the watcher's schedule
     ab_promote_minutes: float = 15.0  # how often the watcher evaluates live promotion
+    feedback_token: str = field(default="", repr=False)  # bearer token POST /feedback requires, if set
 
     def __post_init__(self) -> None:
         home = Path(self.home).expanduser().resolve()
@@ -155,6 +156,7 @@ class Settings:
             out[f.name] = list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
         out["tracking_uri"] = redact_uri(self.tracking_uri)
         out["ab_store_url"] = redact_uri(self.ab_store_url)
+        out["feedback_token"] = "***" if self.feedback_token else ""
         return out
 
 

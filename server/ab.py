@@ -8,6 +8,7 @@ writes what the queue holds in batches and applies retention now and then.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import queue
@@ -291,6 +292,19 @@ def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
     return [_item("", body)]
 
 
+def _check_feedback_token(settings: Settings) -> None:
+    """Labels can drive a live promotion: with MLOPS_FEEDBACK_TOKEN set, require it as a bearer token;
+    without one, refuse feedback while live promotion (MLOPS_AB_PROMOTE) is on."""
+    token = settings.feedback_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ValidationError("Authorization", "expected 'Bearer <MLOPS_FEEDBACK_TOKEN>'", status=401)
+    elif settings.ab_promote:
+        raise ValidationError("Authorization", "feedback can promote a model (MLOPS_AB_PROMOTE is on): "
+                                               "set MLOPS_FEEDBACK_TOKEN to accept it", status=403)
+
+
 @bp.post("/feedback")
 def feedback():
     """Join true labels to logged predictions: one ``{"request_id", "label"}`` or ``{"feedback": [...]}``."""
@@ -298,6 +312,7 @@ def feedback():
 
     settings = current_app.config["MLOPS_SETTINGS"]
     ab_log: PredictionLog = current_app.extensions["mlops_ab"]
+    _check_feedback_token(settings)
     if not request.is_json:
         raise ValidationError("Content-Type", f"expected application/json, got {request.mimetype or 'none'} "
                                               "instead", status=415)
