@@ -31,7 +31,7 @@ NUMERIC_TYPES = {"double", "float", "long", "integer"}
 UNSEEN = "\x00unseen category"  # a category no encoder can have seen
 _NAN = float("nan")
 _TOLERANCE = 1e-9
-DEFAULT_BATCH = "off"  # micro-batching measured no steady gain over the compiled path (bench/serve)
+DEFAULT_BATCH = "1"  # ms; bench/serve: 1.3-3x the req/s of the compiled path alone at 8-32 connections
 
 
 class Unsupported(Exception):
