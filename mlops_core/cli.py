@@ -44,7 +44,10 @@ def main(ctx: click.Context, home: Path | None, tracking_uri: str | None, verbos
     """Event-driven retraining loop: drift check, AutoML, MLflow registry, promotion."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    ctx.obj = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    try:
+        ctx.obj = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    except ValueError as err:  # a bad MLOPS_* value or flag is bad usage: exit 2
+        raise click.UsageError(str(err)) from err
 
 
 def _registry(settings: Settings):

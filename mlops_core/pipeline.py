@@ -6,6 +6,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -18,7 +21,7 @@ from filelock import FileLock, Timeout
 from .config import Settings
 from .data import infer_kinds, read_csv, validate_frame
 from .drift import DriftReport, ReferenceProfile
-from .errors import BusyError, DataValidationError
+from .errors import BusyError, DataValidationError, RegistryError
 from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
 
 __all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "abort", "bootstrap",
@@ -257,7 +260,7 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
                           f"{settings.target!r} labels: retraining refused")
         else:
             fit_rows, holdout = _holdout_split(batch, settings)
-            _save_candidate_inputs(settings, fit_rows, holdout, kinds)
+            _save_candidate_inputs(settings, run_id, fit_rows, holdout, kinds)
             return out
         return _finish(settings, registry, out)
     except BaseException:
@@ -274,14 +277,18 @@ def train_candidate(settings: Settings, run_id: str, *, registry: Registry | Non
     registry = registry or Registry(settings)
     stages = stages or _Stages()
     production = registry.run_tags(run_id)["mlops.production_before"]
-    fit_rows, _, kinds = _load_candidate_inputs(settings)
+    fit_rows, _, kinds = _load_candidate_inputs(settings, run_id)
     _, ref_frame = registry.load_reference(production)
     training = pd.concat([ref_frame, fit_rows[ref_frame.columns.intersection(fit_rows.columns)]], ignore_index=True)
     if settings.train_window:
         training = training.tail(settings.train_window).reset_index(drop=True)
-    training.to_parquet(_candidate_dir(settings) / "training.parquet", index=False)
+    folder = _candidate_dir(settings, run_id)
+    training.to_parquet(folder / "training.parquet", index=False)
     with stages("train"):
-        return train(training, settings, kinds=kinds)
+        result = train(training, settings, kinds=kinds)
+    for path in (result.model_path, result.comparison_path):  # this run's copy, for a separate register step
+        shutil.copy2(path, folder / path.name)
+    return result
 
 
 def register_candidate(settings: Settings, run_id: str, result=None, *, registry: Registry | None = None,
@@ -291,9 +298,10 @@ def register_candidate(settings: Settings, run_id: str, result=None, *, registry
 
     registry = registry or Registry(settings)
     stages = stages or _Stages()
-    training = pd.read_parquet(_candidate_dir(settings) / "training.parquet")
-    _, _, kinds = _load_candidate_inputs(settings)
-    result = result or TrainResult.load(settings, n_train=len(training))
+    folder = _candidate_dir(settings, run_id)
+    training = pd.read_parquet(folder / "training.parquet")
+    _, _, kinds = _load_candidate_inputs(settings, run_id)
+    result = result or TrainResult.load(folder, n_train=len(training))
     digest = registry.run_tags(run_id).get("mlops.batch_sha256", "")
     with stages("register"):
         return _register(settings, registry, run_id, result, training, kinds,
@@ -309,7 +317,11 @@ def decide(settings: Settings, run_id: str, version: str, *, registry: Registry 
     production = tags["mlops.production_before"]
     out = RunResult("staged", version=version, run_id=run_id, digest=tags.get("mlops.batch_sha256", ""),
                     drift=json.loads(tags.get("mlops.drift_summary", "null")), timings=stages.seconds)
-    _, holdout, _ = _load_candidate_inputs(settings)
+    _, holdout, _ = _load_candidate_inputs(settings, run_id)
+    now = registry.aliases().get(PRODUCTION)
+    if now != production:  # another trainer promoted meanwhile: the comparison would be against the wrong model
+        raise RegistryError(f"Production moved from version {production} to {now} while this chain ran; "
+                            f"version {version} stays undecided (run the batch again)")
     try:
         with stages("score"):
             candidate = score(registry.load_model(version).model, holdout, settings)
@@ -327,14 +339,38 @@ def decide(settings: Settings, run_id: str, version: str, *, registry: Registry 
                                        f"holdout_{metric}_production": round(champion, 6),
                                        "holdout_rows": len(holdout), "compared_with": production,
                                        "decision_reason": out.reason, "decision": out.status})  # decision last
-        with stages("promote"):
+        with stages("promote"), _uninterrupted():
             registry.promote(version) if better else registry.stage(version)
     except BaseException:
-        # never leave a half-registered version looking live: it keeps no alias and says it failed
+        # never leave a half-registered version looking live: one that holds no alias says it failed
         with contextlib.suppress(Exception):
-            registry.tag_version(version, {LIFECYCLE: "failed"})
+            if version not in registry.aliases().values():
+                registry.tag_version(version, {LIFECYCLE: "failed"})
         raise
-    return _finish(settings, registry, out)
+    out = _finish(settings, registry, out)
+    shutil.rmtree(_candidate_dir(settings, run_id), ignore_errors=True)
+    return out
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends (moving aliases is all or nothing), then deliver them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in held:
+            if callable(previous[sig]):
+                previous[sig](sig, None)
+            elif previous[sig] == signal.SIG_DFL:
+                signal.raise_signal(sig)
 
 
 def _finish(settings: Settings, registry: Registry, out: RunResult) -> RunResult:
@@ -350,20 +386,22 @@ def _finish(settings: Settings, registry: Registry, out: RunResult) -> RunResult
     return out
 
 
-def _candidate_dir(settings: Settings) -> Path:
-    return settings.models_dir / "candidate"
+def _candidate_dir(settings: Settings, run_id: str) -> Path:
+    """What the stages of one chain run hand each other (own folder: runs of other trainers cannot mix in)."""
+    return settings.models_dir / "candidate" / run_id
 
 
-def _save_candidate_inputs(settings: Settings, fit_rows: pd.DataFrame, holdout: pd.DataFrame, kinds: dict) -> None:
-    folder = _candidate_dir(settings)
+def _save_candidate_inputs(settings: Settings, run_id: str, fit_rows: pd.DataFrame, holdout: pd.DataFrame,
+                           kinds: dict) -> None:
+    folder = _candidate_dir(settings, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     fit_rows.to_parquet(folder / "train_rows.parquet", index=False)
     holdout.to_parquet(folder / "holdout.parquet", index=False)
     (folder / "kinds.json").write_text(json.dumps(kinds))
 
 
-def _load_candidate_inputs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    folder = _candidate_dir(settings)
+def _load_candidate_inputs(settings: Settings, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    folder = _candidate_dir(settings, run_id)
     return (pd.read_parquet(folder / "train_rows.parquet"), pd.read_parquet(folder / "holdout.parquet"),
             json.loads((folder / "kinds.json").read_text()))
 
@@ -372,6 +410,7 @@ def abort(settings: Settings, run_id: str, *, registry: Registry | None = None) 
     """Mark an open chain run failed (its batch is then processed again next time)."""
     with contextlib.suppress(Exception):
         (registry or Registry(settings)).finish_run(run_id, ok=False)
+    shutil.rmtree(_candidate_dir(settings, run_id), ignore_errors=True)
 
 
 def run(settings: Settings, *, force: bool = False, current: Path | None = None,

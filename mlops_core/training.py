@@ -56,10 +56,10 @@ class TrainResult:
     n_train: int
 
     @classmethod
-    def load(cls, settings: Settings, *, n_train: int = 0) -> TrainResult:
-        """Re-read what :func:`train` wrote under ``settings.models_dir`` (for a separate register step)."""
-        model_path = settings.models_dir / "best_model.pkl"
-        comparison_path = settings.models_dir / "pycaret_compare_results.csv"
+    def load(cls, folder: Path, *, n_train: int = 0) -> TrainResult:
+        """Re-read ``best_model.pkl`` and ``pycaret_compare_results.csv`` from ``folder`` (a separate register step)."""
+        model_path = Path(folder) / "best_model.pkl"
+        comparison_path = Path(folder) / "pycaret_compare_results.csv"
         comparison = pd.read_csv(comparison_path, index_col=0)
         top = comparison.iloc[0]
         return cls(model=joblib.load(model_path), model_id=str(comparison.index[0]), model_name=str(top["Model"]),

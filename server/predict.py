@@ -22,6 +22,8 @@ bp = Blueprint("predict", __name__)
 _FLOATS = {"double", "float"}
 _INTEGERS = {"long", "integer"}
 _TOP_LEVEL = ("user_id", "features")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _reject_constant(name: str):
@@ -74,9 +76,9 @@ def _check_value(field: str, dtype: str, value: Any) -> Any:
                 number = float(value)
             except OverflowError:
                 raise ValidationError(field, "number out of range") from None
-            if math.isfinite(number):
+            if math.isfinite(number) and abs(number) <= _FLOAT32_MAX:  # tree models work in float32
                 return number
-            raise ValidationError(field, "number out of range")
+            raise ValidationError(field, f"number out of range; expected at most {_FLOAT32_MAX:.3g} in size")
         expected = "a number or null"
     elif dtype in _INTEGERS:
         if kind == "integer":
@@ -123,6 +125,8 @@ def check_request(body: Any, *, max_batch: int) -> tuple[int, list[Any], bool]:
     user_id = body["user_id"]
     if _kind(user_id) != "integer":
         raise ValidationError("user_id", f"expected a JSON integer, got {_kind(user_id)} instead")
+    if not _INT64_MIN <= user_id <= _INT64_MAX:  # the prediction log stores it as a 64-bit integer
+        raise ValidationError("user_id", "out of range; expected a 64-bit integer")
     if "features" not in body:
         raise ValidationError("features", "missing; expected an object of features or a list of them")
     features = body["features"]

@@ -122,3 +122,30 @@ def test_logged_model_has_explicit_requirements_and_signature(bootstrapped, tmp_
     loaded = Registry(bootstrapped).load_model("1")
     assert loaded.columns == list(bootstrapped.features) and loaded.run_id == mv.run_id
     assert loaded.dtypes["age"] == "double" and loaded.dtypes["sex"] == "string"
+
+
+def test_stages_one_by_one_refuse_to_decide_when_production_moved_meanwhile(fresh):
+    """The Airflow path: stages in separate calls; another trainer's promotion in between is caught."""
+    from mlops_core.errors import RegistryError
+    from mlops_core.pipeline import begin, decide, register_candidate, train_candidate
+
+    make_datasets(fresh, seed=9, drift=0.5, write_train=False)
+    out = begin(fresh)
+    assert out.status == "drift"
+    train_candidate(fresh, out.run_id)
+    version = register_candidate(fresh, out.run_id)  # reads this run's own copy of the trained model
+    reg = Registry(fresh)
+    assert reg.aliases() == {"production": "1", "staging": "1"}  # registered without an alias
+    reg.promote(version)  # someone else moves Production before this chain decides
+    with pytest.raises(RegistryError, match=f"Production moved from version 1 to {version}"):
+        decide(fresh, out.run_id, version)
+    assert reg.describe(version)["lifecycle"] == "production"  # a live version is never tagged failed
+
+
+def test_bad_setting_is_bad_usage(fresh):
+    from click.testing import CliRunner
+
+    from mlops_core.cli import main
+
+    result = CliRunner().invoke(main, ["--home", str(fresh.home), "status"], env={"MLOPS_BINS": "ten"})
+    assert result.exit_code == 2 and "MLOPS_BINS: expected int, got 'ten'" in result.output

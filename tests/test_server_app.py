@@ -134,6 +134,8 @@ MALFORMED = [  # (id, body, expected field); bodies that are str/bytes are sent 
     ("wrong type deep in a batch", {"user_id": 5, "features": [ROW] * 7 + [_row(pclass="first")]},
      "features[7].pclass"),
     ("huge int for double", {"user_id": 2, "features": _row(fare=10 ** 400)}, "features.fare"),
+    ("double beyond float32 (tree models)", {"user_id": 2, "features": _row(age=1e300)}, "features.age"),
+    ("user_id beyond 64 bits (the log's column)", {"user_id": 2 ** 63, "features": ROW}, "user_id"),
 ]
 
 
