@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -14,9 +15,12 @@ from .errors import MlopsError
 
 __all__ = ["main"]
 
+_STDOUT = "mlops.stdout"
+
 
 def _emit(obj: dict, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(obj, default=str) if as_json else text)
+    out = click.get_current_context().meta.get(_STDOUT)
+    click.echo(json.dumps(obj, default=str) if as_json else text, file=out)
 
 
 def _fail(err: Exception) -> None:
@@ -28,8 +32,11 @@ class _Group(click.Group):
     """Map the loop's own failures to exit 1 with the reason on stderr."""
 
     def invoke(self, ctx):
+        # stdout carries our answer only: MLflow writes "View run ..." lines there, so they go to stderr
+        ctx.meta[_STDOUT] = sys.stdout
         try:
-            return super().invoke(ctx)
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().invoke(ctx)
         except (MlopsError, ValueError, OSError) as err:
             _fail(err)
 
