@@ -198,12 +198,12 @@ def _special(estimator):
             params.pop(alias, None)
         params = _choose_param_value("num_threads", params, estimator.n_jobs)
         params["num_threads"] = estimator._process_n_jobs(params["num_threads"])
-        booster, encoder = estimator.booster_, estimator._le
+        booster, classes = estimator.booster_, estimator._le.classes_  # LabelEncoder.inverse_transform's table
 
         def lightgbm(x):
             p = booster.predict(x, **params)
             proba = np.vstack((1.0 - p, p)).transpose()
-            return encoder.inverse_transform(np.argmax(proba, axis=1)), proba
+            return classes[np.argmax(proba, axis=1)], proba
         return lightgbm
     return None
 
