@@ -194,7 +194,7 @@ def _titanic_rows(n: int, seed: int = 0) -> list[dict]:
 @pytest.mark.parametrize("user_id,stage,version", [(0, "Production", "1"), (2, "Production", "1"),
                                                    (-4, "Production", "1"), (1, "Staging", "2"),
                                                    (7, "Staging", "2"), (-3, "Staging", "2"),
-                                                   (2 ** 70 + 1, "Staging", "2")])
+                                                   (2 ** 63 - 1, "Staging", "2"), (-(2 ** 63), "Production", "1")])
 def test_parity_routes_even_to_production_and_odd_to_staging(client, user_id, stage, version):
     answer = _post(client, {"user_id": user_id, "features": ROW}).get_json()
     assert (answer["stage"], answer["version"], answer["model"]) == (stage, version, "titanic-survival")
