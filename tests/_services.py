@@ -190,6 +190,13 @@ class Gunicorn:
             out[tuple(sorted(labels.split(",")))] = float(value)
         return out
 
+    def serves(self, production: str | None, staging: str | None, workers: int = 2) -> bool:
+        """True when every worker has loaded these versions (from the per-worker version gauge)."""
+        want = {"Production": float(production or 0), "Staging": float(staging or 0)}
+        versions = self.gauge("mlops_model_version")
+        per_stage = {stage: [v for k, v in versions.items() if f'stage="{stage}"' in k] for stage in want}
+        return all(len(vs) == workers and all(v == want[stage] for v in vs) for stage, vs in per_stage.items())
+
     def tail(self, n: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text().splitlines()[-n:])

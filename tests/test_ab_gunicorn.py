@@ -207,6 +207,7 @@ def test_live_ab_report_significance_and_promotion_once(served, live_home, titan
         return all(a["version"] == "1" for a in answers)
 
     assert wait_for(both_arms_on_1, 20, 0.5)
+    assert wait_for(lambda: served.serves("1", "1"), 20), served.gauge("mlops_model_version")  # every worker
     assert _report(served.url)["comparison"]["verdict"] == "nothing_to_compare"
 
     # a restart loses no logged or labelled row

@@ -82,7 +82,7 @@ def test_drop_drifted_batch_is_trained_promoted_and_served_then_no_drift_changes
         aliases = registry.aliases()
         assert aliases["staging"] == "2"
         assert aliases["production"] == ("2" if tags["decision"] == "promoted" else "1")
-        assert wait_for(lambda: _arms(server.url) == aliases, 30), (_arms(server.url), aliases)
+        assert wait_for(lambda: server.serves(**aliases), 30), (_arms(server.url), aliases)  # both workers
         even = requests.post(server.url + "/predict", json={"user_id": 2, "features": ROW}, timeout=10).json()
         odd = requests.post(server.url + "/predict", json={"user_id": 3, "features": ROW}, timeout=10).json()
         assert (even["stage"], even["version"]) == ("Production", aliases["production"])

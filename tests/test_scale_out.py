@@ -47,8 +47,8 @@ def test_chain_and_two_servers_on_postgres_backed_mlflow_server(tmp_path):
             expected = {"production": second.production, "staging": second.staging}
             assert expected == Registry(trainer).aliases()
 
-            for host in hosts:
-                assert wait_for(lambda h=host: _arms(h.url) == expected, 30), (_arms(host.url), host.tail())
+            for host in hosts:  # every worker of every host
+                assert wait_for(lambda h=host: h.serves(**expected), 30), (_arms(host.url), host.tail())
             for load in loads:
                 load.stop()
             for host, load in zip(hosts, loads):
