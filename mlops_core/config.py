@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -191,11 +192,12 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
 
 
-def redact_uri(uri: str) -> str:
-    """Hide a password in ``scheme://user:password@host`` URIs."""
-    if "://" in uri and "@" in uri.split("://", 1)[1]:
-        scheme, rest = uri.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return uri
+_CREDENTIALS = re.compile(r"(\w+://[^/@\s:]*:)[^/\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of every ``scheme://user:password@host`` URI in ``text`` (a URI or a message)."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+redact_uri = redact  # the name callers of a single URI read best

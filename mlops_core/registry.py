@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Settings
+from .config import Settings, redact
 from .drift import ReferenceProfile
 from .errors import RegistryError
 from .training import quiet_pycaret
@@ -47,12 +46,8 @@ def registry_errors(action: str) -> Iterator[None]:
     except RegistryError:
         raise
     except Exception as err:  # MlflowException, requests' and SQLAlchemy's errors alike
-        message = _CREDENTIALS.sub(r"\1***@", str(err).splitlines()[0] if str(err) else type(err).__name__)
+        message = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise RegistryError(f"{action}: {message}") from err
-
-
-#: ``user:password@`` in a URI inside an error message (MLflow names the request URL): never logged
-_CREDENTIALS = re.compile(r"(\w+://[^/@\s:]*:)[^/@\s]+@")
 
 
 def _is_missing(err: Exception) -> bool:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mlops_core.config import Settings
+from mlops_core.config import Settings, redact
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
 __all__ = ["ModelStore", "Snapshot", "ARMS"]
@@ -19,7 +18,6 @@ __all__ = ["ModelStore", "Snapshot", "ARMS"]
 log = logging.getLogger(__name__)
 
 ARMS = {PRODUCTION: "Production", STAGING: "Staging"}
-_CREDENTIALS = re.compile(r"(\w+://)[^/@\s:]+:[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class Snapshot:
 def _clean(err: BaseException) -> str:
     """One line describing ``err``, with any credentials in URIs hidden."""
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return _CREDENTIALS.sub(r"\1***@", text)[:500]
+    return redact(text)[:500]
 
 
 class ModelStore:
