@@ -58,6 +58,7 @@ class Metrics:
         self.ab_written = Counter("mlops_ab_log_written", "Prediction rows written to the A/B store.", registry=r)
         self.ab_dropped = Counter("mlops_ab_log_dropped", "Prediction rows not logged: the writer's queue was "
                                   "full (never waited on).", registry=r)
+        self._arms: dict[str, tuple] = {}  # stage -> its labelled children (labels() costs a lock and a lookup)
         self._pid = os.getpid()
 
     def _ready(self) -> Metrics:
@@ -86,12 +87,17 @@ class Metrics:
     def observe_request(self, stage: str | None, status: int, seconds: float, rows: int) -> None:
         self._ready()
         stage = stage or NO_ARM
-        self.requests.labels(stage).inc()
-        self.latency.labels(stage).observe(seconds)
+        children = self._arms.get(stage)
+        if children is None:
+            children = self._arms[stage] = (self.requests.labels(stage), self.latency.labels(stage),
+                                            self.rows.labels(stage))
+        requests, latency, predicted = children
+        requests.inc()
+        latency.observe(seconds)
         if status >= 400:
             self.errors.labels(stage, str(status)).inc()
         elif rows:
-            self.rows.labels(stage).inc(rows)
+            predicted.inc(rows)
 
     def observe_ab_log(self, *, written: int = 0, dropped: int = 0) -> None:
         """Count prediction rows written to the A/B store, or dropped because its queue was full."""
