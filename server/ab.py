@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -192,11 +191,24 @@ def init_app(app: Flask, settings: Settings) -> PredictionLog:
     return ab_log
 
 
+def new_request_id() -> str:
+    """A UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in ms, then 74 random bits.
+
+    Time-ordered ids keep the prediction store's primary-key index append-mostly: with
+    random (v4) ids every insert lands on a random page, and on a 200,000-row table a row
+    cost 21 us of the writer's CPU instead of 4.5 (bench/ab_log.py).
+    """
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
+             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    return f"{value:032x}"
+
+
 def stamp(answer: dict, *, user_id: int, version: str, predictions: list, probabilities: list,
           batch: bool) -> dict:
     """Give the answer its request id(s) and keep what the log needs for after the response is built."""
-    call_id = uuid.uuid4().hex
-    # rows of a batch: the call's first 96 random bits and the row's index, unique and cheap
+    call_id = new_request_id()
+    # rows of a batch: the call's first 96 bits (time and 42 random bits) and the row's index, unique and cheap
     row_ids = [call_id] if not batch else [f"{call_id[:24]}{i:08x}" for i in range(len(predictions))]
     answer["request_id"] = call_id
     if batch:
@@ -222,7 +234,7 @@ def _record(response):
     else:
         snapshot = current_app.extensions["mlops_store"].snapshot
         model = snapshot.production if stage == "Production" else snapshot.staging
-        call_id, row_ids, user_id, predictions, probabilities = uuid.uuid4().hex, (), None, (), ()
+        call_id, row_ids, user_id, predictions, probabilities = new_request_id(), (), None, (), ()
         version = model.version if model is not None else None
     ab_log.record(Prediction(call_id, row_ids, user_id, stage, version, predictions, probabilities,
                              response.status_code, round(latency_ms, 3), time.time()))

@@ -122,6 +122,34 @@ def test_a_wrong_special_kernel_falls_back_to_the_estimators_own_methods(loaded,
     _assert_same(predictor, loaded["rf"], _edge_rows(loaded["rf"]))
 
 
+def test_lightgbm_small_requests_go_row_by_row_and_agree_on_every_titanic_row(loaded, monkeypatch):
+    model = loaded["lightgbm"]
+    predictor = build_predictor(model)
+    assert predictor.compiled and predictor.kernel.single_rows == fastpath.SINGLE_ROWS
+    rows = probe_rows(model)
+    p0, q0 = PipelinePredictor(model).raw(rows)
+    calls = []
+    real = fastpath._LightGBMSingleRow.__call__
+    monkeypatch.setattr(fastpath._LightGBMSingleRow, "__call__", lambda self, row: calls.append(1) or real(self, row))
+    for size in (1, fastpath.SINGLE_ROWS):
+        for start in range(0, len(rows), size):
+            p1, q1 = predictor.raw(rows[start:start + size])
+            assert list(p1) == list(p0[start:start + size])
+            np.testing.assert_allclose(q1, q0[start:start + size], rtol=0, atol=1e-9)
+    assert len(calls) == 2 * len(rows)  # every one of them took the single-row path
+    predictor.raw(rows[:fastpath.SINGLE_ROWS + 1])
+    assert len(calls) == 2 * len(rows)  # a larger batch is one matrix call
+
+
+def test_a_wrong_single_row_path_is_not_used(loaded, monkeypatch):
+    real = fastpath._LightGBMSingleRow.__call__
+    monkeypatch.setattr(fastpath._LightGBMSingleRow, "__call__", lambda self, row: real(self, row) + 1e-7)
+    model = loaded["lightgbm"]
+    predictor = build_predictor(model)
+    assert predictor.compiled and not hasattr(predictor.kernel, "single_rows")  # the estimator's own methods
+    _assert_same(predictor, model, _edge_rows(model))
+
+
 # -- micro-batching -------------------------------------------------------------------------
 class _Arm:
     def __init__(self, name: str, calls: list):
@@ -193,3 +221,30 @@ def test_serving_settings_are_checked():
         fastpath.Serving.from_config({"MLOPS_FASTPATH": "fast"})
     with pytest.raises(ValueError, match="MLOPS_BATCH_WAIT_MS"):
         fastpath.Serving.from_config({"MLOPS_BATCH_WAIT_MS": "soon"})
+
+
+@pytest.mark.parametrize("wait", [0.0, 0.0005])
+def test_no_request_is_lost_or_stuck_when_threads_keep_arriving(wait):
+    """Hand-overs between runners under contention: every call answered with its own rows, none hangs."""
+    def predict(model, rows):
+        if len(rows) > 1:
+            time.sleep(0)  # let arrivals interleave with a running batch
+        return [model] * len(rows), [r["x"] for r in rows]
+
+    batcher = Batcher(predict, wait=wait)
+    wrong, done = [], []
+
+    def client(t):
+        for i in range(400):
+            x = float(t * 1000 + i)
+            if batcher(t % 2, [{"x": x}]) != ([t % 2], [x]):
+                wrong.append((t, i))
+        done.append(t)
+
+    threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(done) == list(range(8)), "a request never got its answer"
+    assert not wrong
