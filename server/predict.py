@@ -7,7 +7,7 @@ import math
 import time
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, request
 
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
@@ -171,25 +171,28 @@ def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
 @bp.post("/predict")
 def predict():
     """Answer predictions and P(class 1) for one row or a batch, from the arm the user is routed to."""
-    settings = current_app.config["MLOPS_SETTINGS"]
-    store = current_app.extensions["mlops_store"]
-    if not request.is_json:
-        raise ValidationError("Content-Type", f"expected application/json, got {request.mimetype or 'none'} "
+    app = current_app._get_current_object()  # proxies cost a lookup on every use: resolve them once
+    req, ctx = request._get_current_object(), g._get_current_object()
+    settings = app.config["MLOPS_SETTINGS"]
+    if not req.is_json:
+        raise ValidationError("Content-Type", f"expected application/json, got {req.mimetype or 'none'} "
                                               "instead", status=415)
-    body = parse_body(request.get_data(cache=False))
+    body = parse_body(req.get_data(cache=False))
     user_id, raw_rows, batch = check_request(body, max_batch=settings.max_batch)
-    snapshot = store.snapshot  # one read: the pair stays consistent for this request
+    snapshot = app.extensions["mlops_store"].snapshot  # one read: the pair stays consistent for this request
     wanted, model, fallback = route(user_id, snapshot)
-    g.mlops_stage = ARMS[PRODUCTION] if fallback else ARMS[wanted]
+    stage = ctx.mlops_stage = ARMS[PRODUCTION] if fallback else ARMS[wanted]
     prefix = "features" if len(raw_rows) == 1 and isinstance(body["features"], dict) else "features[{}]"
     rows = [_check_row(prefix.format(i), row, model) for i, row in enumerate(raw_rows)]
-    predictions, probabilities = current_app.extensions["mlops_serving"](model, rows)  # server/fastpath.py
-    g.mlops_rows = len(rows)
-    answer = {"predictions": predictions, "probabilities": probabilities, "stage": g.mlops_stage,
+    predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/fastpath.py
+    ctx.mlops_rows = len(rows)
+    answer = {"predictions": predictions, "probabilities": probabilities, "stage": stage,
               "version": model.version, "model": settings.model_name, "requested_stage": ARMS[wanted],
               "fallback": fallback}
-    return jsonify(stamp(answer, user_id=user_id, version=model.version, predictions=predictions,
-                         probabilities=probabilities, batch=batch))  # request_id(s); the A/B log's record
+    stamp(answer, user_id=user_id, version=model.version, predictions=predictions, probabilities=probabilities,
+          batch=batch)  # request_id(s); the A/B log's record
+    # the bytes jsonify would send (compact, then a newline), without its per-call option handling
+    return app.response_class(f"{json.dumps(answer, separators=(',', ':'))}\n", mimetype="application/json")
 
 
 @bp.before_request
@@ -199,9 +202,11 @@ def _start_clock():
 
 @bp.after_request
 def _record(response):
+    """Count every /predict answer (this blueprint's only route), errors included, by arm."""
     metrics = current_app.extensions.get("mlops_metrics")
-    if metrics is not None and request.endpoint == "predict.predict":
-        metrics.observe_request(g.get("mlops_stage"), response.status_code,
-                                time.perf_counter() - g.get("mlops_started", time.perf_counter()),
-                                g.get("mlops_rows", 0))
+    if metrics is not None:
+        ctx = g._get_current_object()
+        metrics.observe_request(getattr(ctx, "mlops_stage", None), response.status_code,
+                                time.perf_counter() - getattr(ctx, "mlops_started", time.perf_counter()),
+                                getattr(ctx, "mlops_rows", 0))
     return response
