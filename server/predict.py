@@ -37,12 +37,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_body(raw: bytes) -> Any:
     """Decode a JSON body strictly: UTF-8, no NaN/Infinity, no numbers out of range."""
     if not raw.strip():
         raise ValidationError("body", "expected a JSON object, got an empty body instead")
-    try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    try:  # what json.loads does, with one decoder built once instead of one per call
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise ValidationError("body", "JSON nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, digit-limit errors
