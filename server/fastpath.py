@@ -232,12 +232,18 @@ def _lightgbm(estimator):
 SINGLE_ROWS = 16  # batches up to this size are predicted row by row through LightGBM's fast API
 
 
+def _free_fast_config(config, booster) -> None:
+    from lightgbm.basic import _LIB
+
+    _LIB.LGBM_FastConfigFree(config)
+
+
 class _LightGBMSingleRow:
     """P(class 1) of one row of float64 features by LGBM_BoosterPredictForMatSingleRowFast.
 
     The call is made through ``ctypes.PyDLL``, which keeps the GIL for its 2-3 us: no hand-off
     to another thread and back, and no two threads in the fast config at once (its buffers are
-    not shared-safe). The fast config is freed with this object.
+    not shared-safe).
     """
 
     def __init__(self, booster, iterations: int, parameters: str):
@@ -253,7 +259,8 @@ class _LightGBMSingleRow:
             booster._handle, ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(iterations),
             ctypes.c_int(_C_API_DTYPE_FLOAT64), ctypes.c_int32(self.ncol), _c_str(parameters),
             ctypes.byref(self._config)))
-        weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._config)
+        # freed with this object; the finalizer holds the booster, so its handle is freed after the config
+        weakref.finalize(self, _free_fast_config, self._config, booster)
         self._predict = ctypes.PyDLL(_LIB._name).LGBM_BoosterPredictForMatSingleRowFast
         self._row_type = ctypes.c_double * self.ncol
         self._out, self._out_len = (ctypes.c_double * 1)(), ctypes.c_int64(0)
