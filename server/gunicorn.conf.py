@@ -63,6 +63,7 @@ def post_worker_init(worker):
     store = worker.wsgi.extensions["mlops_store"]
     worker.notify()
     store.start()
+    store.freeze_heap()  # full collections would walk every library and model object: stalls of ~230 ms
     if "mlops_ab" in worker.wsgi.extensions:
         worker.wsgi.extensions["mlops_ab"].start()  # this worker's prediction log (writer on first record)
     snapshot = store.snapshot
