@@ -17,6 +17,7 @@ from server.fastpath import Batcher, PipelinePredictor, build_predictor, probe_r
 from server.predict import to_frame
 
 MODEL_TYPES = Settings().models  # every model type the default list can select
+SPECIAL_KERNELS = {"lr": "logistic", "dt": "decision_tree", "rf": "forest", "lightgbm": "lightgbm"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,7 @@ def test_compiled_path_agrees_on_every_titanic_row_nulls_and_unseen_categories(l
     model = loaded[kind]
     predictor = build_predictor(model)
     assert predictor.compiled, predictor.reason
+    assert predictor.kernel.__name__ == SPECIAL_KERNELS[kind]  # not the estimator's own methods
     titanic = fastpath._titanic_rows(model)
     assert len(titanic) == 1309
     _assert_same(predictor, model, titanic)
