@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""One row through the compiled path against the PyCaret pipeline, for every model type of a list.
+
+    .venv/bin/python bench/predict.py                  # the default model list; about a minute
+    .venv/bin/python bench/predict.py --models lr,rf
+
+For each model id, trains a pipeline on the Titanic training set (two folds) in a
+temporary home, builds its predictor the way the server does at load time
+(``server.fastpath.build_predictor``: compiled and verified, or the pipeline) and
+times one single-row call, in-process, against the pipeline's own
+``predict`` + ``predict_proba`` on the same row (the baseline), in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROW = {"pclass": 3, "sex": "male", "age": 22.0, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
+
+
+def per_call(fn, seconds: float = 1.0) -> float:
+    """Seconds a call, over at least ``seconds`` of calls (after one warm-up call)."""
+    fn()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        fn()
+        calls += 1
+    return elapsed / calls
+
+
+def main() -> None:
+    from mlflow.models import infer_signature
+
+    from mlops_core.config import Settings
+    from mlops_core.data import load_batch, make_datasets
+    from mlops_core.registry import LoadedModel
+    from mlops_core.training import train
+    from server.fastpath import PipelinePredictor, build_predictor
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(Settings().models), help="PyCaret model ids")
+    args = parser.parse_args()
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as folder:
+        for kind in args.models.split(","):
+            settings = Settings(home=Path(folder) / kind, models=(kind,), fold=2)
+            make_datasets(settings)
+            frame = load_batch(settings.train_csv, settings, require_target=True)
+            model = train(frame, settings).model
+            schema = infer_signature(frame[list(settings.features)].head(5)).inputs
+            loaded = LoadedModel(version=kind, run_id="", model=model, columns=list(schema.input_names()),
+                                 dtypes={c.name: c.type.name for c in schema.inputs})
+            predictor = build_predictor(loaded)
+            ours = per_call(lambda p=predictor: p([ROW]))
+            base = per_call(lambda p=PipelinePredictor(loaded): p([ROW]))
+            path = f"compiled ({predictor.kernel.__name__})" if predictor.compiled else f"pipeline: {predictor.reason}"
+            lines.append(f"{kind:>10} {type(model.steps[-1][1]).__name__:>24} {ours * 1e3:>9.3f} {base * 1e3:>9.2f} "
+                         f"{base / ours:>8.0f}x  {path}")
+            print(lines[-1], flush=True)
+    print(f"\n{'model':>10} {'estimator':>24} {'ours ms':>9} {'pipe ms':>9} {'ratio':>9}  path")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
