@@ -170,7 +170,10 @@ def _generic(estimator):
     est = copy.copy(estimator)
     if isinstance(getattr(est, "feature_names_in_", None), np.ndarray):
         del est.feature_names_in_
-    return lambda x: (est.predict(x), est.predict_proba(x))
+
+    def generic(x):
+        return est.predict(x), est.predict_proba(x)
+    return generic
 
 
 def _special(estimator):
@@ -467,12 +470,19 @@ def build_predictor(model, *, probe: list[dict[str, Any]] | None = None):
         compiled = compile_pipeline(model)
         rows = probe if probe is not None else probe_rows(model)
         problem = "no kernel"
-        for kernel in (_special(compiled.estimator), _generic(compiled.estimator)):
-            if kernel is not None:
+        for make in (_special, _generic):
+            try:
+                kernel = make(compiled.estimator)
+                if kernel is None:
+                    continue
                 compiled.kernel = kernel
                 problem = verify(compiled, fallback, rows)
-                if problem is None:
-                    break
+            except Exception as err:  # e.g. a library without the private API a special kernel uses
+                log.warning("version %s: the %s kernel failed: %s: %s", version, make.__name__.strip("_"),
+                            type(err).__name__, err)
+                problem = f"the {make.__name__.strip('_')} kernel failed: {type(err).__name__}: {err}"
+            if problem is None:
+                break
     except Unsupported as err:
         problem = f"not compiled: {err}"
     except Exception as err:  # a compiler bug must never stop a model from serving

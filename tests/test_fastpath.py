@@ -143,12 +143,23 @@ def test_lightgbm_small_requests_go_row_by_row_and_agree_on_every_titanic_row(lo
     assert len(calls) == 2 * len(rows)  # a larger batch is one matrix call
 
 
+def test_a_special_kernel_that_raises_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
+    def unavailable(self, *args):  # e.g. a LightGBM without the single-row fast API
+        raise AttributeError("function 'LGBM_BoosterPredictForMatSingleRowFastInit' not found")
+
+    monkeypatch.setattr(fastpath._LightGBMSingleRow, "__init__", unavailable)
+    model = loaded["lightgbm"]
+    predictor = build_predictor(model)
+    assert predictor.compiled and predictor.kernel.__name__ == "generic"
+    _assert_same(predictor, model, _edge_rows(model))
+
+
 def test_a_wrong_single_row_path_is_not_used(loaded, monkeypatch):
     real = fastpath._LightGBMSingleRow.__call__
     monkeypatch.setattr(fastpath._LightGBMSingleRow, "__call__", lambda self, row: real(self, row) + 1e-7)
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
-    assert predictor.compiled and not hasattr(predictor.kernel, "single_rows")  # the estimator's own methods
+    assert predictor.compiled and predictor.kernel.__name__ == "generic"  # the estimator's own methods
     _assert_same(predictor, model, _edge_rows(model))
 
 
