@@ -155,9 +155,12 @@ _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES "
 _ROW = f"({', '.join('?' * len(_COLUMNS))})"
 
 
-@functools.lru_cache(maxsize=64)
+_CHUNK = 256  # rows in the largest INSERT statement (a power of two)
+
+
+@functools.lru_cache(maxsize=16)
 def _insert_rows(n: int) -> str:
-    """INSERT of ``n`` rows in one statement."""
+    """INSERT of ``n`` rows in one statement (``n`` a power of two up to _CHUNK)."""
     return _INSERT + ", ".join([_ROW] * n)
 
 
@@ -245,9 +248,11 @@ class PredictionStore:
             return 0
         engine = self.engine
         if engine.dialect.name == "sqlite":
-            # multi-row INSERTs straight to the driver: a fraction of Core's CPU, and one statement
-            # per thousands of rows. (executemany releases and retakes the GIL around every row, so
-            # in a busy worker the writer waits a switch interval, 5 ms, per row.)
+            # multi-row INSERTs straight to the driver: a fraction of Core's CPU, one GIL hand-off per
+            # statement (executemany gives the GIL up around every row, so beside busy request threads
+            # the writer waits a switch interval, 5 ms, per row). Statements hold a power of two of
+            # rows, at most _CHUNK: the driver caches every distinct statement it compiles, per
+            # connection, and a statement per batch length grew a worker by tens of MB.
             import sqlite3
 
             raw = engine.raw_connection()
@@ -257,10 +262,16 @@ class PredictionStore:
                     limit = raw.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
                 except AttributeError:  # Python < 3.11
                     limit = 999
-                step = max(1, limit // len(_COLUMNS))
-                for start in range(0, len(rows), step):
-                    chunk = rows[start:start + step]
-                    cursor.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+                size = _CHUNK
+                while size > 1 and size * len(_COLUMNS) > limit:
+                    size //= 2
+                start = 0
+                while start < len(rows):
+                    while size > len(rows) - start:
+                        size //= 2
+                    chunk = rows[start:start + size]
+                    cursor.execute(_insert_rows(size), [value for row in chunk for value in row])
+                    start += size
                 raw.commit()
             except BaseException:
                 raw.rollback()

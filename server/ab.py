@@ -4,9 +4,9 @@ The request thread only appends one small record to a bounded deque: no lock, no
 wake-up of another thread (a ``queue.Queue`` notifies the writer on every put, and
 that hand-off of the GIL cost about a tenth of a worker's time under load). A full
 deque drops the record and counts it; it is never waited on. One writer thread per
-worker, started on the first record after :meth:`PredictionLog.start`, wakes every
-``ab_flush_seconds`` (or at once for a flush or a stop), writes what the deque holds
-in batches and applies retention now and then.
+worker, started on the first record after :meth:`PredictionLog.start`, writes a
+batch at a time: at once when a full batch, a flush or a stop waits, else after
+gathering for up to ``ab_flush_seconds``; retention runs between batches now and then.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
         self._wake = threading.Event()
+        self._flushes = 0  # flush markers queued and not yet reached by the writer
         self.written = self.dropped = self.failed = 0
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ class PredictionLog:
             if self._pid == os.getpid():
                 return
             self._pid, self._thread = os.getpid(), None
-            self._items = deque()
+            self._items, self._flushes = deque(), 0
             self._halt.clear()
 
     @property
@@ -122,7 +123,9 @@ class PredictionLog:
         if self._pid != os.getpid() or self._thread is None:
             return False
         marker = _Flush()
-        self._items.append(marker)
+        with self._lock:
+            self._flushes += 1
+            self._items.append(marker)
         self._wake.set()
         return marker.done.wait(timeout)
 
@@ -133,25 +136,28 @@ class PredictionLog:
 
     # -- the writer -----------------------------------------------------------------------------------
     def _run(self) -> None:
+        """Write a batch at a time: at once when a full batch, a flush or a stop waits, else after
+        gathering for up to ``ab_flush_seconds`` (few, large transactions even when the store is slow)."""
         wait, size = self.settings.ab_flush_seconds, self.settings.ab_batch_size
         next_retention = time.monotonic()
         while True:
-            if not self._halt.is_set():
-                self._wake.wait(wait)  # few, large transactions; a flush or a stop wakes it at once
+            if not (self._halt.is_set() or self._flushes or len(self._items) >= size):
+                self._wake.wait(wait)
                 self._wake.clear()
-            while self._items:
-                batch: list[Prediction] = []
-                marker = None
-                while self._items and len(batch) < size:
-                    item = self._items.popleft()
-                    if isinstance(item, _Flush):  # everything queued before it goes in this write
-                        marker = item
-                        break
-                    batch.append(item)
-                if batch:
-                    self._write(batch)
-                if marker is not None:
-                    marker.done.set()
+            batch: list[Prediction] = []
+            marker = None
+            while self._items and len(batch) < size:
+                item = self._items.popleft()
+                if isinstance(item, _Flush):  # everything queued before it is in this write or an earlier one
+                    marker = item
+                    break
+                batch.append(item)
+            if batch:
+                self._write(batch)
+            if marker is not None:
+                with self._lock:
+                    self._flushes -= 1
+                marker.done.set()
             if time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + _RETENTION_EVERY
                 try:

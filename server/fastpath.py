@@ -284,8 +284,8 @@ class _LightGBMSingleRow:
     """P(class 1) of one row of float64 features by LGBM_BoosterPredictForMatSingleRowFast.
 
     The call is made through ``ctypes.PyDLL``, which keeps the GIL for its 2-3 us: no hand-off
-    to another thread and back, and no two threads in the fast config at once (its buffers are
-    not shared-safe).
+    to another thread and back. The output buffers are the call's own: with shared ones a thread
+    switch between the call and the read could hand a request another request's probability.
     """
 
     def __init__(self, booster, iterations: int, parameters: str):
@@ -304,17 +304,16 @@ class _LightGBMSingleRow:
         # freed with this object; the finalizer holds the booster, so its handle is freed after the config
         weakref.finalize(self, _free_fast_config, self._config, booster)
         self._predict = ctypes.PyDLL(_LIB._name).LGBM_BoosterPredictForMatSingleRowFast
-        self._row_type = ctypes.c_double * self.ncol
-        self._out, self._out_len = (ctypes.c_double * 1)(), ctypes.c_int64(0)
-        self._out_len_ref = ctypes.byref(self._out_len)
+        self._row_type, self._out_type = ctypes.c_double * self.ncol, ctypes.c_double * 1
 
     def __call__(self, row: list[float]) -> float:
-        if len(row) != self.ncol or self._predict(self._config, self._row_type(*row), self._out_len_ref,
-                                                 self._out) != 0 or self._out_len.value != 1:
+        out, out_len = self._out_type(), self._ctypes.c_int64(0)
+        if len(row) != self.ncol or self._predict(self._config, self._row_type(*row), self._ctypes.byref(out_len),
+                                                 out) != 0 or out_len.value != 1:
             from lightgbm.basic import _LIB
 
             raise RuntimeError(f"LightGBM single-row predict failed: {_LIB.LGBM_GetLastError().decode()}")
-        return self._out[0]
+        return out[0]
 
 
 class CompiledPredictor:

@@ -231,6 +231,57 @@ def test_overflow_is_counted_not_waited_on(tmp_path):
     assert PredictionStore(settings).report()["groups"][0]["rows"] == 11
 
 
+def test_a_backlog_is_written_in_full_batches_with_retention_between_them(tmp_path, monkeypatch):
+    """A slow store: the writer still writes large transactions and keeps applying retention."""
+    from server import ab as ab_module
+
+    monkeypatch.setattr(ab_module, "_RETENTION_EVERY", 0.0)
+    settings = Settings(home=tmp_path, ab_batch_size=500, ab_flush_seconds=0.05)
+    events = []
+
+    class Slow(PredictionStore):
+        def write(self, items):
+            items = list(items)
+            events.append(("write", len(items)))
+            time.sleep(0.001)
+            return super().write(items)
+
+        def apply_retention(self):
+            events.append(("retention", 0))
+            return 0
+
+    ab_log = PredictionLog(settings, store=Slow(settings))
+    ab_log.start()
+    for _ in range(5000):  # queued before the writer thread exists: a backlog, deterministically
+        ab_log._items.append(_item("Production", "1", [1]))
+    try:
+        ab_log.record(_item("Production", "1", [1]))  # starts the writer
+        assert ab_log.flush(10)
+    finally:
+        ab_log.stop()
+    writes = [n for kind, n in events if kind == "write"]
+    assert sum(writes) == 5001 and writes[:10] == [500] * 10
+    kinds = [kind for kind, _ in events]
+    assert all(kinds[i + 1] == "retention" for i, kind in enumerate(kinds[:-1]) if kind == "write")
+
+
+def test_sqlite_writes_use_a_bounded_set_of_statements(tmp_path):
+    """The driver caches each distinct statement per connection: batch lengths must not each make one."""
+    import random
+
+    from mlops_core import ab as core_ab
+
+    store = PredictionStore(Settings(home=tmp_path))
+    core_ab._insert_rows.cache_clear()
+    sizes = [1, 2, 3, 255, 256, 257, 700, 1000] + random.Random(0).sample(range(1, 1200), 40)
+    for n in sizes:
+        assert store.write([_item("Production", "1", [1]) for _ in range(n)]) == n
+    assert store.report()["groups"][0]["rows"] == sum(sizes)
+    lengths = core_ab._insert_rows.cache_info().currsize
+    assert lengths <= 9, f"{lengths} distinct INSERT statements"  # 1, 2, 4, ... 256 rows
+    store.dispose()
+
+
 def test_writer_survives_a_failing_store_and_stops(tmp_path):
     settings = Settings(home=tmp_path, ab_flush_seconds=0.05)
 

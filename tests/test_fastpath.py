@@ -143,6 +143,37 @@ def test_lightgbm_small_requests_go_row_by_row_and_agree_on_every_titanic_row(lo
     assert len(calls) == 2 * len(rows)  # a larger batch is one matrix call
 
 
+def test_lightgbm_single_rows_from_threads_each_get_their_own_answer(loaded):
+    """MLOPS_BATCH_WAIT_MS=off: request threads call the same model at once; thread switches forced often."""
+    import sys
+
+    model = loaded["lightgbm"]
+    predictor = build_predictor(model)
+    rows = fastpath._titanic_rows(model)[:400]
+    _, expected = PipelinePredictor(model).raw(rows)
+    wrong, done = [], []
+
+    def client(offset):
+        for i in range(offset, len(rows), 4):
+            _, proba = predictor.raw([rows[i]])
+            if abs(proba[0, 1] - expected[i, 1]) > 1e-9:
+                wrong.append(i)
+        done.append(offset)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
+            threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(done) == 20 and not wrong, f"{len(wrong)} answers belonged to another row"
+
+
 def test_a_special_kernel_that_raises_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
     def unavailable(self, *args):  # e.g. a LightGBM without the single-row fast API
         raise AttributeError("function 'LGBM_BoosterPredictForMatSingleRowFastInit' not found")
