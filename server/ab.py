@@ -201,8 +201,8 @@ def new_request_id() -> str:
     """A UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in ms, then 74 random bits.
 
     Time-ordered ids keep the prediction store's primary-key index append-mostly: with
-    random (v4) ids every insert lands on a random page, and on a 200,000-row table a row
-    cost 21 us of the writer's CPU instead of 4.5 (bench/ab_log.py).
+    random (v4) ids every insert lands on a random page: from 100,000 rows on, a row cost
+    the writer 20-28 us of CPU instead of about 3 (bench/ab_log.py).
     """
     rand = int.from_bytes(os.urandom(10), "big")
     value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
