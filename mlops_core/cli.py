@@ -64,21 +64,28 @@ def _registry(settings: Settings):
 
 
 @main.command("make-data")
-@click.option("--drift", "strength", type=float, default=0.0, show_default=True,
+@click.option("--drift", "strength", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Drift strength injected into the batch's drift features (0: none).")
+@click.option("--concept", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the first drift feature's range (its top values) where the label rule is inverted.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which rows form the batch, and their order.")
 @click.option("--batch-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--resample", is_flag=True, help="Draw the batch's rows with replacement (rows repeat, as in exports).")
 @click.option("--no-train", is_flag=True, help="Write current.csv only.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def make_data(settings: Settings, strength: float, seed: int, batch_fraction: float, no_train: bool,
-              as_json: bool) -> None:
+def make_data(settings: Settings, strength: float, concept: float, seed: int, batch_fraction: float, resample: bool,
+              no_train: bool, as_json: bool) -> None:
     """Write data/train.csv and data/current.csv from the bundled Titanic table."""
     from .data import make_datasets
 
-    train, current = make_datasets(settings, drift=strength, seed=seed, batch_fraction=batch_fraction,
-                                   write_train=not no_train)
-    obj = {"train": str(train) if train else None, "current": str(current), "drift": strength, "seed": seed}
+    try:
+        train, current = make_datasets(settings, drift=strength, concept=concept, seed=seed,
+                                       batch_fraction=batch_fraction, resample=resample, write_train=not no_train)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    obj = {"train": str(train) if train else None, "current": str(current), "drift": strength, "concept": concept,
+           "seed": seed}
     _emit(obj, as_json, f"wrote {current}" + (f" and {train}" if train else ""))
 
 

@@ -49,9 +49,10 @@ class Settings:
     n_jobs: int = 1
     budget_minutes: float = 0.0  # 0: no time budget for the comparison
     holdout_fraction: float = 0.3
-    train_window: int = 0  # most recent training rows kept; 0: all
+    history_rows: int = 0  # rows of Production's training data added to a candidate's; 0: the new batch alone
     promotion_metric: str = "accuracy"
-    min_improvement: float = 0.0
+    min_improvement: float = 0.0  # the candidate must be better by more than this on the holdout
+    promotion_alpha: float = 0.05  # ... with a one-sided paired test p-value below this; 1: no test
     min_rows: int = 10
     seed: int = 42
     refresh_seconds: float = 5.0
@@ -73,6 +74,7 @@ class Settings:
     ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting
     ab_promote: bool = False  # promote Staging on live evidence from the watcher's schedule
     ab_promote_minutes: float = 15.0  # how often the watcher evaluates live promotion
+    run_timeout_seconds: float = 3600.0  # the watcher stops a chain run that takes longer
     feedback_token: str = field(default="", repr=False)  # bearer token POST /feedback requires, if set
 
     def __post_init__(self) -> None:
@@ -110,6 +112,22 @@ class Settings:
         if self.ab_queue_size < 1 or self.ab_batch_size < 1:
             problems.append(f"ab_queue_size and ab_batch_size must be at least 1, got {self.ab_queue_size} "
                             f"and {self.ab_batch_size}")
+        if not 0.0 <= self.min_improvement <= 1.0:
+            problems.append(f"min_improvement must be in [0, 1] (a negative one would promote worse models), "
+                            f"got {self.min_improvement}")
+        if not 0.0 < self.promotion_alpha <= 1.0:
+            problems.append(f"promotion_alpha must be in (0, 1], got {self.promotion_alpha}")
+        if self.history_rows < 0:
+            problems.append(f"history_rows must be >= 0, got {self.history_rows}")
+        if self.run_timeout_seconds <= 0:
+            problems.append(f"run_timeout_seconds must be > 0, got {self.run_timeout_seconds}")
+        unknown = [m for m in self.models if m not in MODEL_IDS]
+        if unknown:
+            problems.append(f"unknown model id(s) {unknown}; expected PyCaret ids among {sorted(MODEL_IDS)}")
+        no_proba = [m for m in self.models if m in NO_PROBABILITIES]
+        if no_proba:
+            problems.append(f"model(s) {no_proba} give no probabilities (no predict_proba), which serving and the "
+                            f"auc metric need; choose others")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
@@ -139,7 +157,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(_ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or f.name == "models"):  # MLOPS_MODELS= means every model
                 values[f.name] = _coerce(f, raw)
         if "tracking_uri" not in values and env.get("MLFLOW_TRACKING_URI"):
             values["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
@@ -162,6 +180,10 @@ class Settings:
 
 
 _METRICS = {"accuracy", "f1", "auc", "precision", "recall"}
+# PyCaret 3.3's classification model ids; those without predict_proba are refused (serving answers probabilities)
+MODEL_IDS = frozenset({"lr", "knn", "nb", "dt", "svm", "rbfsvm", "gpc", "mlp", "ridge", "rf", "qda", "ada", "gbc",
+                       "lda", "et", "xgboost", "lightgbm", "catboost", "dummy"})
+NO_PROBABILITIES = frozenset({"svm", "ridge"})
 
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:

@@ -16,7 +16,7 @@ from .config import Settings
 from .errors import DataValidationError
 
 __all__ = ["load_titanic", "make_datasets", "read_csv", "validate_frame", "load_batch", "infer_kinds",
-           "atomic_write_csv"]
+           "atomic_write_csv", "normalise", "apply_concept", "unseen_rows"]
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 _NA_VALUES = ["", "?", "NA", "NaN", "nan", "null", "None"]
@@ -58,14 +58,34 @@ def apply_drift(batch: pd.DataFrame, strength: float, *, columns: tuple[str, ...
     return out
 
 
-def make_datasets(settings: Settings, *, drift: float = 0.0, seed: int = 0,
-                  train_fraction: float = 0.6, batch_fraction: float = 1.0,
+def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: str) -> pd.DataFrame:
+    """Change the label rule: rows in the top ``strength`` share of ``column`` get the opposite label.
+
+    0 leaves the labels as they are; 0.5 inverts the rule for the upper half of
+    ``column`` (a model of the old rule is then wrong there as often as it was
+    right, while one retrained on the new batch can learn it); 1 inverts every label.
+    """
+    if not 0 <= strength <= 1:
+        raise ValueError(f"concept strength must be in [0, 1], got {strength}")
+    out = batch.copy()
+    if strength == 0:
+        return out
+    values = pd.to_numeric(out[column], errors="coerce")
+    changed = values.rank(pct=True, method="average") > 1.0 - strength  # missing values keep the old rule
+    out.loc[changed, target] = 1 - out.loc[changed, target].astype(int)
+    return out
+
+
+def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.0, seed: int = 0,
+                  train_fraction: float = 0.6, batch_fraction: float = 1.0, resample: bool = False,
                   write_train: bool = True) -> tuple[Path | None, Path]:
     """Write ``train.csv`` (the initial reference) and ``current.csv`` (a new batch).
 
     The train/batch split of the Titanic table is fixed; ``seed`` draws which
-    rows of the batch part (``batch_fraction`` of them) form ``current.csv`` and
-    in what order, and ``drift`` shifts the drift features of the batch.
+    rows of the batch part (``batch_fraction`` of them; with ``resample``, drawn
+    with replacement, so rows repeat as in real exports) form ``current.csv`` and
+    in what order. ``drift`` shifts the drift features of the batch; ``concept``
+    changes its label rule (see :func:`apply_concept`).
     """
     if not 0 < train_fraction < 1 or not 0 < batch_fraction <= 1:
         raise ValueError("train_fraction must be in (0, 1) and batch_fraction in (0, 1]")
@@ -74,10 +94,14 @@ def make_datasets(settings: Settings, *, drift: float = 0.0, seed: int = 0,
     cut = int(len(table) * train_fraction)
     train = table.iloc[order[:cut]].reset_index(drop=True)
     rest = table.iloc[order[cut:]]
-    batch = rest.sample(frac=batch_fraction, random_state=seed).reset_index(drop=True)
+    batch = rest.sample(frac=batch_fraction, replace=resample, random_state=seed).reset_index(drop=True)
+    numeric = tuple(c for c in settings.drift_features if pd.api.types.is_numeric_dtype(batch[c]))
     if drift:
-        batch = apply_drift(batch, drift, columns=tuple(c for c in settings.drift_features
-                                                          if pd.api.types.is_numeric_dtype(batch[c])), seed=seed)
+        batch = apply_drift(batch, drift, columns=numeric, seed=seed)
+    if concept:
+        if not numeric:
+            raise ValueError("--concept needs a numeric drift feature to define where the label rule changes")
+        batch = apply_concept(batch, concept, target=settings.target, column=numeric[0])
     train_path = atomic_write_csv(train, settings.train_csv) if write_train else None
     return train_path, atomic_write_csv(batch, settings.current_csv)
 
@@ -118,6 +142,35 @@ def read_csv(path: str | os.PathLike, *, content: bytes | None = None) -> pd.Dat
     return frame
 
 
+def normalise(frame: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
+    """The one form every frame has before it reaches a pipeline (training, holdout, drift, serving).
+
+    Numeric columns become float64 (unparsable values missing); categorical ones
+    become objects whose every kind of missing (``None`` from parquet, ``pd.NA``,
+    NaN) is ``np.nan``, the one that scikit-learn's imputers treat as missing.
+    Columns not in ``kinds`` are left as they are; the input is not changed.
+    """
+    out = frame.copy()
+    for col, kind in kinds.items():
+        if col not in out.columns:
+            continue
+        if kind == NUMERIC:
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+        else:
+            values = out[col].astype("object")
+            out[col] = values.where(values.notna(), np.nan)
+    return out
+
+
+def unseen_rows(rows: pd.DataFrame, seen: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """True for each row of ``rows`` whose ``columns`` values (missing equal to missing) are not in ``seen``."""
+    if not len(rows) or not len(seen):
+        return pd.Series(True, index=rows.index)
+    keys = pd.util.hash_pandas_object(rows[columns], index=False)
+    known = pd.util.hash_pandas_object(seen[columns], index=False)
+    return ~keys.isin(set(known.to_numpy()))
+
+
 def infer_kinds(frame: pd.DataFrame, columns) -> dict[str, str]:
     """Map each column to ``numeric`` or ``categorical`` from its dtype."""
     return {c: NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
@@ -148,7 +201,6 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
             problems.append(f"column {col!r} has no values (all missing)")
             continue
         if kinds.get(col) != NUMERIC:
-            out[col] = out[col].astype("object").where(out[col].notna(), np.nan)
             continue
         values = pd.to_numeric(out[col], errors="coerce")
         bad = out[col].notna() & values.isna()
@@ -177,7 +229,7 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
                     problems.append(f"target {settings.target!r} has a single class; two are needed to train")
     if problems:
         raise DataValidationError(source, problems)
-    return out.reset_index(drop=True)
+    return normalise(out, {c: kinds.get(c, CATEGORICAL) for c in present}).reset_index(drop=True)
 
 
 def load_batch(path: str | os.PathLike, settings: Settings, *, kinds: Mapping[str, str] | None = None,

@@ -19,13 +19,14 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from .config import Settings
-from .data import infer_kinds, read_csv, validate_frame
+from .data import infer_kinds, normalise, read_csv, unseen_rows, validate_frame
 from .drift import DriftReport, ReferenceProfile
 from .errors import BusyError, DataValidationError, RegistryError
+from .evidence import Comparison, compare
 from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
 
 __all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "abort", "bootstrap",
-           "check_drift", "file_digest", "pipeline_lock", "score"]
+           "check_drift", "file_digest", "pipeline_lock", "outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class RunResult:
     """What one pass of the chain decided (the JSON of ``mlops run --json``)."""
 
-    status: str  # no_drift | promoted | staged | skipped | refused
+    status: str  # no_drift | promoted | staged | archived | skipped | refused
     drift: dict | None = None
     version: str | None = None
     production: str | None = None
@@ -43,6 +44,7 @@ class RunResult:
     run_id: str | None = None
     bootstrapped: str | None = None
     scores: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)  # the paired tests behind a decision (see evidence.py)
     timings: dict = field(default_factory=dict)
     digest: str = ""
 
@@ -88,18 +90,14 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def score(model, frame: pd.DataFrame, settings: Settings) -> float:
-    """The promotion metric of ``model`` on labelled rows."""
-    from sklearn import metrics
-
-    X, y = frame[list(settings.features)], frame[settings.target].to_numpy()
-    name = settings.promotion_metric
-    if name == "auc":
-        return float(metrics.roc_auc_score(y, model.predict_proba(X)[:, 1]))
+def outputs(model, frame: pd.DataFrame, settings: Settings, kinds: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted labels (and P(class 1) when the promotion metric needs it) of ``model`` on normalised rows."""
+    if not len(frame):
+        return np.empty(0, dtype=int), np.empty(0) if settings.promotion_metric == "auc" else None
+    X = normalise(frame[list(settings.features)], kinds)
     pred = np.asarray(model.predict(X)).astype(int)
-    fn = {"accuracy": metrics.accuracy_score, "f1": metrics.f1_score, "precision": metrics.precision_score,
-          "recall": metrics.recall_score}[name]
-    return float(fn(y, pred, **({} if name == "accuracy" else {"zero_division": 0})))
+    proba = model.predict_proba(X)[:, 1] if settings.promotion_metric == "auc" else None
+    return pred, proba
 
 
 def _reference(settings: Settings, registry: Registry, production: str | None, *, with_data: bool = True):
@@ -132,20 +130,10 @@ def check_drift(settings: Settings, *, current: Path | None = None, reference: P
                                            bins=settings.bins)
     batch = read_csv(current)
     kinds = {c: k for c, k in profile.kinds.items() if c in settings.features}
-    report = profile.report(_lenient(batch, kinds), features,
-                            threshold=settings.psi_threshold)
+    report = profile.report(normalise(batch, kinds), features, threshold=settings.psi_threshold)
     if save:
         report.save(settings.data_dir)
     return report
-
-
-def _lenient(batch: pd.DataFrame, kinds: dict) -> pd.DataFrame:
-    """Coerce numeric features for scoring, leaving other columns as they are."""
-    out = batch.copy()
-    for c, k in kinds.items():
-        if c in out.columns and k == "numeric":
-            out[c] = pd.to_numeric(out[c], errors="coerce")
-    return out
 
 
 def bootstrap(settings: Settings, registry: Registry, stages: _Stages | None = None) -> str:
@@ -179,13 +167,20 @@ def _train_and_register(settings, registry, run_id, frame, kinds, stages, *, pre
         return _register(settings, registry, run_id, result, frame, kinds, tags=tags)
 
 
-def _register(settings, registry, run_id, result, frame, kinds, *, tags) -> str:
-    """Log the trained pipeline, its comparison and reference to ``run_id``; create a version."""
-    profile = ReferenceProfile.fit(frame, features=settings.features, kinds=kinds, bins=settings.bins)
+def _register(settings, registry, run_id, result, frame, kinds, *, tags, regime: pd.DataFrame | None = None) -> str:
+    """Log the trained pipeline, its comparison and reference to ``run_id``; create a version.
+
+    The drift reference is fitted on ``regime`` (the batch the version was trained for; default: ``frame``),
+    so later batches of the same regime do not score as drift against a mix of old and new rows.
+    """
+    regime = frame if regime is None else regime
+    profile = ReferenceProfile.fit(normalise(regime, kinds), features=settings.features, kinds=kinds,
+                                   bins=settings.bins)
     registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
                                      "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(frame),
                                      "best_model": result.model_name, "features": ",".join(settings.features),
-                                     "target": settings.target},
+                                     "target": settings.target, "history_rows": settings.history_rows,
+                                     "n_regime": len(regime)},
                      metrics={f"cv_{k}": v for k, v in result.cv_metrics.items()},
                      artifacts={"": result.comparison_path})
     registry.log_reference(run_id, profile, frame)
@@ -230,11 +225,11 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
         profile, _ = _reference(settings, registry, production, with_data=False)
         kinds = {c: profile.kinds[c] for c in settings.features}
         batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=name)
-    if not force and (done := registry.processed_run(digest)):
+    if not force and production is not None and (done := registry.processed_run(digest, production)):
         aliases = registry.aliases()
         return RunResult("skipped", production=aliases.get(PRODUCTION), staging=aliases.get(STAGING), digest=digest,
-                         reason=f"content {digest[:12]} was already processed by run {done}; use --force",
-                         timings=stages.seconds)
+                         reason=f"content {digest[:12]} was already processed against Production v{production} by run "
+                                f"{done}; use --force", timings=stages.seconds)
     bootstrapped = None
     if production is None:
         production = bootstrapped = bootstrap(settings, registry, stages)
@@ -271,17 +266,23 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
 
 def train_candidate(settings: Settings, run_id: str, *, registry: Registry | None = None,
                     stages: _Stages | None = None):
-    """Train on the Production reference plus the batch's training rows (holdout kept out)."""
+    """Train on the batch's training rows (holdout kept out), after ``history_rows`` of Production's training data.
+
+    A drifted batch is the new regime: by default the candidate learns it alone, so a changed label rule is not
+    outvoted by the old rows; ``history_rows`` adds that many of the most recent rows the Production version
+    was trained on (useful when batches are small and only the covariates move).
+    """
     from .training import train
 
     registry = registry or Registry(settings)
     stages = stages or _Stages()
     production = registry.run_tags(run_id)["mlops.production_before"]
     fit_rows, _, kinds = _load_candidate_inputs(settings, run_id)
-    _, ref_frame = registry.load_reference(production)
-    training = pd.concat([ref_frame, fit_rows[ref_frame.columns.intersection(fit_rows.columns)]], ignore_index=True)
-    if settings.train_window:
-        training = training.tail(settings.train_window).reset_index(drop=True)
+    training = fit_rows
+    if settings.history_rows:
+        _, ref_frame = registry.load_reference(production)
+        history = normalise(ref_frame.tail(settings.history_rows), kinds)
+        training = pd.concat([history, fit_rows[history.columns.intersection(fit_rows.columns)]], ignore_index=True)
     folder = _candidate_dir(settings, run_id)
     training.to_parquet(folder / "training.parquet", index=False)
     with stages("train"):
@@ -299,57 +300,130 @@ def register_candidate(settings: Settings, run_id: str, result=None, *, registry
     registry = registry or Registry(settings)
     stages = stages or _Stages()
     folder = _candidate_dir(settings, run_id)
-    training = pd.read_parquet(folder / "training.parquet")
-    _, _, kinds = _load_candidate_inputs(settings, run_id)
+    fit_rows, holdout, kinds = _load_candidate_inputs(settings, run_id)
+    training = normalise(pd.read_parquet(folder / "training.parquet"), kinds)
     result = result or TrainResult.load(folder, n_train=len(training))
     digest = registry.run_tags(run_id).get("mlops.batch_sha256", "")
     with stages("register"):
-        return _register(settings, registry, run_id, result, training, kinds,
+        return _register(settings, registry, run_id, result, training, kinds, regime=pd.concat([fit_rows, holdout]),
                          tags={"mlops.source": "drift", "mlops.batch_sha256": digest})
 
 
 def decide(settings: Settings, run_id: str, version: str, *, registry: Registry | None = None,
            stages: _Stages | None = None) -> RunResult:
-    """Score candidate and Production on the same held-out rows; promote if strictly better, else stage."""
+    """Judge the candidate on held-out rows no compared model has seen, with a paired test; act on the verdict.
+
+    Promoted when it beats Production (by more than ``min_improvement``, one-sided p < ``promotion_alpha``);
+    otherwise staged as the live challenger, unless a different challenger is already staged and the
+    candidate does not beat it too: then the candidate is archived and the challenger keeps its live evidence.
+    """
     registry = registry or Registry(settings)
     stages = stages or _Stages()
     tags = registry.run_tags(run_id)
     production = tags["mlops.production_before"]
     out = RunResult("staged", version=version, run_id=run_id, digest=tags.get("mlops.batch_sha256", ""),
                     drift=json.loads(tags.get("mlops.drift_summary", "null")), timings=stages.seconds)
-    _, holdout, _ = _load_candidate_inputs(settings, run_id)
-    now = registry.aliases().get(PRODUCTION)
+    _, holdout, kinds = _load_candidate_inputs(settings, run_id)
+    aliases = registry.aliases()
+    now = aliases.get(PRODUCTION)
     if now != production:  # another trainer promoted meanwhile: the comparison would be against the wrong model
         raise RegistryError(f"Production moved from version {production} to {now} while this chain ran; "
                             f"version {version} stays undecided (run the batch again)")
+    challenger = aliases.get(STAGING) if aliases.get(STAGING) not in (None, production, version) else None
+    rivals = {PRODUCTION: production, **({STAGING: challenger} if challenger else {})}
+    decided = False
     try:
         with stages("score"):
-            candidate = score(registry.load_model(version).model, holdout, settings)
-            champion = score(registry.load_model(production).model, holdout, settings)
+            training = pd.read_parquet(_candidate_dir(settings, run_id) / "training.parquet")
+            seen = [training, *(registry.load_reference(v)[1] for v in rivals.values())]
+            scored, dropped = _unseen(holdout, seen, settings, kinds)
+            mine = outputs(registry.load_model(version).model, scored, settings, kinds)
+            verdicts = {role: _compare(mine, outputs(registry.load_model(v).model, scored, settings, kinds),
+                                       scored, settings) for role, v in rivals.items()}
+        rule = {"alpha": settings.promotion_alpha, "min_improvement": settings.min_improvement}
+        vs_prod = verdicts[PRODUCTION]
+        if vs_prod.better(**rule):
+            out.status = "promoted"
+        elif challenger is None or verdicts[STAGING].better(**rule):
+            out.status = "staged"
+        else:
+            out.status = "archived"
+        test = (f"one-sided p < {settings.promotion_alpha}" if settings.promotion_alpha < 1
+                else "no test (alpha 1)")
+        out.evidence = {"rule": f"difference > {settings.min_improvement} and {test}",
+                        "alpha": settings.promotion_alpha, "min_improvement": settings.min_improvement,
+                        "holdout_rows": len(holdout), "rows_scored": len(scored), "rows_dropped_seen": dropped,
+                        **{f"vs_{role}": {"version": rivals[role], **c.to_dict()} for role, c in verdicts.items()}}
+        out.reason = _reason(out.status, version, rivals, verdicts, len(scored), dropped)
         metric = settings.promotion_metric
-        better = candidate > champion + settings.min_improvement
-        out.scores = {f"candidate_{metric}": candidate, f"production_{metric}": champion,
-                      "holdout_rows": len(holdout), "production_version": production}
-        out.status = "promoted" if better else "staged"
-        out.reason = (f"holdout {metric}: candidate v{version} {candidate:.4f} vs production v{production} "
-                      f"{champion:.4f} -> {'promoted' if better else 'kept as staging'}")
-        registry.log_run(run_id, metrics={f"holdout_{metric}_candidate": candidate,
-                                          f"holdout_{metric}_production": champion})
-        registry.tag_version(version, {f"holdout_{metric}_candidate": round(candidate, 6),
-                                       f"holdout_{metric}_production": round(champion, 6),
-                                       "holdout_rows": len(holdout), "compared_with": production,
-                                       "decision_reason": out.reason, "decision": out.status})  # decision last
+        out.scores = {f"candidate_{metric}": vs_prod.candidate, f"production_{metric}": vs_prod.baseline,
+                      "holdout_rows": len(holdout), "rows_scored": len(scored), "rows_dropped_seen": dropped,
+                      "production_version": production, "difference": vs_prod.difference,
+                      "ci_low": vs_prod.ci_low, "ci_high": vs_prod.ci_high, "p_value": vs_prod.p_value}
+        registry.log_run(run_id, metrics={k: v for k, v in {
+            f"holdout_{metric}_candidate": vs_prod.candidate, f"holdout_{metric}_production": vs_prod.baseline,
+            "holdout_difference": vs_prod.difference, "holdout_p_value": vs_prod.p_value,
+            "holdout_rows_scored": len(scored), "holdout_rows_dropped_seen": dropped}.items() if np.isfinite(v)})
+        registry.tag_version(version, {f"holdout_{metric}_candidate": round(vs_prod.candidate, 6),
+                                       f"holdout_{metric}_production": round(vs_prod.baseline, 6),
+                                       "holdout_difference": round(vs_prod.difference, 6),
+                                       "holdout_ci95": f"[{vs_prod.ci_low:.4f}, {vs_prod.ci_high:.4f}]",
+                                       "holdout_p_value": f"{vs_prod.p_value:.4g}", "holdout_test": vs_prod.test,
+                                       "holdout_rows": len(holdout), "holdout_rows_scored": len(scored),
+                                       "holdout_rows_dropped_seen": dropped, "compared_with": production,
+                                       **({"compared_with_staging": challenger,
+                                           "staging_p_value": f"{verdicts[STAGING].p_value:.4g}"}
+                                          if challenger else {}),
+                                       "decision_reason": out.reason[:5000], "decision": out.status})  # decision last
+        # the aliases move and the decision record is written as one step: a SIGTERM waits until both are done
         with stages("promote"), _uninterrupted():
-            registry.promote(version) if better else registry.stage(version)
+            if out.status == "promoted":
+                registry.promote(version)
+            elif out.status == "staged":
+                registry.stage(version)
+            else:
+                registry.tag_version(version, {LIFECYCLE: "archived"})
+            out = _finish(settings, registry, out)
+            decided = True
     except BaseException:
         # never leave a half-registered version looking live: one that holds no alias says it failed
-        with contextlib.suppress(Exception):
-            if version not in registry.aliases().values():
-                registry.tag_version(version, {LIFECYCLE: "failed"})
+        if not decided:
+            with contextlib.suppress(Exception):
+                if version not in registry.aliases().values():
+                    registry.tag_version(version, {LIFECYCLE: "failed"})
         raise
-    out = _finish(settings, registry, out)
     shutil.rmtree(_candidate_dir(settings, run_id), ignore_errors=True)
     return out
+
+
+def _unseen(holdout: pd.DataFrame, seen: list, settings: Settings, kinds: dict) -> tuple[pd.DataFrame, int]:
+    """The holdout rows (features and label) that none of the compared models was trained on, and how many not."""
+    columns = [*settings.features, settings.target]
+    every = {**kinds, settings.target: "numeric"}
+    rows = normalise(holdout, every)
+    known = pd.concat([normalise(f[f.columns.intersection(columns)], every) for f in seen if f is not None],
+                      ignore_index=True)
+    keep = (unseen_rows(rows, known, columns) if set(columns) <= set(known.columns)
+            else pd.Series(True, index=rows.index))
+    return holdout[keep.to_numpy()].reset_index(drop=True), int((~keep).sum())
+
+
+def _compare(mine, theirs, rows: pd.DataFrame, settings: Settings) -> Comparison:
+    return compare(settings.promotion_metric, rows[settings.target].to_numpy(), mine[0], theirs[0], mine[1],
+                   theirs[1], seed=settings.seed)
+
+
+def _reason(status: str, version: str, rivals: dict, verdicts: dict, scored: int, dropped: int) -> str:
+    head = (f"v{version} vs Production v{rivals[PRODUCTION]} on {scored} unseen holdout rows "
+            f"({dropped} dropped as seen in training): {verdicts[PRODUCTION].summary()}")
+    if status == "promoted":
+        return f"{head} -> promoted"
+    if STAGING not in rivals:
+        return f"{head} -> not enough evidence to promote: staged as the live challenger"
+    vs = f"vs Staging v{rivals[STAGING]}: {verdicts[STAGING].summary()}"
+    if status == "staged":
+        return f"{head}; {vs} -> replaces the challenger as Staging"
+    return f"{head}; {vs} -> does not beat the challenger: archived, Staging keeps v{rivals[STAGING]}"
 
 
 @contextlib.contextmanager
@@ -378,7 +452,8 @@ def _finish(settings: Settings, registry: Registry, out: RunResult) -> RunResult
     aliases = registry.aliases()
     out.production, out.staging = aliases.get(PRODUCTION), aliases.get(STAGING)
     registry.log_run(out.run_id, tags={"mlops.status": out.status, "mlops.reason": out.reason,
-                                       "mlops.version": out.version or "", "mlops.done": "true"},
+                                       "mlops.version": out.version or "",
+                                       "mlops.production_after": out.production or "", "mlops.done": "true"},
                      text={"decision.json": dumps(out.to_dict())})
     registry.finish_run(out.run_id, ok=True)
     log.info("decision status=%s version=%s production=%s staging=%s reason=%r", out.status, out.version,
@@ -407,9 +482,11 @@ def _load_candidate_inputs(settings: Settings, run_id: str) -> tuple[pd.DataFram
 
 
 def abort(settings: Settings, run_id: str, *, registry: Registry | None = None) -> None:
-    """Mark an open chain run failed (its batch is then processed again next time)."""
+    """Mark an open chain run failed (its batch is then processed again next time); a decided run stays as it is."""
     with contextlib.suppress(Exception):
-        (registry or Registry(settings)).finish_run(run_id, ok=False)
+        registry = registry or Registry(settings)
+        if registry.run_tags(run_id).get("mlops.done") != "true":
+            registry.finish_run(run_id, ok=False)
     shutil.rmtree(_candidate_dir(settings, run_id), ignore_errors=True)
 
 

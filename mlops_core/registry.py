@@ -159,14 +159,22 @@ class Registry:
         with registry_errors(f"reading run {run_id}"):
             return dict(self.client.get_run(run_id).data.tags)
 
-    def processed_run(self, digest: str) -> str | None:
-        """The id of a run that completed processing content ``digest``, if any."""
+    def processed_run(self, digest: str, production: str) -> str | None:
+        """The id of a completed run of content ``digest`` judged against Production ``production`` or producing it.
+
+        The key is the content and the Production version: after a rollback to, or a promotion of, another
+        version, the same bytes are judged again against that one.
+        """
         experiment_id = self.experiment_id()
         with registry_errors("searching processed batches"):
             runs = self.client.search_runs(
                 [experiment_id], filter_string=f"tags.`mlops.batch_sha256` = '{digest}' and "
-                                               f"tags.`mlops.done` = 'true'", max_results=1)
-        return runs[0].info.run_id if runs else None
+                                               f"tags.`mlops.done` = 'true'", max_results=200)
+        for found in runs:
+            tags = found.data.tags
+            if str(production) in (tags.get("mlops.production_before"), tags.get("mlops.production_after")):
+                return found.info.run_id
+        return None
 
     # -- writing -------------------------------------------------------------------
     def log_model(self, run_id: str, model, example: pd.DataFrame) -> str:
@@ -266,7 +274,8 @@ class Registry:
         self.tag_version(previous, {LIFECYCLE: PRODUCTION})
         self.set_alias(PRODUCTION, previous)
         self.set_alias(STAGING, previous)
-        self.tag_version(current, {LIFECYCLE: "archived"})
+        for old in {current, aliases.get(STAGING)} - {None, previous}:  # a challenger loses its alias: archived
+            self.tag_version(old, {LIFECYCLE: "archived"})
         self._set_history(history)
         return {"production": previous, "staging": previous, "archived": current}
 

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
-import numpy as np
 import pandas as pd
 
-from .config import Settings
-from .data import NUMERIC
+from .config import NO_PROBABILITIES, Settings
+from .data import NUMERIC, normalise
 from .errors import TrainingError
 
 __all__ = ["TrainResult", "train", "import_pycaret_classification", "quiet_pycaret"]
@@ -86,15 +85,16 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     numeric = [c for c in features if kinds.get(c, NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) else "")
                == NUMERIC]
     categorical = [c for c in features if c not in numeric]
-    data = frame[[*features, settings.target]].reset_index(drop=True)
-    for c in categorical:  # PyCaret wants strings for categories, not mixed objects
-        data[c] = data[c].astype("object").where(data[c].notna(), np.nan)
+    data = normalise(frame[[*features, settings.target]].reset_index(drop=True),
+                     {**{c: NUMERIC for c in numeric}, **{c: "categorical" for c in categorical}})
     exp = classification.ClassificationExperiment()
     try:
         exp.setup(data=data, target=settings.target, session_id=settings.seed, fold=settings.fold,
                   n_jobs=settings.n_jobs, numeric_features=numeric, categorical_features=categorical,
                   verbose=False, html=False, log_experiment=False, system_log=False, memory=False)
+        # every model, when none is named, but those without predict_proba (serving answers probabilities)
         best = exp.compare_models(include=list(settings.models) or None, sort="Accuracy", n_select=1,
+                                  exclude=None if settings.models else sorted(NO_PROBABILITIES),
                                   budget_time=settings.budget_minutes or None, errors="ignore", verbose=False)
         comparison = exp.pull()
     except Exception as err:  # PyCaret raises bare ValueErrors and more from deep inside
@@ -108,6 +108,8 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
         final = exp.finalize_model(best)
     except Exception as err:
         raise TrainingError(f"finalising {type(best).__name__} failed: {err}") from err
+    if not hasattr(final, "predict_proba"):
+        raise TrainingError(f"{type(best).__name__} gives no probabilities (no predict_proba); serving needs them")
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     model_path = settings.models_dir / "best_model.pkl"
     comparison_path = settings.models_dir / "pycaret_compare_results.csv"

@@ -157,18 +157,14 @@ def route(user_id: int, snapshot) -> tuple[str, LoadedModel, bool]:
 
 
 def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
-    """Rows as a DataFrame with the training dtypes (JSON integers become floats for double columns)."""
-    import numpy as np
+    """Rows as a DataFrame in the one normalised form the pipelines were trained on (``data.normalise``)."""
     import pandas as pd
 
-    frame = pd.DataFrame.from_records(rows, columns=model.columns)
-    for column in model.columns:
-        dtype = model.dtypes.get(column, "")
-        if dtype in _FLOATS:
-            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
-        elif dtype == "string":  # missing as NaN: the pipeline's imputers do not see None as missing
-            frame[column] = frame[column].astype("object").where(frame[column].notna(), np.nan)
-    return frame
+    from mlops_core.data import CATEGORICAL, NUMERIC, normalise
+
+    kinds = {c: NUMERIC if model.dtypes.get(c, "") in _FLOATS else CATEGORICAL
+             for c in model.columns if model.dtypes.get(c, "") in _FLOATS or model.dtypes.get(c, "") == "string"}
+    return normalise(pd.DataFrame.from_records(rows, columns=model.columns), kinds)
 
 
 @bp.post("/predict")
