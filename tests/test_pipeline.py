@@ -63,7 +63,9 @@ def test_drifted_batch_creates_a_version_with_both_holdout_scores(fresh):
     tags = reg.describe("2")["tags"]
     cand, prod = float(tags["holdout_accuracy_candidate"]), float(tags["holdout_accuracy_production"])
     assert tags["compared_with"] == "1" and tags["decision"] == result.status
-    if cand > prod:
+    p_value = float(tags["holdout_p_value"])
+    assert abs((cand - prod) - float(tags["holdout_difference"])) < 1e-5
+    if cand > prod and p_value < s.promotion_alpha:
         assert result.status == "promoted"
         assert reg.aliases() == {"production": "2", "staging": "2"}
         assert reg.describe("1")["lifecycle"] == "archived"
