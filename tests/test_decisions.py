@@ -172,8 +172,7 @@ def test_same_bytes_are_judged_again_against_a_new_production_but_not_twice(fres
     reg.promote(staged.version)  # a new Production
     s.current_csv.write_bytes(batch_a)
     again = run(s)
-    assert again.status == "no_drift" or again.status in ("promoted", "staged", "archived")
-    assert again.status != "skipped"
+    assert again.status != "skipped" and again.drift is not None  # judged again, against version 2
     assert run(s).status == "skipped"  # judged against this Production now
     reg.rollback()
     assert run(s).status == "skipped"  # and already judged against version 1
@@ -208,3 +207,13 @@ def test_after_a_new_regime_is_promoted_its_later_batches_retrain_at_most_once(f
         result = run(s)
         trainings += result.status not in ("no_drift", "skipped")
     assert trainings <= 1
+
+
+def test_auc_promotion_metric_decides_with_a_paired_bootstrap(fresh):
+    s = fresh.replace(promotion_metric="auc", psi_threshold=0.0)
+    make_datasets(s, seed=35, write_train=False)
+    result = run(s)
+    vs = result.evidence["vs_production"]
+    assert vs["metric"] == "auc" and vs["test"] == "paired_bootstrap" and 0.5 < vs["baseline"] <= 1
+    assert vs["ci_low"] <= vs["difference"] <= vs["ci_high"]
+    assert result.status == ("promoted" if vs["difference"] > 0 and vs["p_value"] < 0.05 else "staged")
