@@ -7,7 +7,8 @@ Three parts, one concern each:
   (a quiet period, size and mtime stable around the hash), skips content it already processed
   and runs the chain on anything new; events arriving during a run coalesce into one follow-up;
 - :class:`ChildRunner` runs the chain in a child process, so a shutdown can stop a run
-  mid-way (SIGTERM, then SIGKILL) and PyCaret's memory goes away with each run.
+  mid-way (SIGTERM, then SIGKILL) and PyCaret's memory goes away with each run; it reads the
+  child's result while the child runs and stops a run that outlives its wall time.
 
 Nothing happens on import: ``main()`` builds the settings, logging and signal handlers.
 """
@@ -45,6 +46,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from mlops_core.config import Settings
+from mlops_core.errors import shorten
 
 __all__ = ["TargetHandler", "Watcher", "ChildRunner", "Outcome", "main"]
 
@@ -61,6 +63,13 @@ OPEN_WRITER_WAIT = 30.0
 RETRY_FIRST, RETRY_MAX = 30.0, 600.0
 #: how long a run gets to stop after SIGTERM before it is killed
 TERM_GRACE = 5.0
+#: a run's wall time (imports included) before it is terminated and fails with ``Timeout``;
+#: the daemon takes it from ``settings.run_timeout_seconds`` (MLOPS_RUN_TIMEOUT_SECONDS)
+RUN_TIMEOUT = Settings.run_timeout_seconds
+#: the longest reason a run reports (log line, state file): validation reasons quote cell values
+MAX_REASON = 2000
+#: the most bytes of result kept from a run child; more is drained (so the child never blocks) and dropped
+MAX_RESULT_BYTES = 4 << 20
 
 
 # -- logging: one key=value line per record ---------------------------------------------------------
@@ -141,7 +150,8 @@ class TargetHandler(FileSystemEventHandler):
 @dataclass
 class Outcome:
     """How a run ended: ``processed`` (any RunResult), ``rejected`` (the content is at fault: not
-    retried), ``failed`` (anything else: retried with backoff) or ``aborted`` (shutdown)."""
+    retried), ``failed`` (anything else: retried with backoff; a run past its wall time fails with
+    error ``Timeout`` and is retried no sooner than it ran) or ``aborted`` (shutdown)."""
 
     outcome: str
     digest: str = ""
@@ -151,17 +161,63 @@ class Outcome:
     result: dict = field(default_factory=dict)
 
 
+class _Collector:
+    """Read a stream to its end in a thread, keeping at most ``limit`` bytes; the thread closes the stream.
+
+    Reading while the child runs means a large result never blocks the child in its pipe write; closing
+    from this thread only means nobody blocks on closing a stream another thread is reading.
+    """
+
+    def __init__(self, stream, limit: int = MAX_RESULT_BYTES):
+        self.stream = stream
+        self.limit = limit
+        self.dropped = 0  # bytes read beyond the limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, name="run-result-reader", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            fd = self.stream.fileno()
+            while chunk := os.read(fd, 1 << 16):  # raw reads: nothing waits in a buffer
+                with self._lock:
+                    if self._size + len(chunk) <= self.limit:
+                        self._chunks.append(chunk)
+                        self._size += len(chunk)
+                    else:
+                        self.dropped += len(chunk)
+        except (OSError, ValueError):  # closed under us: nothing more to read
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                self.stream.close()
+
+    def result(self, timeout: float) -> tuple[bytes, bool]:
+        """The bytes read (after waiting up to ``timeout`` for the end) and whether all of them were kept."""
+        self.thread.join(timeout)
+        with self._lock:
+            return b"".join(self._chunks), not self.dropped
+
+
 class ChildRunner:
     """Run ``pipeline.run(settings)`` in a child Python process that a shutdown can stop.
 
     A spare child is started ahead of time: it imports MLflow and PyCaret (seconds) while
     the daemon waits for data, then blocks until a batch arrives, so a run starts warm.
+    A run that takes longer than ``max_seconds`` (``None``: no limit) is terminated and fails with
+    ``Timeout``.
     """
 
-    def __init__(self, *, log_style: str = "text", grace: float = TERM_GRACE, spare: bool = True):
+    def __init__(self, *, log_style: str = "text", grace: float = TERM_GRACE, spare: bool = True,
+                 max_seconds: float | None = RUN_TIMEOUT):
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive (or None for no limit), not {max_seconds!r}")
         self.log_style = log_style
         self.grace = grace
         self.spare = spare
+        self.max_seconds = max_seconds
         self._spare: tuple[subprocess.Popen, threading.Thread] | None = None
 
     def _spawn(self, settings: Settings) -> tuple[subprocess.Popen, threading.Thread]:
@@ -196,7 +252,8 @@ class ChildRunner:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5.0)
         relay.join(5.0)
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
+        # stderr is the relay's to close (at its end): closing a stream another thread reads blocks the closer
+        for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
 
@@ -210,39 +267,49 @@ class ChildRunner:
                 self._reap(*spare)
             proc, relay = self._spawn(settings)
         log.info("run=child pid=%s warm=%s", proc.pid, str(spare is not None and proc is spare[0]).lower())
+        deadline = time.monotonic() + (self.max_seconds if self.max_seconds is not None else float("inf"))
+        collector = _Collector(proc.stdout)  # from now on the child's result is read as it comes
         try:
             proc.stdin.write(payload)
             proc.stdin.flush()
         except BrokenPipeError:
             pass
         try:
-            return self._wait(proc, relay, stop)
+            return self._wait(proc, relay, collector, stop, deadline)
         finally:
             if not stop.is_set():
                 self.warm(settings)  # the next run starts warm too
 
-    def _wait(self, proc: subprocess.Popen, relay: threading.Thread, stop: threading.Event) -> Outcome:
+    def _wait(self, proc: subprocess.Popen, relay: threading.Thread, collector: _Collector,
+              stop: threading.Event, deadline: float) -> Outcome:
         try:
             while proc.poll() is None:
                 if stop.wait(0.1):
                     self._terminate(proc)
                     return Outcome("aborted", reason="shutdown requested")
-            out = proc.stdout.read()
+                if time.monotonic() >= deadline:
+                    log.error("run=timeout pid=%s max_seconds=%g", proc.pid, self.max_seconds)
+                    self._terminate(proc)
+                    return Outcome("failed", error="Timeout", reason=f"run exceeded {self.max_seconds:g} s")
+            out, whole = collector.result(5.0)  # the child has exited: its result is in the pipe already
         finally:
             relay.join(5.0)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                with contextlib.suppress(OSError):
-                    stream.close()
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # stdout and stderr: their reader threads close them at their end
+        if not whole:
+            return Outcome("failed", error="ResultTooLarge",
+                           reason=f"run process sent more than {MAX_RESULT_BYTES} bytes of result")
         try:
             data = json.loads(out.decode() or "null")
         except ValueError:
             data = None
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not isinstance(data.get("outcome"), str):
             code = proc.returncode
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             return Outcome("failed", error="ChildDied", reason=f"run process ended with {how} and no result")
-        return Outcome(data.pop("outcome"), digest=data.pop("digest", ""), status=data.pop("status", ""),
-                       reason=data.pop("reason", ""), error=data.pop("error", ""), result=data)
+        return Outcome(data.pop("outcome"), digest=str(data.pop("digest", "")), status=str(data.pop("status", "")),
+                       reason=shorten(data.pop("reason", "") or "", MAX_REASON),
+                       error=shorten(data.pop("error", "") or "", 200), result=data)
 
     def _terminate(self, proc: subprocess.Popen, *, quiet: bool = False) -> None:
         """SIGTERM (the run unwinds: MLflow run FAILED, no alias moved), SIGKILL after the grace period."""
@@ -262,14 +329,23 @@ _FORMATTED = re.compile(r"^(ts=\S+ |<\d>)level=")
 
 
 def _relay(stream, pid: int) -> None:
-    """Copy the run's stderr to ours: its log lines as they are, anything else (prints, tracebacks) as kv."""
-    for raw in iter(stream.readline, b""):
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        if _FORMATTED.match(line):
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        elif line.strip():
-            log.info("child=%s out=%s", pid, kv(line))
+    """Copy the run's stderr to ours: its log lines as they are, anything else (prints, tracebacks) as kv.
+
+    Closes ``stream`` at its end (nobody else may: closing a stream this thread reads would block the closer).
+    """
+    try:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if _FORMATTED.match(line):
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            elif line.strip():
+                log.info("child=%s out=%s", pid, kv(line))
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def _warm_imports() -> None:
@@ -325,6 +401,7 @@ def _child_main() -> int:
         log.debug("run failed", exc_info=True)
         answer = {"outcome": "failed", "error": type(err).__name__, "reason": str(err).splitlines()[0] if str(err)
                   else type(err).__name__}
+    answer["reason"] = shorten(answer.get("reason") or "", MAX_REASON)  # a reason may quote a cell of any size
     data = json.dumps(answer, default=str).encode()
     with contextlib.suppress(BrokenPipeError):  # the parent is gone: nobody to tell
         while data:
@@ -397,7 +474,7 @@ class Watcher:
         self.target = settings.current_csv
         self.state_path = Path(state_path or settings.home / "state" / "watcher.json")
         self.snapshots = self.state_path.parent
-        self.runner = runner or ChildRunner()
+        self.runner = runner or ChildRunner(max_seconds=settings.run_timeout_seconds)
         self.settle = max(float(settings.settle_seconds), 0.05)
         self.open_writer_wait = max(open_writer_wait, self.settle)
         self.retry_first = retry_first
@@ -414,7 +491,7 @@ class Watcher:
         self._retry_at: float | None = None
         # live A/B promotion on a schedule, when switched on
         self._ab_at: float | None = (time.monotonic() + 60.0 * settings.ab_promote_minutes
-                                     if settings.ab_promote else None)
+                                     if settings.ab_promote or settings.ab_retire else None)
         self._failures = 0
         self.state: dict = {}
         self.runs = 0
@@ -501,15 +578,15 @@ class Watcher:
                 self.notify("retry")
             if self._ab_at is not None and time.monotonic() >= self._ab_at:
                 self._ab_at = time.monotonic() + 60.0 * self.settings.ab_promote_minutes
-                self._live_promotion()
+                self._live_decision()
         return False
 
-    def _live_promotion(self) -> None:
-        """Promote Staging on live A/B evidence (MLOPS_AB_PROMOTE), between runs, never during one."""
-        from mlops_core.ab import maybe_promote
+    def _live_decision(self) -> None:
+        """Act on the live A/B's sequential test (promote: MLOPS_AB_PROMOTE, retire: MLOPS_AB_RETIRE), between runs."""
+        from mlops_core.live import decide_live
 
         try:
-            out = maybe_promote(self.settings)
+            out = decide_live(self.settings)
         except Exception as err:  # the store or the registry is down: try again at the next tick
             log.error("ab=failed error=%s reason=%s", type(err).__name__, kv(err))
             return
@@ -589,7 +666,8 @@ class Watcher:
                 self._running = False
         seconds = time.monotonic() - started
         # the run read our private copy; its messages are about the content of the target
-        outcome.reason = outcome.reason.replace(str(snapshot), str(self.target))
+        outcome.reason = shorten(str(outcome.reason or "").replace(str(snapshot), str(self.target)), MAX_REASON)
+        outcome.error = shorten(outcome.error or "", 200)
         self._record(outcome, digest, seconds)
 
     def _record(self, outcome: Outcome, digest: str, seconds: float) -> None:
@@ -611,6 +689,8 @@ class Watcher:
         else:
             self._failures += 1
             delay = min(self.retry_first * 2 ** (self._failures - 1), RETRY_MAX)
+            if outcome.error == "Timeout":  # a run that hit its wall time: the retry waits at least that long,
+                delay = max(delay, seconds)  # so one stuck batch never takes more than half of the daemon's time
             self._retry_at = time.monotonic() + delay
             log.error("run=failed sha256=%s seconds=%.2f error=%s retry_in_seconds=%.0f reason=%s", processed,
                       seconds, outcome.error or "-", delay, kv(outcome.reason))
@@ -662,7 +742,12 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
 
-    watcher = Watcher(settings, runner=ChildRunner(log_style=style))
+    try:
+        runner = ChildRunner(log_style=style, max_seconds=settings.run_timeout_seconds)
+    except (TypeError, ValueError) as err:
+        log.error("watcher=config-error reason=%s", kv(f"run timeout: {err}"))
+        return 2
+    watcher = Watcher(settings, runner=runner)
     try:
         watcher.start()
         while not stop.wait(1.0):

@@ -1,4 +1,4 @@
-"""Live A/B evidence: the prediction store, the statistics of the two arms, promotion on live evidence.
+"""Live A/B evidence: the prediction store and the comparison of the two arms.
 
 Every answered prediction row is one row of ``predictions`` (written in batches by the
 server's writer thread); ``POST /feedback`` adds its true label to ``feedback``. The
@@ -6,11 +6,13 @@ report joins the two per arm and version::
 
     store = PredictionStore(settings)
     report = store.report(production="3", staging="4")
-    report["comparison"]["verdict"]      # staging_better | production_better | ...
+    report["comparison"]["verdict"]      # staging_better | staging_worse | keep_collecting | ...
 
-Nothing here runs inside a request except :meth:`PredictionStore.add_feedback` and
-:meth:`PredictionStore.report`; :func:`maybe_promote` runs from the watcher's schedule
-or ``mlops ab-promote``.
+The comparison is the always-valid sequential test of :mod:`mlops_core.sequential`, on
+one observation per labelled request, both arms over the same period (since the current
+Staging version first served). Nothing here runs inside a request except
+:meth:`PredictionStore.add_feedback` and :meth:`PredictionStore.report`; the decisions
+taken on the verdict live in :mod:`mlops_core.live`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .config import Settings, redact_uri
 from .errors import MlopsError
 
 __all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
-           "wilson_interval", "two_proportion_test", "samples_per_arm", "maybe_promote", "store_url"]
+           "wilson_interval", "two_proportion_test", "samples_per_arm", "store_url", "compare"]
 
 log = logging.getLogger(__name__)
 
@@ -379,15 +381,44 @@ class PredictionStore:
                         "first_at": row["first_at"], "last_at": row["last_at"]})
         return sorted(out, key=lambda g: (g["arm"], _as_int(g["version"]) or 0, str(g["version"])))
 
+    def first_served(self, arm: str, version: str) -> float | None:
+        """When ``arm`` began serving ``version`` this time: its first answer after the arm last served another."""
+        from sqlalchemy import func, select
+
+        p = self.predictions
+        with self.engine.connect() as conn:
+            other = conn.execute(select(func.max(p.c.created)).where(p.c.arm == arm, p.c.version != version,
+                                                                    p.c.status < 400)).scalar()
+            query = select(func.min(p.c.created)).where(p.c.arm == arm, p.c.version == version, p.c.status < 400)
+            return conn.execute(query if other is None else query.where(p.c.created > other)).scalar()
+
+    def request_shares(self, arm: str, version: str, *, since: float) -> tuple[list[float], int, int]:
+        """Per labelled request of ``arm``/``version`` answered at or after ``since``: its share of correct rows.
+
+        Returns the shares (one per request: the unit of the comparison), and the labelled and correct rows.
+        """
+        from sqlalchemy import case, func, select
+
+        p, f = self.predictions, self.feedback
+        query = (select(func.count(f.c.request_id), func.sum(case((f.c.label == p.c.prediction, 1), else_=0)))
+                 .select_from(p.join(f, f.c.request_id == p.c.request_id))
+                 .where(p.c.arm == arm, p.c.version == version, p.c.created >= since, p.c.status < 400)
+                 .group_by(p.c.call_id))
+        with self.engine.connect() as conn:
+            counts = conn.execute(query).all()
+        shares = [int(correct or 0) / int(n) for n, correct in counts if n]
+        return shares, sum(int(n) for n, _ in counts), sum(int(c or 0) for _, c in counts)
+
     def report(self, *, production: str | None = None, staging: str | None = None) -> dict:
         """Every group, and the comparison of Production's version with Staging's (default: the latest seen)."""
         groups = self.groups()
         production = str(production) if production is not None else _latest(groups, PRODUCTION_ARM)
         staging = str(staging) if staging is not None else _latest(groups, STAGING_ARM)
         return {"generated_at": self._clock(), "store": self.describe(), "groups": groups,
-                "comparison": compare(groups, production, staging, self.settings),
+                "comparison": compare(self, production, staging, self.settings),
                 "settings": {"alpha": self.settings.ab_alpha, "power": self.settings.ab_power,
-                             "min_labels": self.settings.ab_min_labels, "min_effect": self.settings.ab_min_effect}}
+                             "min_labels": self.settings.ab_min_labels, "min_effect": self.settings.ab_min_effect,
+                             "promote": self.settings.ab_promote, "retire": self.settings.ab_retire}}
 
 
 def _chunks(items: list, size: int):
@@ -409,106 +440,70 @@ def _latest(groups: list[dict], arm: str) -> str | None:
     return max(seen, key=lambda g: g["last_at"] or 0)["version"] if seen else None
 
 
-def _find(groups: list[dict], arm: str, version: str | None) -> dict | None:
-    return next((g for g in groups if g["arm"] == arm and g["version"] == version), None)
+def compare(store: PredictionStore, production: str | None, staging: str | None, settings: Settings) -> dict:
+    """Staging minus Production since Staging's version first served: the sequential test and a verdict.
 
+    Verdicts: ``nothing_to_compare``, ``insufficient_labels`` (fewer than ``ab_min_labels`` labelled
+    requests in an arm), ``staging_better`` / ``staging_worse`` (the always-valid p-value below
+    ``ab_alpha``), else ``keep_collecting``.
+    """
+    from .sequential import Arm, labels_needed, mixture_sprt
 
-def compare(groups: list[dict], production: str | None, staging: str | None, settings: Settings) -> dict:
-    """Staging's accuracy minus Production's, its test, the samples still needed and a verdict."""
-    prod, stag = _find(groups, PRODUCTION_ARM, production), _find(groups, STAGING_ARM, staging)
-    n1, x1 = (prod["labelled"], prod["correct"]) if prod else (0, 0)
-    n2, x2 = (stag["labelled"], stag["correct"]) if stag else (0, 0)
-    test = two_proportion_test(x1, n1, x2, n2)
-    baseline = x1 / n1 if n1 else 0.5
-    needed = samples_per_arm(baseline, min_effect=settings.ab_min_effect, alpha=settings.ab_alpha,
-                             power=settings.ab_power)
-    out = {"production_version": production, "staging_version": staging,
-           "production_labelled": n1, "staging_labelled": n2,
-           "production_accuracy": round(x1 / n1, 6) if n1 else None,
-           "staging_accuracy": round(x2 / n2, 6) if n2 else None,
-           "difference": round(x2 / n2 - x1 / n1, 6) if n1 and n2 else None,
-           "z": round(test[0], 4) if test else None, "p_value": test[1] if test else None,
-           "alpha": settings.ab_alpha, "significant": bool(test and test[1] < settings.ab_alpha),
-           "min_labels": settings.ab_min_labels,
-           "min_labels_met": n1 >= settings.ab_min_labels and n2 >= settings.ab_min_labels,
-           "min_effect": settings.ab_min_effect, "samples_needed_per_arm": needed,
-           "samples_still_needed": {"production": max(0, needed - n1), "staging": max(0, needed - n2)}}
+    out: dict[str, Any] = {"production_version": production, "staging_version": staging, "since": None,
+                           "unit": "request (its share of correct rows)",
+                           "production_requests": 0, "staging_requests": 0,
+                           "production_labelled": 0, "staging_labelled": 0,
+                           "production_accuracy": None, "staging_accuracy": None, "difference": None,
+                           "p_value": None, "cs_low": None, "cs_high": None, "alpha": settings.ab_alpha,
+                           "test": "mixture SPRT, always valid (Johari et al. 2017)", "tau": settings.ab_min_effect,
+                           "fixed_horizon": None, "min_labels": settings.ab_min_labels, "min_labels_met": False,
+                           "min_effect": settings.ab_min_effect, "samples_needed_per_arm": None,
+                           "samples_still_needed": {"production": None, "staging": None},
+                           "decision_allowed": False, "action": None}
     if production is None or staging is None or production == staging:
         out["verdict"] = "nothing_to_compare"
         out["reason"] = (f"both arms serve version {production}" if production is not None and production == staging
                          else "an arm has no logged predictions")
-    elif not out["min_labels_met"]:
+        return out
+    since = store.first_served(STAGING_ARM, staging)
+    prod_shares, prod_rows, prod_correct = store.request_shares(PRODUCTION_ARM, production, since=since or 0.0)
+    stag_shares, stag_rows, stag_correct = (store.request_shares(STAGING_ARM, staging, since=since)
+                                            if since is not None else ([], 0, 0))
+    prod, stag = Arm.of(prod_shares), Arm.of(stag_shares)
+    test = mixture_sprt(prod, stag, tau=settings.ab_min_effect, alpha=settings.ab_alpha)
+    var_sum = (prod.variance if prod.n >= 2 else 0.25) + (stag.variance if stag.n >= 2 else 0.25)
+    needed = max(settings.ab_min_labels, labels_needed(var_sum, settings.ab_min_effect, tau=settings.ab_min_effect,
+                                                       alpha=settings.ab_alpha, power=settings.ab_power))
+    fixed = two_proportion_test(prod_correct, prod_rows, stag_correct, stag_rows)
+    out.update({"since": since, "production_requests": prod.n, "staging_requests": stag.n,
+                "production_labelled": prod_rows, "staging_labelled": stag_rows,
+                "production_accuracy": round(prod_correct / prod_rows, 6) if prod_rows else None,
+                "staging_accuracy": round(stag_correct / stag_rows, 6) if stag_rows else None,
+                "min_labels_met": prod.n >= settings.ab_min_labels and stag.n >= settings.ab_min_labels,
+                "samples_needed_per_arm": needed,
+                "samples_still_needed": {"production": max(0, needed - prod.n), "staging": max(0, needed - stag.n)},
+                "fixed_horizon": None if fixed is None else {
+                    "z": round(fixed[0], 4), "p_value": fixed[1],
+                    "note": "two-proportion z-test on rows: valid at one pre-planned look only, not for decisions"}})
+    if test is not None:
+        out.update({"difference": round(test.difference, 6), "p_value": test.p_value,
+                    "cs_low": round(test.cs_low, 6), "cs_high": round(test.cs_high, 6)})
+    figures = (f"staging v{staging} {stag.mean:.4f} vs production v{production} {prod.mean:.4f} per request "
+               f"({stag.n} and {prod.n} labelled requests since staging first served)") if test else ""
+    if not out["min_labels_met"] or test is None:
         out["verdict"] = "insufficient_labels"
-        out["reason"] = (f"labelled rows: production v{production} {n1}, staging v{staging} {n2}; "
+        out["reason"] = (f"labelled requests: production v{production} {prod.n}, staging v{staging} {stag.n}; "
                          f"at least {settings.ab_min_labels} per arm are needed")
-    elif out["significant"]:
-        out["verdict"] = "staging_better" if x2 / n2 > x1 / n1 else "production_better"
-        out["reason"] = (f"live accuracy staging v{staging} {x2 / n2:.4f} vs production v{production} "
-                         f"{x1 / n1:.4f} (p={test[1]:.3g} < {settings.ab_alpha})")
+    elif test.p_value < settings.ab_alpha:
+        out["verdict"] = "staging_better" if test.difference > 0 else "staging_worse"
+        out["reason"] = (f"{figures}: difference {test.difference:+.4f}, {1 - settings.ab_alpha:.0%} confidence "
+                         f"sequence [{test.cs_low:+.4f}, {test.cs_high:+.4f}], always-valid p={test.p_value:.3g} "
+                         f"< {settings.ab_alpha}")
     else:
-        out["verdict"] = "no_significant_difference"
-        out["reason"] = (f"live accuracy staging v{staging} {x2 / n2:.4f} vs production v{production} "
-                         f"{x1 / n1:.4f} (p={test[1]:.3g} >= {settings.ab_alpha})")
+        out["verdict"] = "keep_collecting"
+        out["reason"] = (f"{figures}: difference {test.difference:+.4f}, confidence sequence "
+                         f"[{test.cs_low:+.4f}, {test.cs_high:+.4f}] holds 0 (always-valid p={test.p_value:.3g})")
+    out["action"] = {"staging_better": "promote", "staging_worse": "retire"}.get(out["verdict"])
+    out["decision_allowed"] = bool((out["action"] == "promote" and settings.ab_promote)
+                                   or (out["action"] == "retire" and settings.ab_retire))
     return out
-
-
-# -- promotion on live evidence -------------------------------------------------------------------------
-def maybe_promote(settings: Settings, *, force: bool = False, dry_run: bool = False, registry=None,
-                  store: PredictionStore | None = None, lock_timeout: float = 60.0) -> dict:
-    """Promote Staging when live labelled traffic shows it significantly better than Production.
-
-    Off unless ``settings.ab_promote`` (or ``force``, as ``mlops ab-promote`` does). Runs
-    under the pipeline lock and promotes exactly as an offline promotion (archive, sync);
-    the decision and its live figures are recorded as version tags and an MLflow run.
-    """
-    from .errors import BusyError
-    from .pipeline import pipeline_lock
-    from .registry import PRODUCTION, STAGING, Registry, dumps
-
-    if not (settings.ab_promote or force):
-        return {"status": "disabled", "reason": "live promotion is off (MLOPS_AB_PROMOTE=true turns it on)"}
-    store = store or PredictionStore(settings)
-    try:
-        with pipeline_lock(settings, timeout=lock_timeout):
-            registry = registry or Registry(settings)
-            aliases = registry.aliases()
-            production, staging = aliases.get(PRODUCTION), aliases.get(STAGING)
-            comparison = store.report(production=production, staging=staging)["comparison"]
-            out = {"status": "kept", "production": production, "staging": staging, "version": None,
-                   "reason": comparison["reason"], "comparison": comparison, "run_id": None}
-            if production is None or staging is None or comparison["verdict"] != "staging_better":
-                return out
-            if dry_run:
-                return {**out, "status": "would_promote", "version": staging}
-            run_id = registry.create_run("ab-promote", tags={"mlops.kind": "ab-promote",
-                                                             "mlops.production_before": production})
-            ok = False
-            try:
-                figures = {"live_accuracy_candidate": comparison["staging_accuracy"],
-                           "live_accuracy_production": comparison["production_accuracy"],
-                           "live_labelled_candidate": comparison["staging_labelled"],
-                           "live_labelled_production": comparison["production_labelled"],
-                           "live_p_value": comparison["p_value"], "live_z": comparison["z"]}
-                registry.tag_version(staging, {**figures, "compared_with": production, "decision": "promoted",
-                                               "decision_source": "live_ab",
-                                               "decision_reason": comparison["reason"]})
-                registry.promote(staging)
-                after = registry.aliases()
-                out = {**out, "status": "promoted", "version": staging, "production": after.get(PRODUCTION),
-                       "staging": after.get(STAGING), "run_id": run_id}
-                registry.log_run(run_id, metrics={k: v for k, v in figures.items() if v is not None},
-                                 params={"alpha": settings.ab_alpha, "min_labels": settings.ab_min_labels},
-                                 tags={"mlops.status": "promoted", "mlops.reason": comparison["reason"],
-                                       "mlops.version": staging, "mlops.decision_source": "live_ab",
-                                       "mlops.done": "true"},
-                                 text={"decision.json": dumps(out)})
-                ok = True
-            finally:
-                try:
-                    registry.finish_run(run_id, ok=ok)
-                except Exception:  # the promotion stands; the run stays open
-                    log.exception("could not close run %s", run_id)
-            log.info("live promotion: version %s promoted (%s)", staging, comparison["reason"])
-            return out
-    except BusyError as err:
-        return {"status": "busy", "reason": str(err)}

@@ -1,4 +1,4 @@
-"""The ``mlops`` command: make-data, drift, run, status, promote, sync, rollback, ab-report, ab-promote."""
+"""The ``mlops`` command: make-data, drift, run, status, promote, sync, rollback, ab-report, ab-promote, ab-decide."""
 
 from __future__ import annotations
 
@@ -202,12 +202,20 @@ def _ab_text(report: dict) -> str:
                      f"{p99:>7} {g['labelled']:>8} {acc:>8}  {ci}")
     c = report["comparison"]
     if c["difference"] is not None:
-        lines.append(f"difference staging - production: {c['difference']:+.4f} (z={c['z']}, p={c['p_value']:.3g}, "
-                     f"alpha {c['alpha']})")
+        lines.append(f"since staging v{c['staging_version']} first served: {c['staging_requests']} and "
+                     f"{c['production_requests']} labelled requests (staging, production)")
+        lines.append(f"difference staging - production per request: {c['difference']:+.4f}, "
+                     f"{1 - c['alpha']:.0%} confidence sequence [{c['cs_low']:+.4f}, {c['cs_high']:+.4f}], "
+                     f"always-valid p={c['p_value']:.3g}")
+        if c["fixed_horizon"]:
+            lines.append(f"(fixed-horizon z-test p={c['fixed_horizon']['p_value']:.3g}: valid at one pre-planned "
+                         f"look only)")
     still = c["samples_still_needed"]
-    lines.append(f"labels per arm to detect {c['min_effect']}: {c['samples_needed_per_arm']} "
-                 f"(still needed: production {still['production']}, staging {still['staging']})")
+    if c["samples_needed_per_arm"] is not None:
+        lines.append(f"labelled requests per arm to detect {c['min_effect']}: {c['samples_needed_per_arm']} "
+                     f"(still needed: production {still['production']}, staging {still['staging']})")
     lines.append(f"verdict: {c['verdict']}: {c['reason']}")
+    lines.append(f"decision allowed now: {'yes, ' + c['action'] if c['decision_allowed'] else 'no'}")
     return "\n".join(lines)
 
 
@@ -232,10 +240,23 @@ def ab_report(settings: Settings, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def ab_promote(settings: Settings, dry_run: bool, as_json: bool) -> None:
-    """Promote Staging if live labelled traffic shows it significantly more accurate than Production."""
-    from .ab import maybe_promote
+    """Promote Staging if the live sequential test shows it more accurate than Production (whatever the setting)."""
+    from .live import decide_live
 
-    obj = maybe_promote(settings, force=True, dry_run=dry_run)
+    obj = decide_live(settings, promote=True, retire=False, dry_run=dry_run)
+    _emit(obj, as_json, f"{obj['status']}: {obj['reason']}\nproduction={obj.get('production')} "
+                        f"staging={obj.get('staging')}")
+
+
+@main.command("ab-decide")
+@click.option("--dry-run", is_flag=True, help="Show the decision without acting.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def ab_decide(settings: Settings, dry_run: bool, as_json: bool) -> None:
+    """Act on the live sequential test as the watcher does: promote (MLOPS_AB_PROMOTE), retire (MLOPS_AB_RETIRE)."""
+    from .live import decide_live
+
+    obj = decide_live(settings, dry_run=dry_run)
     _emit(obj, as_json, f"{obj['status']}: {obj['reason']}\nproduction={obj.get('production')} "
                         f"staging={obj.get('staging')}")
 

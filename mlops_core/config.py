@@ -68,12 +68,13 @@ class Settings:
     ab_retention_days: float = 30.0  # predictions (and their labels) older than this are deleted; 0: keep
     ab_max_rows: int = 1_000_000  # most recent predicted rows kept; 0: no limit
     ab_feedback_wait: float = 1.0  # how long feedback waits for a prediction not yet written
-    ab_alpha: float = 0.05  # significance level of the two-proportion test
+    ab_alpha: float = 0.05  # error rate of the always-valid sequential test (any number of looks)
     ab_power: float = 0.8  # power used for the samples still needed
-    ab_min_labels: int = 200  # labelled rows per arm before a verdict (and a live promotion)
-    ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting
+    ab_min_labels: int = 200  # labelled requests per arm before a verdict (and a live decision)
+    ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting (the test's mixing scale)
     ab_promote: bool = False  # promote Staging on live evidence from the watcher's schedule
-    ab_promote_minutes: float = 15.0  # how often the watcher evaluates live promotion
+    ab_retire: bool = True  # retire a Staging challenger that live evidence shows worse (Staging synced back)
+    ab_promote_minutes: float = 15.0  # how often the watcher evaluates the live A/B (promote, retire)
     run_timeout_seconds: float = 3600.0  # the watcher stops a chain run that takes longer
     feedback_token: str = field(default="", repr=False)  # bearer token POST /feedback requires, if set
 
@@ -107,6 +108,8 @@ class Settings:
             problems.append(f"ab_alpha must be in (0, 1), got {self.ab_alpha}")
         if not 0.0 < self.ab_power < 1.0:
             problems.append(f"ab_power must be in (0, 1), got {self.ab_power}")
+        if self.ab_min_labels < 1:
+            problems.append(f"ab_min_labels must be at least 1, got {self.ab_min_labels}")
         if not 0.0 < self.ab_min_effect < 1.0:
             problems.append(f"ab_min_effect must be in (0, 1), got {self.ab_min_effect}")
         if self.ab_queue_size < 1 or self.ab_batch_size < 1:

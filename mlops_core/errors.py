@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
-__all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError"]
+__all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError", "shorten",
+           "MAX_PROBLEM_CHARS", "MAX_PROBLEMS"]
+
+#: the longest one problem may be: problems quote cell values, and a cell can hold megabytes
+MAX_PROBLEM_CHARS = 300
+#: the most problems one error lists; the rest are counted
+MAX_PROBLEMS = 50
+
+
+def shorten(text: object, limit: int) -> str:
+    """``text`` as it is when at most ``limit`` characters, else its head, ``…`` and its original length.
+
+    The result is never longer than ``limit``: ``shorten("x" * 70000, 30)`` is ``"xxxxxxxxxxxxxx… [70,000 chars]"``.
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    note = f"… [{len(text):,} chars]"
+    if len(note) >= limit:
+        return text[:limit]
+    return text[:limit - len(note)] + note
 
 
 class MlopsError(Exception):
@@ -10,12 +30,19 @@ class MlopsError(Exception):
 
 
 class DataValidationError(MlopsError, ValueError):
-    """A CSV that cannot enter the chain; ``problems`` lists every reason."""
+    """A CSV that cannot enter the chain; ``problems`` lists every reason.
+
+    Each problem is shortened to :data:`MAX_PROBLEM_CHARS` (a quoted cell value can be any size) and at most
+    :data:`MAX_PROBLEMS` are kept, so the message stays small enough for a log line, a pipe and a state file.
+    """
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
-        self.problems = list(problems)
-        super().__init__(f"{source}: " + "; ".join(self.problems))
+        problems = [shorten(p, MAX_PROBLEM_CHARS) for p in problems]
+        if len(problems) > MAX_PROBLEMS:
+            problems[MAX_PROBLEMS - 1:] = [f"… and {len(problems) - MAX_PROBLEMS + 1} more problem(s)"]
+        self.problems = problems
+        super().__init__(f"{shorten(source, 1000)}: " + "; ".join(self.problems))
 
 
 class RegistryError(MlopsError, RuntimeError):

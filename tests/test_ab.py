@@ -15,13 +15,13 @@ from mlops_core.ab import (
     Prediction,
     PredictionStore,
     UnknownRequestError,
-    maybe_promote,
     samples_per_arm,
     two_proportion_test,
     wilson_interval,
 )
 from mlops_core.cli import main
 from mlops_core.config import Settings
+from mlops_core.live import decide_live
 from mlops_core.registry import LoadedModel
 from server import create_app
 from server.ab import PredictionLog
@@ -95,7 +95,7 @@ def test_store_joins_labels_and_reports_per_arm_and_version(tmp_path):
     store = PredictionStore(settings)
     try:
         prod = [_item("Production", "1", [1], latency=ms) for ms in (10, 20, 30, 40)]
-        stag = [_item("Staging", "2", [0, 1, 1])]  # one batch request of three rows
+        stag = [_item("Staging", "2", [0, 1, 1], created=time.time() - 60)]  # one batch request of three rows
         errors = [_item("Staging", "2", [], status=400)]
         assert store.write(prod + stag + errors) == 4 + 3 + 1
         assert store.url == f"sqlite:///{tmp_path / 'predictions.db'}"
@@ -112,9 +112,14 @@ def test_store_joins_labels_and_reports_per_arm_and_version(tmp_path):
         assert p["latency_ms"] == {"p50": 25.0, "p99": pytest.approx(39.7)}
         c = report["comparison"]
         assert (c["production_version"], c["staging_version"]) == ("1", "2")
+        # one observation per labelled request: Production 3 requests (2/3 right), Staging 1 request (3/3)
+        assert (c["production_requests"], c["staging_requests"]) == (3, 1)
+        assert (c["production_labelled"], c["staging_labelled"]) == (3, 3)
         assert c["difference"] == pytest.approx(1 / 3, abs=1e-6)
-        assert c["p_value"] == pytest.approx(two_proportion_test(2, 3, 3, 3)[1])
-        assert c["verdict"] == "no_significant_difference" and not c["significant"]
+        assert c["cs_low"] < c["difference"] < c["cs_high"] and 0 < c["p_value"] <= 1
+        assert c["fixed_horizon"]["p_value"] == pytest.approx(two_proportion_test(2, 3, 3, 3)[1])
+        assert "one pre-planned look" in c["fixed_horizon"]["note"]
+        assert c["verdict"] == "insufficient_labels" and not c["decision_allowed"]  # 1 staging request < 3
         assert c["samples_still_needed"]["production"] == c["samples_needed_per_arm"] - 3
         assert json.loads(json.dumps(report)) == report  # JSON as it is
     finally:
@@ -442,15 +447,44 @@ def test_autostarted_app_starts_no_writer_until_a_prediction(tmp_path):
 
 
 # -- CLI and the promotion switch -------------------------------------------------------------------------------
-def test_live_promotion_is_off_by_default(tmp_path):
-    result = maybe_promote(Settings(home=tmp_path))
+def test_live_promotion_is_off_and_retirement_on_by_default(tmp_path):
+    defaults = Settings(home=tmp_path)
+    assert (defaults.ab_promote, defaults.ab_retire) == (False, True)
+    result = decide_live(defaults.replace(ab_retire=False))
     assert result["status"] == "disabled"
     assert not (tmp_path / "predictions.db").exists()
 
 
+def test_same_period_and_one_observation_per_request(tmp_path):
+    """Production's rows from before Staging's version first served are not compared; a batch is one request."""
+    now = time.time()
+    store = PredictionStore(Settings(home=tmp_path, ab_min_labels=1))
+    try:
+        old = [_item("Production", "1", [1], created=now - 100) for _ in range(5)]  # before the challenger
+        stag = [_item("Staging", "2", [1, 1, 1, 0], created=now - 50)]  # one request, 4 rows, 3 right
+        stag += [_item("Staging", "2", [0], created=now - 40)]
+        new = [_item("Production", "1", [0], created=now - 30) for _ in range(2)]
+        store.write(old + stag + new)
+        labels = [(i.call_id, 1) for i in old] + [(r, 1) for r in stag[0].request_ids] + [(stag[1].call_id, 1)]
+        labels += [(i.call_id, 0) for i in new]  # both right
+        store.add_feedback(labels)
+        c = store.report(production="1", staging="2")["comparison"]
+        assert c["since"] == pytest.approx(now - 50)
+        assert (c["production_requests"], c["production_labelled"], c["production_accuracy"]) == (2, 2, 1.0)
+        assert (c["staging_requests"], c["staging_labelled"]) == (2, 5)
+        assert c["staging_accuracy"] == pytest.approx(3 / 5)  # rows: 3 of 5 right
+        assert c["difference"] == pytest.approx((0.75 + 0.0) / 2 - 1.0)  # requests: shares 0.75 and 0
+        # a version staged again after another one served: compared from its new start only
+        store.write([_item("Staging", "3", [1], created=now - 20), _item("Staging", "2", [1], created=now - 10)])
+        assert store.first_served("Staging", "2") == pytest.approx(now - 10)
+    finally:
+        store.dispose()
+
+
 def test_ab_report_cli_reads_the_store(tmp_path, monkeypatch):
     store = PredictionStore(Settings(home=tmp_path))
-    items = [_item("Production", "1", [1]) for _ in range(3)] + [_item("Staging", "2", [0]) for _ in range(2)]
+    items = [_item("Staging", "2", [0], created=time.time() - 60) for _ in range(2)]
+    items += [_item("Production", "1", [1]) for _ in range(3)]
     store.write(items)
     store.add_feedback([(i.call_id, 1) for i in items])
     store.dispose()
@@ -461,6 +495,6 @@ def test_ab_report_cli_reads_the_store(tmp_path, monkeypatch):
     c = report["comparison"]
     assert (c["production_version"], c["staging_version"], c["production_accuracy"], c["staging_accuracy"]) == \
         ("1", "2", 1.0, 0.0)
-    assert math.isclose(c["p_value"], two_proportion_test(3, 3, 0, 2)[1])
+    assert math.isclose(c["fixed_horizon"]["p_value"], two_proportion_test(3, 3, 0, 2)[1])
     text = CliRunner().invoke(main, ["ab-report"])
     assert text.exit_code == 0 and "verdict: insufficient_labels" in text.output

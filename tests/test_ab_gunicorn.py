@@ -1,12 +1,14 @@
 """Live A/B under real gunicorn: a weak Production and a good Staging, traffic on Titanic rows with
 feedback from the true labels, the report checked against a direct computation, live promotion once,
-and the store surviving a restart of the server."""
+the store surviving a restart of the server; then the watcher's schedule retiring a worse challenger
+and leaving an equal one alone over many looks."""
 
 from __future__ import annotations
 
 import math
 import re
 import shutil
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,9 +16,11 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from mlops_core.ab import maybe_promote, two_proportion_test
+import watcher
+from mlops_core.ab import two_proportion_test
 from mlops_core.cli import main
 from mlops_core.config import Settings
+from mlops_core.live import decide_live
 from mlops_core.registry import Registry
 
 from _services import Gunicorn, wait_for
@@ -153,40 +157,44 @@ def test_live_ab_report_significance_and_promotion_once(served, live_home, titan
     weak = registry.aliases()["production"]
     traffic = Traffic(served.url)
 
-    # a first trickle: 20 labelled rows per arm, not enough for a verdict
-    traffic.feedback(traffic.send(rows[:40], labels[:40], start_user=0))
+    # a first trickle: Staging answers first (the comparison starts when it first serves), then 20 per arm
+    traffic.feedback(traffic.send(rows[:1], labels[:1], start_user=1))
+    traffic.feedback(traffic.send(rows[1:41], labels[1:41], start_user=2))
     report = _report(served.url)
     _check_against_direct(report, traffic)
     c = report["comparison"]
     assert (c["production_version"], c["staging_version"]) == (weak, "1")
-    assert (c["production_labelled"], c["staging_labelled"]) == (20, 20)
+    assert (c["production_requests"], c["staging_requests"]) == (20, 21)
     assert c["verdict"] == "insufficient_labels" and c["samples_still_needed"]["staging"] > 0
-    assert maybe_promote(live_home.replace(ab_promote=True))["status"] == "kept"
+    assert decide_live(live_home.replace(ab_promote=True))["status"] == "kept"
 
     # enough labels: single rows and batches, feedback from the true labels
-    traffic.feedback(traffic.send(rows[40:340], labels[40:340], start_user=100))
-    traffic.feedback(traffic.send(rows[340:460], labels[340:460], start_user=1000, batch=30))
+    traffic.feedback(traffic.send(rows[41:900], labels[41:900], start_user=100))
+    traffic.feedback(traffic.send(rows[900:1020], labels[900:1020], start_user=2000, batch=30))
     report = _report(served.url)
     _check_against_direct(report, traffic)
     c = report["comparison"]
     expected = traffic.expected()
     (n1, x1), (n2, x2) = expected[("Production", weak)], expected[("Staging", "1")]
-    assert n1 >= MIN_LABELS and n2 >= MIN_LABELS and n1 + n2 == 460
-    assert c["p_value"] == pytest.approx(two_proportion_test(x1, n1, x2, n2)[1], rel=1e-9)
+    assert n1 >= MIN_LABELS and n2 >= MIN_LABELS and n1 + n2 == 1020
+    assert (c["production_labelled"], c["staging_labelled"]) == (n1, n2)
+    assert c["fixed_horizon"]["p_value"] == pytest.approx(two_proportion_test(x1, n1, x2, n2)[1], rel=1e-9)
     assert c["staging_accuracy"] > c["production_accuracy"] + 0.1  # good v1 vs the majority class
-    assert c["significant"] and c["p_value"] < 0.05 and c["verdict"] == "staging_better", c
+    assert c["p_value"] < 0.05 and c["cs_low"] > 0 and c["verdict"] == "staging_better", c
+    assert c["action"] == "promote" and not c["decision_allowed"]  # live promotion is off by default
 
     # every row logged, none dropped, whichever worker served it (metrics add up all workers)
     metrics = requests.get(served.url + "/metrics", timeout=10).text
-    assert re.search(r"^mlops_ab_log_written_total 460\.0$", metrics, re.M), metrics[-2000:]
+    assert re.search(r"^mlops_ab_log_written_total 1020\.0$", metrics, re.M), metrics[-2000:]
     assert not re.search(r"^mlops_ab_log_dropped_total [1-9]", metrics, re.M)
 
     # promotion on live evidence: off by default, a dry run changes nothing, then exactly once
-    assert maybe_promote(live_home)["status"] == "disabled"
+    off = decide_live(live_home)
+    assert off["status"] == "kept" and "promote is off" in off["reason"]
     dry = CliRunner().invoke(main, ["--home", str(live_home.home), "ab-promote", "--dry-run", "--json"])
     assert dry.exit_code == 0 and '"status": "would_promote"' in dry.output, dry.output
     assert registry.aliases() == {"production": weak, "staging": "1"}
-    first = maybe_promote(live_home.replace(ab_promote=True))
+    first = decide_live(live_home.replace(ab_promote=True))
     assert (first["status"], first["version"], first["production"], first["staging"]) == \
         ("promoted", "1", "1", "1"), first
     assert registry.aliases() == {"production": "1", "staging": "1"}
@@ -197,7 +205,7 @@ def test_live_ab_report_significance_and_promotion_once(served, live_home, titan
     assert run_tags["mlops.kind"] == "ab-promote" and run_tags["mlops.status"] == "promoted"
     again = CliRunner().invoke(main, ["--home", str(live_home.home), "ab-promote", "--json"])
     assert again.exit_code == 0 and '"status": "kept"' in again.output, again.output
-    assert maybe_promote(live_home.replace(ab_promote=True))["status"] == "kept"
+    assert decide_live(live_home.replace(ab_promote=True))["status"] == "kept"
     assert registry.aliases() == {"production": "1", "staging": "1"}
 
     # the server follows: every user now gets version 1, and there is nothing left to compare
@@ -217,4 +225,70 @@ def test_live_ab_report_significance_and_promotion_once(served, live_home, titan
              for g in _report(served.url)["groups"]}
     for key, (rows_before, labelled, correct) in before.items():
         assert after[key][1:] == (labelled, correct) and after[key][0] >= rows_before, (key, after[key])
-    assert sum(r for r, _, _ in before.values()) == 460
+    assert sum(r for r, _, _ in before.values()) == 1020
+
+
+def _labels_with_accuracy(answered, accuracy: dict[str, float]) -> list[tuple[str, int]]:
+    """Feedback that makes each arm exactly as accurate as asked, in every round (first share right)."""
+    out, seen = [], defaultdict(int)
+    for request_id, arm, _, prediction, _ in answered:
+        k = seen[arm]
+        seen[arm] += 1
+        right = (k % 20) < round(accuracy[arm] * 20)
+        out.append((request_id, prediction if right else 1 - prediction))
+    return out
+
+
+def _never_called(settings, stop, batch):
+    raise AssertionError("no batch was dropped: the watcher must not run the chain")
+
+
+def test_the_watchers_schedule_retires_a_worse_challenger_and_leaves_an_equal_one(served, live_home, titanic):
+    rows, labels = titanic
+    settings = live_home.replace(ab_promote=True, ab_promote_minutes=0.005, settle_seconds=0.2)  # a look each 0.3 s
+    registry = Registry(settings)
+    production = registry.aliases()["production"]
+
+    def staged(version):
+        registry.stage(version)
+        assert wait_for(lambda: served.serves(production, version), 30), served.gauge("mlops_model_version")
+
+    def run_traffic(accuracy, rounds, until=None):
+        """Rounds of 60 requests per arm with feedback at the given accuracies; the watcher looks meanwhile."""
+        for r in range(rounds):
+            traffic = Traffic(served.url)
+            traffic.send(rows[:120], labels[:120], start_user=10_000 + 200 * r)
+            traffic.feedback(_labels_with_accuracy(traffic.answered, accuracy))
+            time.sleep(0.5)  # at least one look of the watcher's schedule
+            if until is not None and until():
+                return r + 1
+        return rounds
+
+    settings.current_csv.unlink(missing_ok=True)  # no batch for the daemon to process: only its A/B schedule
+    daemon = watcher.Watcher(settings, runner=_never_called)
+    daemon.start()
+    try:
+        # a clearly worse challenger (60% vs 85%) is retired by the schedule, within the configured labels
+        worse = _register_weak(settings)
+        staged(worse)
+        needed = _report(served.url)["comparison"]["samples_needed_per_arm"]
+        rounds = run_traffic({"Production": 0.85, "Staging": 0.60}, 12,
+                             until=lambda: registry.aliases()["staging"] == production)
+        assert registry.aliases() == {"production": production, "staging": production}, rounds
+        assert rounds * 60 <= max(needed, 600)
+        tags = registry.describe(worse)["tags"]
+        assert (tags["lifecycle"], tags["decision"], tags["decision_source"]) == ("retired", "retired", "live_ab")
+        assert float(tags["live_p_value"]) < 0.05 and float(tags["live_cs_high"]) < 0
+        # an equal challenger (80% and 80%) is neither promoted nor retired over many looks
+        equal = _register_weak(settings)
+        staged(equal)
+        run_traffic({"Production": 0.80, "Staging": 0.80}, 8)
+        assert registry.aliases() == {"production": production, "staging": equal}
+        c = _report(served.url)["comparison"]
+        # Production's answers from before the challenger first served (a few, in the first round) are left out
+        assert c["staging_requests"] == 480 and 470 <= c["production_requests"] <= 480
+        assert abs(c["difference"]) < 0.02
+        assert c["verdict"] == "keep_collecting" and c["cs_low"] < 0 < c["cs_high"]
+    finally:
+        daemon.stop()
+    assert not daemon.alive()

@@ -448,7 +448,7 @@ def test_log_lines_are_key_value_and_parse_back():
 
 
 def test_live_ab_promotion_is_evaluated_on_its_schedule_between_runs(fresh, caplog):
-    """With MLOPS_AB_PROMOTE on, the worker asks mlops_core.ab.maybe_promote every ab_promote_minutes."""
+    """With MLOPS_AB_PROMOTE on, the worker asks mlops_core.live.decide_live every ab_promote_minutes."""
     settings = fresh.replace(settle_seconds=0.2, ab_promote=True, ab_promote_minutes=0.01)  # every 0.6 s
     caplog.set_level("INFO", logger="watcher")
     w = watcher.Watcher(settings, runner=FakeRunner())

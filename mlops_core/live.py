@@ -1,0 +1,98 @@
+"""Decisions on live A/B evidence, taken from the watcher's schedule (or ``mlops ab-decide``), never in a request.
+
+On the always-valid verdict of :func:`mlops_core.ab.compare`:
+
+- ``staging_better``: promote Staging (only with ``MLOPS_AB_PROMOTE=true``), exactly as an
+  offline promotion (archive the old Production, sync Staging);
+- ``staging_worse``: retire the challenger (``MLOPS_AB_RETIRE``, on by default: half of the
+  users are being served a worse model): Staging is synced back to Production and the
+  version is tagged with the reason;
+- anything else: keep collecting.
+
+Every decision is an MLflow run with the live figures, and tags on the version.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .ab import PredictionStore
+from .config import Settings
+
+__all__ = ["decide_live"]
+
+log = logging.getLogger(__name__)
+
+
+def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool | None = None,
+                dry_run: bool = False, registry=None, store: PredictionStore | None = None,
+                lock_timeout: float = 60.0) -> dict:
+    """Promote or retire Staging when the sequential test says so and the setting allows it.
+
+    ``promote`` and ``retire`` override ``settings.ab_promote`` and ``settings.ab_retire``. Returns
+    ``{"status": disabled | kept | promoted | retired | would_promote | would_retire | busy, ...}``.
+    Runs under the pipeline lock, so it never interleaves with a chain run.
+    """
+    from .errors import BusyError
+    from .pipeline import pipeline_lock
+    from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
+
+    promote = settings.ab_promote if promote is None else promote
+    retire = settings.ab_retire if retire is None else retire
+    if not (promote or retire):
+        return {"status": "disabled", "reason": "live decisions are off (MLOPS_AB_PROMOTE and MLOPS_AB_RETIRE)"}
+    settings = settings.replace(ab_promote=promote, ab_retire=retire)
+    store = store or PredictionStore(settings)
+    try:
+        with pipeline_lock(settings, timeout=lock_timeout):
+            registry = registry or Registry(settings)
+            aliases = registry.aliases()
+            production, staging = aliases.get(PRODUCTION), aliases.get(STAGING)
+            comparison = store.report(production=production, staging=staging)["comparison"]
+            out = {"status": "kept", "production": production, "staging": staging, "version": None,
+                   "reason": comparison["reason"], "comparison": comparison, "run_id": None}
+            action = comparison["action"] if comparison["decision_allowed"] else None
+            if production is None or staging is None or action is None:
+                if comparison["action"] and not comparison["decision_allowed"]:
+                    out["reason"] += f" ({comparison['action']} is off)"
+                return out
+            if dry_run:
+                return {**out, "status": f"would_{action}", "version": staging}
+            status = "promoted" if action == "promote" else "retired"
+            run_id = registry.create_run(f"ab-{action}", tags={"mlops.kind": f"ab-{action}",
+                                                              "mlops.production_before": production})
+            ok = False
+            try:
+                figures = {"live_accuracy_candidate": comparison["staging_accuracy"],
+                           "live_accuracy_production": comparison["production_accuracy"],
+                           "live_requests_candidate": comparison["staging_requests"],
+                           "live_requests_production": comparison["production_requests"],
+                           "live_difference": comparison["difference"], "live_cs_low": comparison["cs_low"],
+                           "live_cs_high": comparison["cs_high"], "live_p_value": comparison["p_value"]}
+                registry.tag_version(staging, {**figures, "compared_with": production, "decision": status,
+                                               "decision_source": "live_ab", "decision_reason": comparison["reason"]})
+                if action == "promote":
+                    registry.promote(staging)
+                else:
+                    registry.sync()
+                    registry.tag_version(staging, {LIFECYCLE: "retired"})
+                after = registry.aliases()
+                out = {**out, "status": status, "version": staging, "production": after.get(PRODUCTION),
+                       "staging": after.get(STAGING), "run_id": run_id}
+                registry.log_run(run_id, metrics={k: v for k, v in figures.items() if v is not None},
+                                 params={"alpha": settings.ab_alpha, "min_labels": settings.ab_min_labels,
+                                         "tau": settings.ab_min_effect},
+                                 tags={"mlops.status": status, "mlops.reason": comparison["reason"],
+                                       "mlops.version": staging, "mlops.decision_source": "live_ab",
+                                       "mlops.done": "true"},
+                                 text={"decision.json": dumps(out)})
+                ok = True
+            finally:
+                try:
+                    registry.finish_run(run_id, ok=ok)
+                except Exception:  # the decision stands; the run stays open
+                    log.exception("could not close run %s", run_id)
+            log.info("live A/B: version %s %s (%s)", staging, status, comparison["reason"])
+            return out
+    except BusyError as err:
+        return {"status": "busy", "reason": str(err)}
