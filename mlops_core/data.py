@@ -44,15 +44,20 @@ def atomic_write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def apply_drift(batch: pd.DataFrame, strength: float, *, columns: tuple[str, ...] = ("age", "fare"),
-                seed: int = 0) -> pd.DataFrame:
-    """Shift and stretch numeric ``columns`` by ``strength`` (0: unchanged, 1: strong drift)."""
+                seed: int = 0, scales: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Shift and stretch numeric ``columns`` by ``strength`` (0: unchanged, 1: strong drift).
+
+    The shift is ``strength`` standard deviations of each column; ``scales``
+    gives those deviations (so batches drawn from one population get the same
+    shift); by default they are measured on ``batch`` itself.
+    """
     if strength < 0:
         raise ValueError(f"drift strength must be >= 0, got {strength}")
     out = batch.copy()
     rng = np.random.default_rng(seed)
     for col in columns:
         values = pd.to_numeric(out[col], errors="coerce")
-        scale = float(np.nanstd(values)) or 1.0
+        scale = (scales or {}).get(col) or float(np.nanstd(values)) or 1.0
         noise = rng.normal(0.0, 0.1 * scale * strength, size=len(values))
         out[col] = (values * (1.0 + strength) + strength * scale + noise).round(4)
     return out
@@ -97,7 +102,9 @@ def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.
     batch = rest.sample(frac=batch_fraction, replace=resample, random_state=seed).reset_index(drop=True)
     numeric = tuple(c for c in settings.drift_features if pd.api.types.is_numeric_dtype(batch[c]))
     if drift:
-        batch = apply_drift(batch, drift, columns=numeric, seed=seed)
+        # the shift is measured on the batch population, not on the drawn rows: one regime, one shift
+        scales = {c: float(np.nanstd(pd.to_numeric(rest[c], errors="coerce"))) for c in numeric}
+        batch = apply_drift(batch, drift, columns=numeric, seed=seed, scales=scales)
     if concept:
         if not numeric:
             raise ValueError("--concept needs a numeric drift feature to define where the label rule changes")

@@ -26,9 +26,10 @@ def settings(tmp_path) -> Settings:
     return Settings(home=tmp_path / "home", **FAST)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bootstrapped(tmp_path_factory):
-    """A home whose registry holds a bootstrapped Production version 1 (built once per module)."""
+    """A home whose registry holds a bootstrapped Production version 1 (built once per session, read-only:
+    a test that changes a home copies it first, as ``fresh`` does)."""
     from mlops_core.data import make_datasets
     from mlops_core.pipeline import run
 

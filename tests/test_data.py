@@ -35,6 +35,20 @@ def test_drift_option_shifts_only_the_drift_features(settings):
     assert plain["age"].isna().sum() == shifted["age"].isna().sum()
 
 
+def test_resampled_batches_of_one_regime_get_the_same_shift(settings):
+    """The shift is measured on the batch population, not on each draw: a draw that happens to hold
+    a few very high fares must not be pushed further than another draw of the same regime."""
+
+    shifts = []
+    for seed in range(6):
+        make_datasets(settings, seed=seed, resample=True, write_train=False)
+        plain = pd.read_csv(settings.current_csv)
+        make_datasets(settings, seed=seed, resample=True, drift=0.5, write_train=False)
+        drifted = pd.read_csv(settings.current_csv)
+        shifts.append(float((drifted["fare"] - plain["fare"] * 1.5).median()))
+    assert max(shifts) - min(shifts) < 0.1 * abs(np.mean(shifts))
+
+
 def test_seed_changes_the_batch_but_not_train(settings):
     make_datasets(settings, seed=1)
     train1, cur1 = settings.train_csv.read_bytes(), settings.current_csv.read_bytes()

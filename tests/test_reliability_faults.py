@@ -16,7 +16,6 @@ import threading
 import time
 
 import pytest
-from _reliability import shared_bootstrap
 from test_watcher import assert_registry_consistent
 
 from mlops_core.data import make_datasets
@@ -27,12 +26,6 @@ from tests._services import REFRESH, Gunicorn, Load, free_port, start_mlflow_ser
 
 pytestmark = pytest.mark.slow
 ARM = {"Production": PRODUCTION, "Staging": STAGING}
-
-
-@pytest.fixture(scope="module")
-def bootstrapped(tmp_path_factory):
-    """conftest's home with Production v1, built once for all test_reliability_* modules (read-only)."""
-    return shared_bootstrap(tmp_path_factory)
 
 
 class _Lines(logging.Handler):

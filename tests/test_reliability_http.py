@@ -13,7 +13,6 @@ import shutil
 from collections import Counter
 
 import pytest
-from _reliability import shared_bootstrap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,12 +22,6 @@ ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch":
 COUNTS: Counter = Counter()
 FUZZ = settings(max_examples=600, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-@pytest.fixture(scope="module")
-def bootstrapped(tmp_path_factory):
-    """conftest's home with Production v1, built once for all test_reliability_* modules (read-only)."""
-    return shared_bootstrap(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

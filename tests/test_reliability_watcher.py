@@ -16,7 +16,6 @@ import time
 
 import pandas as pd
 import pytest
-from _reliability import shared_bootstrap
 from test_bad_data import corpus
 from test_watcher import Daemon, assert_registry_consistent, registry_state, seed_state, sha
 
@@ -26,12 +25,6 @@ from mlops_core.registry import PRODUCTION, STAGING, Registry
 
 pytestmark = pytest.mark.slow
 SKIP = {"a million rows"}  # 40 MB through the daemon: covered by the library test (test_bad_data.py)
-
-
-@pytest.fixture(scope="module")
-def bootstrapped(tmp_path_factory):
-    """conftest's home with Production v1, built once for all test_reliability_* modules (read-only)."""
-    return shared_bootstrap(tmp_path_factory)
 
 
 def drop(target, content: bytes) -> None:
