@@ -107,7 +107,10 @@ def drift(settings: Settings, reference: Path | None, current: Path | None, feat
     lines = [f"{k:>12}  PSI {v:.4f}" for k, v in report.psi.items()]
     lines.append(f"{'mean':>12}  PSI {report.mean_psi:.4f} (threshold {report.threshold}): "
                  f"{'DRIFT' if report.drift else 'no drift'}")
-    _emit(report.summary(), as_json, "\n".join(lines))
+    if report.info:
+        lines.append("information only (not in the trigger):")
+        lines += [f"{k:>12}  PSI {v:.4f}" for k, v in sorted(report.info.items(), key=lambda kv: -kv[1])]
+    _emit({**report.summary(), "info": report.information()}, as_json, "\n".join(lines))
 
 
 @main.command("run")

@@ -13,10 +13,11 @@ import pandas as pd
 
 from .data import CATEGORICAL, NUMERIC, infer_kinds
 
-__all__ = ["EMPTY_SHARE", "psi", "FeatureProfile", "ReferenceProfile", "DriftReport"]
+__all__ = ["EMPTY_SHARE", "PREDICTION", "psi", "FeatureProfile", "ReferenceProfile", "DriftReport"]
 
 EMPTY_SHARE = 1e-4
 _MISSING = "<missing>"
+PREDICTION = "predicted_class"  # the output profile: the serving model's predicted labels on its reference
 
 
 def psi(reference_shares: np.ndarray, current_shares: np.ndarray) -> float:
@@ -113,6 +114,7 @@ class ReferenceProfile:
 
     features: Mapping[str, FeatureProfile]
     bins: int = 10
+    outputs: Mapping[str, FeatureProfile] = field(default_factory=dict)  # e.g. PREDICTION
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, *, features: Iterable[str] | None = None,
@@ -128,8 +130,18 @@ class ReferenceProfile:
     def kinds(self) -> dict[str, str]:
         return {name: p.kind for name, p in self.features.items()}
 
-    def report(self, frame: pd.DataFrame, features: Iterable[str], *, threshold: float) -> DriftReport:
-        """Score ``features`` of ``frame`` and decide: drift when the mean PSI is above ``threshold``."""
+    def with_output(self, name: str, values) -> ReferenceProfile:
+        """A copy that also profiles a model output (e.g. :data:`PREDICTION`) on the reference rows."""
+        fitted = FeatureProfile.fit(name, np.asarray(values).astype(str), kind=CATEGORICAL)
+        return ReferenceProfile(self.features, self.bins, {**self.outputs, name: fitted})
+
+    def report(self, frame: pd.DataFrame, features: Iterable[str], *, threshold: float,
+               outputs: Mapping[str, Iterable] | None = None) -> DriftReport:
+        """Score ``features`` of ``frame`` and decide: drift when the mean PSI is above ``threshold``.
+
+        Every other profiled feature present in ``frame``, and each of ``outputs`` (a model's outputs on
+        ``frame``, by the name of an output profile), is scored as information only: not in the mean.
+        """
         names = list(features)
         unknown = [c for c in names if c not in self.features]
         absent = [c for c in names if c not in frame.columns]
@@ -137,22 +149,31 @@ class ReferenceProfile:
             raise ValueError("; ".join(filter(None, [
                 unknown and f"reference profile has no feature(s) {unknown}",
                 absent and f"batch has no column(s) {absent}"])))
-        details, scores = {}, {}
-        for name in names:
-            labels, ref, cur = self.features[name].bin_shares(frame[name].to_numpy())
-            scores[name] = psi(ref, cur)
-            details[name] = {"bins": labels, "reference": ref.round(6).tolist(), "current": cur.round(6).tolist()}
+        scored = [(c, self.features[c], frame[c].to_numpy()) for c in names]
+        informative = [(c, p, frame[c].to_numpy()) for c, p in self.features.items()
+                       if c not in names and c in frame.columns]
+        informative += [(c, self.outputs[c], np.asarray(v).astype(str)) for c, v in (outputs or {}).items()
+                        if c in self.outputs]
+        details, scores, info = {}, {}, {}
+        for group, items in ((scores, scored), (info, informative)):
+            for name, profile, values in items:
+                labels, ref, cur = profile.bin_shares(values)
+                group[name] = psi(ref, cur)
+                details[name] = {"bins": labels, "reference": ref.round(6).tolist(),
+                                 "current": cur.round(6).tolist()}
         mean = float(np.mean(list(scores.values()))) if scores else 0.0
         return DriftReport(psi=scores, mean_psi=mean, threshold=float(threshold), drift=mean > threshold,
                            n_reference=int(next(iter(self.features.values())).n), n_current=len(frame),
-                           details=details)
+                           details=details, info=info)
 
     def to_dict(self) -> dict:
-        return {"bins": self.bins, "features": {k: v.to_dict() for k, v in self.features.items()}}
+        return {"bins": self.bins, "features": {k: v.to_dict() for k, v in self.features.items()},
+                "outputs": {k: v.to_dict() for k, v in self.outputs.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ReferenceProfile:
-        return cls({k: FeatureProfile.from_dict(v) for k, v in data["features"].items()}, int(data.get("bins", 10)))
+        return cls({k: FeatureProfile.from_dict(v) for k, v in data["features"].items()}, int(data.get("bins", 10)),
+                   {k: FeatureProfile.from_dict(v) for k, v in data.get("outputs", {}).items()})
 
     def save(self, path: Path) -> Path:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
@@ -165,7 +186,7 @@ class ReferenceProfile:
 
 @dataclass
 class DriftReport:
-    """Per-feature PSI, their mean, the threshold and the verdict."""
+    """Per-feature PSI, their mean, the threshold and the verdict; ``info``: PSI shown, not decided on."""
 
     psi: dict[str, float]
     mean_psi: float
@@ -174,15 +195,21 @@ class DriftReport:
     n_reference: int = 0
     n_current: int = 0
     details: dict = field(default_factory=dict, repr=False)
+    info: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The JSON object of DESIGN.md section 7."""
         return {"psi": {k: round(v, 6) for k, v in self.psi.items()}, "mean_psi": round(self.mean_psi, 6),
                 "threshold": self.threshold, "drift": self.drift}
 
+    def information(self) -> dict:
+        """PSI of the features the trigger does not watch and of the model's outputs: shown, not decided on."""
+        return {"psi": {k: round(v, 6) for k, v in self.info.items()},
+                "note": "information only: the trigger is the mean PSI of the drift features"}
+
     def to_dict(self) -> dict:
-        return {**self.summary(), "n_reference": self.n_reference, "n_current": self.n_current,
-                "details": self.details}
+        return {**self.summary(), "info": self.information(), "n_reference": self.n_reference,
+                "n_current": self.n_current, "details": self.details}
 
     def save(self, folder: Path, *, stem: str = "drift_report") -> dict[str, Path]:
         """Write ``drift_report.json``, ``drift_flag.txt`` and ``drift_report.png`` into ``folder``."""
@@ -196,20 +223,25 @@ class DriftReport:
         return paths
 
     def plot(self, path: Path) -> Path:
-        """Draw reference vs current shares per bin, one panel per feature."""
+        """Draw reference vs current shares per bin: small multiples, worst PSI first."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure  # the OO API keeps pyplot's global state out
 
         logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-        names = list(self.details) or ["(none)"]
+        scores = {**self.info, **self.psi}
+        names = sorted(self.details, key=lambda n: -scores.get(n, 0.0)) or ["(none)"]
         with matplotlib.rc_context({"font.family": "DejaVu Sans"}):
-            return self._draw(Figure, names, path)
+            return self._draw(Figure, names, scores, path)
 
-    def _draw(self, Figure, names, path: Path) -> Path:
-        fig = Figure(figsize=(7, 3.2 * len(names)), layout="constrained")
-        axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    def _draw(self, Figure, names, scores, path: Path) -> Path:
+        cols = 1 if len(names) <= 2 else 2
+        rows = -(-len(names) // cols)
+        fig = Figure(figsize=(6.5 * cols, 3.0 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax in axes[len(names):]:
+            ax.set_visible(False)
         for ax, name in zip(axes, names):
             d = self.details.get(name)
             if not d:
@@ -219,9 +251,10 @@ class DriftReport:
             ax.bar(x + 0.2, d["current"], 0.4, label="current")
             ax.set_xticks(x, d["bins"], rotation=45, ha="right", fontsize=7)
             ax.set_ylabel("share of rows")
-            ax.set_title(f"{name}: PSI {self.psi[name]:.3f}")
+            role = "trigger" if name in self.psi else "information"
+            ax.set_title(f"{name}: PSI {scores[name]:.3f} ({role})", fontweight="bold" if role == "trigger" else None)
             ax.legend(fontsize=8)
-        fig.suptitle(f"mean PSI {self.mean_psi:.3f} (threshold {self.threshold}): "
+        fig.suptitle(f"mean PSI of the trigger features {self.mean_psi:.3f} (threshold {self.threshold}): "
                      f"{'drift' if self.drift else 'no drift'}")
         fig.savefig(path, dpi=80)
         return Path(path)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import shutil
 import signal
 import threading
@@ -20,8 +21,8 @@ from filelock import FileLock, Timeout
 
 from .config import Settings
 from .data import infer_kinds, normalise, read_csv, unseen_rows, validate_frame
-from .drift import DriftReport, ReferenceProfile
-from .errors import BusyError, DataValidationError, RegistryError
+from .drift import PREDICTION, DriftReport, ReferenceProfile
+from .errors import BusyError, DataValidationError, RegistryError, shorten
 from .evidence import Comparison, compare
 from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
 
@@ -100,6 +101,28 @@ def outputs(model, frame: pd.DataFrame, settings: Settings, kinds: dict) -> tupl
     return pred, proba
 
 
+def _predicted(settings: Settings, registry: Registry, production: str | None, profile: ReferenceProfile,
+               batch: pd.DataFrame, kinds: dict) -> dict:
+    """Production's predicted classes on ``batch``, for the drift report's information (never fails the run)."""
+    if production is None or PREDICTION not in profile.outputs or not len(batch):
+        return {}
+    try:
+        return {PREDICTION: outputs(registry.load_model(production).model, batch, settings, kinds)[0]}
+    except Exception as err:  # information only: a model that cannot score the batch fails later, in context
+        log.warning("drift report without the predicted-class shift: %s", shorten(err))
+        return {}
+
+
+def _metric_name(name: str) -> str:
+    """A column name as MLflow accepts it in a metric key."""
+    return re.sub(r"[^\w\-. /]", "_", name)
+
+
+def _drift_metrics(report: DriftReport) -> dict[str, float]:
+    return {"mean_psi": report.mean_psi, **{f"psi_{_metric_name(k)}": v for k, v in report.psi.items()},
+            **{f"info_psi_{_metric_name(k)}": v for k, v in report.info.items()}}
+
+
 def _reference(settings: Settings, registry: Registry, production: str | None, *, with_data: bool = True):
     """The Production version's reference, or ``train.csv`` when there is no Production yet."""
     if production is not None:
@@ -112,9 +135,13 @@ def _reference(settings: Settings, registry: Registry, production: str | None, *
 def check_drift(settings: Settings, *, current: Path | None = None, reference: Path | None = None,
                 features: list[str] | None = None, registry: Registry | None = None,
                 save: bool = True) -> DriftReport:
-    """Score a batch against a reference (default: Production's, else ``train.csv``)."""
+    """Score a batch against a reference (default: Production's, else ``train.csv``).
+
+    The other profiled features, and Production's predicted classes, are scored as information.
+    """
     features = list(features or settings.drift_features)
     current = Path(current or settings.current_csv)
+    production = None
     if reference is not None:
         ref_frame = read_csv(reference)
         profile = ReferenceProfile.fit(ref_frame, features=[c for c in features if c in ref_frame.columns],
@@ -130,7 +157,10 @@ def check_drift(settings: Settings, *, current: Path | None = None, reference: P
                                            bins=settings.bins)
     batch = read_csv(current)
     kinds = {c: k for c, k in profile.kinds.items() if c in settings.features}
-    report = profile.report(normalise(batch, kinds), features, threshold=settings.psi_threshold)
+    batch = normalise(batch, kinds)
+    predicted = (_predicted(settings, registry, production, profile, batch, kinds)
+                 if set(settings.features) <= set(batch.columns) else {})
+    report = profile.report(batch, features, threshold=settings.psi_threshold, outputs=predicted)
     if save:
         report.save(settings.data_dir)
     return report
@@ -176,6 +206,7 @@ def _register(settings, registry, run_id, result, frame, kinds, *, tags, regime:
     regime = frame if regime is None else regime
     profile = ReferenceProfile.fit(normalise(regime, kinds), features=settings.features, kinds=kinds,
                                    bins=settings.bins)
+    profile = profile.with_output(PREDICTION, outputs(result.model, regime, settings, kinds)[0])
     registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
                                      "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(frame),
                                      "best_model": result.model_name, "features": ",".join(settings.features),
@@ -240,10 +271,11 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
         with stages("drift"):
             if bootstrapped:  # the reference is now version 1's (train.csv): fitted alike, but load what it stored
                 profile, _ = registry.load_reference(production, with_data=False)
-            report = profile.report(batch, settings.drift_features, threshold=settings.psi_threshold)
+            predicted = _predicted(settings, registry, production, profile, batch, kinds)
+            report = profile.report(batch, settings.drift_features, threshold=settings.psi_threshold,
+                                    outputs=predicted)
             paths = report.save(settings.data_dir)
-            registry.log_run(run_id, artifacts={"drift": list(paths.values())},
-                             metrics={"mean_psi": report.mean_psi, **{f"psi_{k}": v for k, v in report.psi.items()}},
+            registry.log_run(run_id, artifacts={"drift": list(paths.values())}, metrics=_drift_metrics(report),
                              tags={"mlops.drift": str(report.drift).lower(),
                                    "mlops.drift_summary": json.dumps(report.summary())})
         out.drift = report.summary()

@@ -96,3 +96,24 @@ def test_report_names_unknown_features():
     profile = ReferenceProfile.fit(pd.DataFrame({"age": [1.0, 2.0]}))
     with pytest.raises(ValueError, match=r"no feature\(s\) \['fare'\]"):
         profile.report(pd.DataFrame({"age": [1.0], "fare": [2.0]}), ["fare"], threshold=0.2)
+
+
+def test_report_shows_every_other_feature_and_the_predicted_class_as_information_only(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.normal(30, 5, 400), "fare": rng.normal(20, 3, 400),
+                          "sex": rng.choice(["m", "f"], 400)})
+    predicted = (frame["age"] > 30).astype(int)
+    profile = ReferenceProfile.fit(frame, bins=5).with_output("predicted_class", predicted)
+    restored = ReferenceProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    batch = frame.assign(sex=["f"] * 400)  # only an unwatched feature and the predictions move
+    report = restored.report(batch, ["age"], threshold=0.2, outputs={"predicted_class": np.ones(400, int)})
+    assert report.psi == {"age": pytest.approx(0.0)} and not report.drift  # the trigger is unchanged
+    assert set(report.info) == {"fare", "sex", "predicted_class"}
+    share_f = float((frame["sex"] == "f").mean())
+    assert report.info["sex"] == pytest.approx(_psi([(share_f, 1.0), (1 - share_f, EMPTY_SHARE)]))
+    share_1 = float(predicted.mean())
+    assert report.info["predicted_class"] == pytest.approx(_psi([(1 - share_1, EMPTY_SHARE), (share_1, 1.0)]))
+    saved = json.loads(report.save(tmp_path)["json"].read_text())
+    assert saved["info"]["psi"]["sex"] == pytest.approx(report.info["sex"], abs=1e-6)
+    assert "information only" in saved["info"]["note"] and "sex" not in saved["psi"]
+    assert set(saved["details"]) == {"age", "fare", "sex", "predicted_class"}

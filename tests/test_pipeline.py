@@ -50,8 +50,14 @@ def test_no_drift_batch_records_no_drift_and_creates_no_version(fresh):
     assert result.drift["mean_psi"] <= s.psi_threshold
     assert [v["version"] for v in _versions(s)] == ["1"]
     assert Registry(s).aliases() == {"production": "1", "staging": "1"}
-    assert json.loads((s.data_dir / "drift_report.json").read_text())["drift"] is False
+    report = json.loads((s.data_dir / "drift_report.json").read_text())
+    assert report["drift"] is False
     assert (s.data_dir / "drift_flag.txt").read_text().startswith("drift=false")
+    # every model input the trigger does not watch, and Production's predicted class, shown as information
+    shown = {*(set(s.features) - set(s.drift_features)), "predicted_class"}
+    assert set(report["info"]["psi"]) == shown and set(report["psi"]) == set(s.drift_features)
+    metrics = Registry(s).client.get_run(result.run_id).data.metrics
+    assert {f"info_psi_{name}" for name in shown} <= set(metrics)
 
 
 def test_drifted_batch_creates_a_version_with_both_holdout_scores(fresh):
