@@ -168,6 +168,16 @@ class Settings:
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``; a new ``home`` carries along the paths (and the embedded registry) under it."""
+        new_home = changes.get("home")
+        if new_home is not None:
+            new_home = Path(new_home).expanduser().resolve()
+            for name in ("data_dir", "models_dir", "logs_dir", "artifact_root"):
+                path = getattr(self, name)
+                if name not in changes and path.is_relative_to(self.home):
+                    changes[name] = new_home / path.relative_to(self.home)
+            if "tracking_uri" not in changes and self.tracking_uri == f"sqlite:///{self.home / 'mlflow.db'}":
+                changes["tracking_uri"] = ""
         return dataclasses.replace(self, **changes)
 
     def public_dict(self) -> dict[str, Any]:

@@ -58,3 +58,14 @@ def test_redact_uri_hides_password():
     assert redact_uri("postgresql://bob:s3cret@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
     assert redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert "s3cret" not in str(Settings(home=Path(os.sep), tracking_uri="http://u:s3cret@h").public_dict())
+
+
+def test_replacing_home_moves_the_paths_under_it_but_keeps_explicit_ones(tmp_path):
+    base = Settings(home=tmp_path / "a", logs_dir=tmp_path / "elsewhere")
+    moved = base.replace(home=tmp_path / "b")
+    assert moved.current_csv == (tmp_path / "b" / "data" / "current.csv").resolve()
+    assert moved.models_dir == (tmp_path / "b" / "models").resolve()
+    assert moved.tracking_uri == f"sqlite:///{(tmp_path / 'b' / 'mlflow.db').resolve()}"
+    assert moved.logs_dir == (tmp_path / "elsewhere").resolve()  # not under the old home: kept
+    remote = base.replace(tracking_uri="http://127.0.0.1:5000").replace(home=tmp_path / "c")
+    assert remote.tracking_uri == "http://127.0.0.1:5000"
