@@ -62,8 +62,11 @@ def test_status_json_agrees_with_registry(fresh):
 def test_drift_json_has_the_documented_keys(fresh):
     make_datasets(fresh, seed=4, drift=0.5, write_train=False)
     out = json.loads(_cli(fresh, "drift", "--json").stdout)
-    assert set(out) == {"psi", "mean_psi", "threshold", "drift"}
+    assert set(out) == {"psi", "mean_psi", "threshold", "drift", "info"}
     assert set(out["psi"]) == {"age", "fare"} and out["drift"] is True
+    # the other inputs and Production's predicted class, as information (the drift moved no other column)
+    assert set(out["info"]["psi"]) == {"pclass", "sex", "sibsp", "parch", "embarked", "predicted_class"}
+    assert max(v for k, v in out["info"]["psi"].items() if k != "predicted_class") < 0.1
     cats = json.loads(_cli(fresh, "drift", "--features", "sex,embarked", "--json").stdout)
     assert set(cats["psi"]) == {"sex", "embarked"} and cats["drift"] is False
     ref = json.loads(_cli(fresh, "drift", "--reference", str(fresh.current_csv), "--json").stdout)
