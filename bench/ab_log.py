@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
-    from mlops_core.ab import PredictionStore
     from mlops_core.config import Settings
+    from mlops_core.predictions import PredictionStore
     from server.ab import new_request_id
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,9 +68,9 @@ def main() -> None:
 def busy_writer(folder: Path, seconds: float = 3.0) -> None:
     import threading
 
-    from mlops_core import ab
-    from mlops_core.ab import PredictionStore
+    from mlops_core import predictions as ab
     from mlops_core.config import Settings
+    from mlops_core.predictions import PredictionStore
     from server.ab import new_request_id
 
     class ExecuteMany(PredictionStore):
@@ -115,7 +115,7 @@ def busy_writer(folder: Path, seconds: float = 3.0) -> None:
 
 
 def _items(make_id, n: int) -> list:
-    from mlops_core.ab import Prediction
+    from mlops_core.predictions import Prediction
 
     now = time.time()
     out = []

@@ -227,14 +227,16 @@ def _ab_text(report: dict) -> str:
 @click.pass_obj
 def ab_report(settings: Settings, as_json: bool) -> None:
     """Live A/B: per arm and version traffic, latency, labelled accuracy, and the arms compared."""
-    from .ab import PredictionStore
+    from . import ab
+    from .predictions import PredictionStore
 
     try:
         aliases = _registry(settings).aliases()
     except MlopsError as err:  # the report stands without the registry: compare the latest versions seen
         click.echo(f"warning: {err}; comparing the latest versions seen", err=True)
         aliases = {}
-    report = PredictionStore(settings).report(production=aliases.get("production"), staging=aliases.get("staging"))
+    report = ab.report(PredictionStore(settings), production=aliases.get("production"),
+                       staging=aliases.get("staging"))
     _emit(report, as_json, _ab_text(report))
 
 

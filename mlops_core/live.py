@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 
-from .ab import PredictionStore
+from .ab import report
 from .config import Settings
+from .predictions import PredictionStore
 
 __all__ = ["decide_live"]
 
@@ -48,7 +49,7 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
             registry = registry or Registry(settings)
             aliases = registry.aliases()
             production, staging = aliases.get(PRODUCTION), aliases.get(STAGING)
-            comparison = store.report(production=production, staging=staging)["comparison"]
+            comparison = report(store, production=production, staging=staging)["comparison"]
             out = {"status": "kept", "production": production, "staging": staging, "version": None,
                    "reason": comparison["reason"], "comparison": comparison, "run_id": None}
             action = comparison["action"] if comparison["decision_allowed"] else None

@@ -22,8 +22,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 
-from mlops_core.ab import Prediction, PredictionStore, UnknownRequestError
+from mlops_core import ab
 from mlops_core.config import Settings
+from mlops_core.predictions import Prediction, PredictionStore, UnknownRequestError
 
 from .errors import ValidationError
 
@@ -346,8 +347,8 @@ def report():
     ab_log: PredictionLog = current_app.extensions["mlops_ab"]
     snapshot = current_app.extensions["mlops_store"].snapshot
     ab_log.flush(timeout=1.0)
-    out = ab_log.store.report(production=snapshot.production.version if snapshot.production else None,
-                              staging=snapshot.staging.version if snapshot.staging else None)
+    out = ab.report(ab_log.store, production=snapshot.production.version if snapshot.production else None,
+                    staging=snapshot.staging.version if snapshot.staging else None)
     out["log"] = {"worker_pid": os.getpid(), "enabled": ab_log.active,
                   "queued": ab_log.queued, "written": ab_log.written, "dropped": ab_log.dropped,
                   "failed": ab_log.failed}

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from mlops_core.ab import FeedbackError, UnknownRequestError
+from mlops_core.predictions import FeedbackError, UnknownRequestError
 
 __all__ = ["ValidationError", "NoModelError", "register_error_handlers"]
 

@@ -10,18 +10,12 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from mlops_core.ab import (
-    DuplicateFeedbackError,
-    Prediction,
-    PredictionStore,
-    UnknownRequestError,
-    samples_per_arm,
-    two_proportion_test,
-    wilson_interval,
-)
+from mlops_core.ab import report
 from mlops_core.cli import main
 from mlops_core.config import Settings
 from mlops_core.live import decide_live
+from mlops_core.predictions import DuplicateFeedbackError, Prediction, PredictionStore, UnknownRequestError
+from mlops_core.proportions import two_proportion_test, wilson_interval
 from mlops_core.registry import LoadedModel
 from server import create_app
 from server.ab import PredictionLog
@@ -67,18 +61,6 @@ def test_two_proportion_test_matches_hand_computation():
     assert two_proportion_test(1, 0, 1, 1) is None
 
 
-def test_samples_per_arm_matches_hand_computation():
-    # 0.5 -> 0.6, alpha 0.05 two-sided, power 0.8:
-    # (1.959964 * sqrt(2 * 0.55 * 0.45) + 0.841621 * sqrt(0.25 + 0.24))^2 / 0.01 = 387.3 -> 388
-    assert samples_per_arm(0.5, min_effect=0.1, alpha=0.05, power=0.8) == 388
-    # 0.8 -> 0.85: (1.959964 * 0.537355 + 0.841621 * 0.536190)^2 / 0.0025 = 1.504466^2 / 0.0025 = 905.4 -> 906
-    assert samples_per_arm(0.8, min_effect=0.05) == 906
-    # near 1 the effect is taken downwards: 0.98 -> 0.93 equals 0.93 -> 0.98
-    assert samples_per_arm(0.98, min_effect=0.05) == samples_per_arm(0.93, min_effect=0.05)
-    assert samples_per_arm(0.5, min_effect=0.1, alpha=0.01) > 388
-    assert samples_per_arm(0.5, min_effect=0.1, power=0.9) > 388
-
-
 # -- the store ---------------------------------------------------------------------------------------------
 def _item(arm: str, version: str, predictions: list[int], *, call: str | None = None, status: int = 200,
           latency: float = 10.0, created: float | None = None) -> Prediction:
@@ -102,15 +84,15 @@ def test_store_joins_labels_and_reports_per_arm_and_version(tmp_path):
         labels = [(prod[0].call_id, 1), (prod[1].call_id, 0), (prod[2].call_id, 1)]  # 2 of 3 right
         labels += [(stag[0].request_ids[0], 0), (stag[0].request_ids[1], 1), (stag[0].request_ids[2], 1)]  # 3/3
         assert store.add_feedback(labels) == 6
-        report = store.report()
-        by = {(g["arm"], g["version"]): g for g in report["groups"]}
+        out = report(store)
+        by = {(g["arm"], g["version"]): g for g in out["groups"]}
         p, s = by[("Production", "1")], by[("Staging", "2")]
         assert (p["requests"], p["errors"], p["rows"], p["labelled"], p["correct"]) == (4, 0, 4, 3, 2)
         assert (s["requests"], s["errors"], s["rows"], s["labelled"], s["correct"]) == (2, 1, 3, 3, 3)
         assert p["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
         assert p["accuracy_ci95"] == pytest.approx(list(wilson_interval(2, 3)), abs=1e-6)
         assert p["latency_ms"] == {"p50": 25.0, "p99": pytest.approx(39.7)}
-        c = report["comparison"]
+        c = out["comparison"]
         assert (c["production_version"], c["staging_version"]) == ("1", "2")
         # one observation per labelled request: Production 3 requests (2/3 right), Staging 1 request (3/3)
         assert (c["production_requests"], c["staging_requests"]) == (3, 1)
@@ -121,7 +103,7 @@ def test_store_joins_labels_and_reports_per_arm_and_version(tmp_path):
         assert "one pre-planned look" in c["fixed_horizon"]["note"]
         assert c["verdict"] == "insufficient_labels" and not c["decision_allowed"]  # 1 staging request < 3
         assert c["samples_still_needed"]["production"] == c["samples_needed_per_arm"] - 3
-        assert json.loads(json.dumps(report)) == report  # JSON as it is
+        assert json.loads(json.dumps(out)) == out  # JSON as it is
     finally:
         store.dispose()
 
@@ -139,12 +121,12 @@ def test_feedback_errors_name_the_ids_and_store_nothing(tmp_path):
             store.add_feedback([(failed.call_id, 1)])
         with pytest.raises(DuplicateFeedbackError, match="more than once"):
             store.add_feedback([(a.call_id, 1), (a.call_id, 0)])
-        assert store.report()["comparison"]["production_labelled"] == 0  # all or nothing
+        assert report(store)["comparison"]["production_labelled"] == 0  # all or nothing
         store.add_feedback([(a.call_id, 1)])
         with pytest.raises(DuplicateFeedbackError, match=a.call_id) as err:
             store.add_feedback([(b.call_id, 0), (a.call_id, 0)])
         assert err.value.ids == [a.call_id]
-        assert store.report()["comparison"]["staging_labelled"] == 0
+        assert report(store)["comparison"]["staging_labelled"] == 0
     finally:
         store.dispose()
 
@@ -159,7 +141,7 @@ def test_retention_by_age_and_rows(tmp_path):
         store.write(old + new)
         store.add_feedback([(new[0].call_id, 1), (new[7].call_id, 0)])
         assert store.apply_retention() == 3 + 3  # three too old, then the oldest beyond five rows
-        group = store.report()["groups"][0]
+        group = report(store)["groups"][0]
         assert group["rows"] == 5 and group["labelled"] == 1  # new[7]'s label went with its prediction
     finally:
         store.dispose()
@@ -186,7 +168,7 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     assert [w.exitcode for w in workers] == [0, 0]
     store = PredictionStore(Settings(home=tmp_path))
     try:
-        groups = store.report()["groups"]
+        groups = report(store)["groups"]
         assert [(g["arm"], g["requests"], g["rows"]) for g in groups] == [("Production", 400, 800),
                                                                           ("Staging", 400, 800)]
         with store.engine.connect() as conn:
@@ -233,7 +215,7 @@ def test_overflow_is_counted_not_waited_on(tmp_path):
         ab_log.stop()
     assert not ab_log.running
     assert ab_log.written == 1 + 5 * 2  # what was queued before stop is written
-    assert PredictionStore(settings).report()["groups"][0]["rows"] == 11
+    assert report(PredictionStore(settings))["groups"][0]["rows"] == 11
 
 
 def test_a_backlog_is_written_in_full_batches_with_retention_between_them(tmp_path, monkeypatch):
@@ -274,14 +256,14 @@ def test_sqlite_writes_use_a_bounded_set_of_statements(tmp_path):
     """The driver caches each distinct statement per connection: batch lengths must not each make one."""
     import random
 
-    from mlops_core import ab as core_ab
+    from mlops_core import predictions as core_ab
 
     store = PredictionStore(Settings(home=tmp_path))
     core_ab._insert_rows.cache_clear()
     sizes = [1, 2, 3, 255, 256, 257, 700, 1000] + random.Random(0).sample(range(1, 1200), 40)
     for n in sizes:
         assert store.write([_item("Production", "1", [1]) for _ in range(n)]) == n
-    assert store.report()["groups"][0]["rows"] == sum(sizes)
+    assert report(store)["groups"][0]["rows"] == sum(sizes)
     lengths = core_ab._insert_rows.cache_info().currsize
     assert lengths <= 9, f"{lengths} distinct INSERT statements"  # 1, 2, 4, ... 256 rows
     store.dispose()
@@ -468,7 +450,7 @@ def test_same_period_and_one_observation_per_request(tmp_path):
         labels = [(i.call_id, 1) for i in old] + [(r, 1) for r in stag[0].request_ids] + [(stag[1].call_id, 1)]
         labels += [(i.call_id, 0) for i in new]  # both right
         store.add_feedback(labels)
-        c = store.report(production="1", staging="2")["comparison"]
+        c = report(store, production="1", staging="2")["comparison"]
         assert c["since"] == pytest.approx(now - 50)
         assert (c["production_requests"], c["production_labelled"], c["production_accuracy"]) == (2, 2, 1.0)
         assert (c["staging_requests"], c["staging_labelled"]) == (2, 5)

@@ -17,10 +17,10 @@ import requests
 from click.testing import CliRunner
 
 import watcher
-from mlops_core.ab import two_proportion_test
 from mlops_core.cli import main
 from mlops_core.config import Settings
 from mlops_core.live import decide_live
+from mlops_core.proportions import two_proportion_test
 from mlops_core.registry import Registry
 
 from _services import Gunicorn, wait_for

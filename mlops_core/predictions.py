@@ -1,0 +1,362 @@
+"""The prediction log: every answered row and its feedback label, in one SQL store.
+
+Rows are written in batches by the server's writer thread (:mod:`server.ab`); ``POST /feedback``
+adds true labels; :mod:`mlops_core.ab` reads the per-arm figures and request shares back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings, redact_uri
+from .errors import MlopsError
+from .proportions import wilson_interval
+
+__all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
+           "store_url", "PRODUCTION_ARM", "STAGING_ARM"]
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_ARM, STAGING_ARM = "Production", "Staging"
+
+
+class FeedbackError(MlopsError, ValueError):
+    """Feedback that cannot be joined; ``ids`` names the request ids at fault."""
+
+    def __init__(self, message: str, ids: Sequence[str]):
+        self.ids = list(ids)
+        super().__init__(message)
+
+
+class UnknownRequestError(FeedbackError, LookupError):
+    """Feedback for a request id that no logged prediction carries."""
+
+
+class DuplicateFeedbackError(FeedbackError):
+    """Feedback for a request id that already has a label."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answered request as the writer receives it (rows expanded when written)."""
+
+    call_id: str
+    request_ids: Sequence[str]
+    user_id: int | None
+    arm: str
+    version: str | None
+    predictions: Sequence[Any]
+    probabilities: Sequence[float]
+    status: int
+    latency_ms: float
+    created: float
+
+
+def store_url(settings: Settings) -> str:
+    """The store's SQLAlchemy URL: the setting, else ``<home>/predictions.db``."""
+    return settings.ab_store_url or f"sqlite:///{settings.home / 'predictions.db'}"
+
+
+def _metadata():
+    from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table
+
+    md = MetaData()
+    Table("predictions", md,
+          Column("request_id", String(32), primary_key=True),
+          Column("call_id", String(32), nullable=False),
+          Column("created", Float, nullable=False),
+          Column("user_id", BigInteger),
+          Column("arm", String(16), nullable=False),
+          Column("version", String(32)),
+          Column("prediction", Integer),
+          Column("probability", Float),
+          Column("status", Integer, nullable=False),
+          Column("latency_ms", Float),
+          Index("ix_predictions_created", "created"),
+          Index("ix_predictions_arm_version", "arm", "version"))
+    Table("feedback", md,
+          Column("request_id", String(32), primary_key=True),
+          Column("label", Integer, nullable=False),
+          Column("received", Float, nullable=False),
+          Index("ix_feedback_received", "received"))
+    return md
+
+
+_COLUMNS = ("request_id", "call_id", "created", "user_id", "arm", "version", "prediction", "probability", "status",
+            "latency_ms")
+_INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES "
+_ROW = f"({', '.join('?' * len(_COLUMNS))})"
+
+
+_CHUNK = 256  # rows in the largest INSERT statement (a power of two)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_rows(n: int) -> str:
+    """INSERT of ``n`` rows in one statement (``n`` a power of two up to _CHUNK)."""
+    return _INSERT + ", ".join([_ROW] * n)
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class PredictionStore:
+    """The append-only log of predictions and their labels, in any SQLAlchemy database.
+
+    The engine is created in the process that uses it (gunicorn workers fork after the
+    app is built), and is safe to share between that process's threads.
+    """
+
+    def __init__(self, settings: Settings, *, url: str | None = None, clock=time.time):
+        self.settings = settings
+        self.url = url or store_url(settings)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._engine = None
+        self._pid: int | None = None
+        self._md = _metadata()
+        self.predictions = self._md.tables["predictions"]
+        self.feedback = self._md.tables["feedback"]
+
+    # -- connection -------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine, self._pid = self._connect(), os.getpid()
+        return self._engine
+
+    def _connect(self):
+        from sqlalchemy import create_engine, event
+
+        if self.url.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(os.path.abspath(self.url[len("sqlite:///"):])) or ".", exist_ok=True)
+        engine = create_engine(self.url, pool_pre_ping=not self.url.startswith("sqlite"))
+        if engine.dialect.name == "sqlite":
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_connection, _record):  # WAL: readers never block the writer
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=10000")
+                cursor.close()
+        for attempt in range(3):  # two workers creating the tables at once: one wins, the other retries
+            try:
+                self._md.create_all(engine, checkfirst=True)
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        return engine
+
+    def dispose(self) -> None:
+        """Close this process's connections."""
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    def describe(self) -> str:
+        return redact_uri(self.url)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, items: Iterable[Prediction]) -> int:
+        """Insert the rows of answered requests in one transaction; return the number of rows."""
+        rows = []
+        for item in items:
+            common = (item.call_id, item.created, item.user_id, item.arm, item.version)
+            if not item.request_ids:  # an error answer: one row, no prediction
+                rows.append((item.call_id, *common, None, None, item.status, item.latency_ms))
+                continue
+            predictions, probabilities = item.predictions, item.probabilities
+            for i, request_id in enumerate(item.request_ids):
+                rows.append((request_id, *common, _as_int(predictions[i]) if i < len(predictions) else None,
+                             probabilities[i] if i < len(probabilities) else None, item.status, item.latency_ms))
+        if not rows:
+            return 0
+        engine = self.engine
+        if engine.dialect.name == "sqlite":
+            # multi-row INSERTs straight to the driver: a fraction of Core's CPU, one GIL hand-off per
+            # statement (executemany gives the GIL up around every row, so beside busy request threads
+            # the writer waits a switch interval, 5 ms, per row). Statements hold a power of two of
+            # rows, at most _CHUNK: the driver caches every distinct statement it compiles, per
+            # connection, and a statement per batch length grew a worker by tens of MB.
+            import sqlite3
+
+            raw = engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                try:
+                    limit = raw.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                except AttributeError:  # Python < 3.11
+                    limit = 999
+                size = _CHUNK
+                while size > 1 and size * len(_COLUMNS) > limit:
+                    size //= 2
+                start = 0
+                while start < len(rows):
+                    while size > len(rows) - start:
+                        size //= 2
+                    chunk = rows[start:start + size]
+                    cursor.execute(_insert_rows(size), [value for row in chunk for value in row])
+                    start += size
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                raw.close()
+        else:
+            with engine.begin() as conn:
+                conn.execute(self.predictions.insert(), [dict(zip(_COLUMNS, row)) for row in rows])
+        return len(rows)
+
+    def apply_retention(self) -> int:
+        """Delete predictions (and labels) beyond the age and row limits; return rows deleted."""
+        from sqlalchemy import delete, select
+
+        p, f = self.predictions, self.feedback
+        deleted = 0
+        with self.engine.begin() as conn:
+            if self.settings.ab_retention_days > 0:
+                cutoff = self.clock() - self.settings.ab_retention_days * 86400
+                deleted += conn.execute(delete(p).where(p.c.created < cutoff)).rowcount or 0
+                conn.execute(delete(f).where(f.c.received < cutoff))
+            if self.settings.ab_max_rows > 0:
+                edge = conn.execute(select(p.c.created).order_by(p.c.created.desc())
+                                    .offset(self.settings.ab_max_rows).limit(1)).scalar()
+                if edge is not None:
+                    deleted += conn.execute(delete(p).where(p.c.created <= edge)).rowcount or 0
+            if deleted:
+                conn.execute(delete(f).where(f.c.request_id.not_in(select(p.c.request_id))))
+        return deleted
+
+    # -- feedback ---------------------------------------------------------------------------------
+    def add_feedback(self, labels: Sequence[tuple[str, int]]) -> int:
+        """Join true labels to logged predictions, all or none; return how many were stored.
+
+        Raises UnknownRequestError for ids with no logged prediction and
+        DuplicateFeedbackError for ids labelled before (or twice in ``labels``).
+        """
+        from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
+
+        ids = [request_id for request_id, _ in labels]
+        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        if repeated:
+            raise DuplicateFeedbackError(f"request ids given more than once: {', '.join(repeated[:10])}", repeated)
+        p, f = self.predictions, self.feedback
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                known = set()
+                for chunk in _chunks(ids, 500):
+                    known.update(conn.execute(select(p.c.request_id).where(p.c.request_id.in_(chunk),
+                                                                           p.c.status < 400)).scalars())
+                unknown = [i for i in ids if i not in known]
+                if unknown:
+                    raise UnknownRequestError(f"no logged prediction has request id {', '.join(unknown[:10])}"
+                                              + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""),
+                                              unknown)
+                done = set()
+                for chunk in _chunks(ids, 500):
+                    done.update(conn.execute(select(f.c.request_id).where(f.c.request_id.in_(chunk))).scalars())
+                if done:
+                    dup = [i for i in ids if i in done]
+                    raise DuplicateFeedbackError(f"request id {', '.join(dup[:10])} already has a label", dup)
+                conn.execute(f.insert(), [{"request_id": i, "label": int(label), "received": now}
+                                          for i, label in labels])
+        except IntegrityError as err:  # labelled meanwhile by another worker
+            raise DuplicateFeedbackError(f"request ids already labelled: {', '.join(ids[:10])}", ids) from err
+        return len(labels)
+
+    # -- the report -------------------------------------------------------------------------------
+    def groups(self) -> list[dict]:
+        """Per arm and version: requests, errors, rows, latency p50/p99, labels, accuracy with its 95% interval."""
+        from sqlalchemy import case, func, select
+
+        p, f = self.predictions, self.feedback
+        ok = p.c.status < 400
+        query = (select(p.c.arm, p.c.version,
+                        func.count(func.distinct(p.c.call_id)).label("requests"),
+                        func.count(func.distinct(case((~ok, p.c.call_id)))).label("errors"),
+                        func.sum(case((ok, 1), else_=0)).label("rows"),
+                        func.count(f.c.request_id).label("labelled"),
+                        func.sum(case((f.c.label == p.c.prediction, 1), else_=0)).label("correct"),
+                        func.min(p.c.created).label("first_at"), func.max(p.c.created).label("last_at"))
+                 .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
+                 .group_by(p.c.arm, p.c.version))
+        latency = (select(p.c.arm, p.c.version, p.c.call_id, func.max(p.c.latency_ms))
+                   .group_by(p.c.arm, p.c.version, p.c.call_id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+            latencies: dict[tuple[str, str], list[float]] = {}
+            for arm, version, _, ms in conn.execute(latency):
+                if ms is not None:
+                    latencies.setdefault((arm, version), []).append(float(ms))
+        out = []
+        for row in rows:
+            labelled, correct = int(row["labelled"] or 0), int(row["correct"] or 0)
+            interval = wilson_interval(correct, labelled)
+            out.append({"arm": row["arm"], "version": row["version"], "requests": int(row["requests"] or 0),
+                        "errors": int(row["errors"] or 0), "rows": int(row["rows"] or 0),
+                        "latency_ms": _percentiles(latencies.get((row["arm"], row["version"]), [])),
+                        "labelled": labelled, "correct": correct,
+                        "accuracy": round(correct / labelled, 6) if labelled else None,
+                        "accuracy_ci95": [round(v, 6) for v in interval] if interval else None,
+                        "first_at": row["first_at"], "last_at": row["last_at"]})
+        return sorted(out, key=lambda g: (g["arm"], _as_int(g["version"]) or 0, str(g["version"])))
+
+    def first_served(self, arm: str, version: str) -> float | None:
+        """When ``arm`` began serving ``version`` this time: its first answer after the arm last served another."""
+        from sqlalchemy import func, select
+
+        p = self.predictions
+        with self.engine.connect() as conn:
+            other = conn.execute(select(func.max(p.c.created)).where(p.c.arm == arm, p.c.version != version,
+                                                                    p.c.status < 400)).scalar()
+            query = select(func.min(p.c.created)).where(p.c.arm == arm, p.c.version == version, p.c.status < 400)
+            return conn.execute(query if other is None else query.where(p.c.created > other)).scalar()
+
+    def request_shares(self, arm: str, version: str, *, since: float) -> tuple[list[float], int, int]:
+        """Per labelled request of ``arm``/``version`` answered at or after ``since``: its share of correct rows.
+
+        Returns the shares (one per request: the unit of the comparison), and the labelled and correct rows.
+        """
+        from sqlalchemy import case, func, select
+
+        p, f = self.predictions, self.feedback
+        query = (select(func.count(f.c.request_id), func.sum(case((f.c.label == p.c.prediction, 1), else_=0)))
+                 .select_from(p.join(f, f.c.request_id == p.c.request_id))
+                 .where(p.c.arm == arm, p.c.version == version, p.c.created >= since, p.c.status < 400)
+                 .group_by(p.c.call_id))
+        with self.engine.connect() as conn:
+            counts = conn.execute(query).all()
+        shares = [int(correct or 0) / int(n) for n, correct in counts if n]
+        return shares, sum(int(n) for n, _ in counts), sum(int(c or 0) for _, c in counts)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p99": None}
+    import numpy as np
+
+    p50, p99 = np.percentile(np.asarray(values), [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
