@@ -47,6 +47,7 @@ from watchdog.observers import Observer
 
 from mlops_core.config import Settings
 from mlops_core.errors import shorten
+from mlops_core.runtime import prepare_process
 
 __all__ = ["TargetHandler", "Watcher", "ChildRunner", "Outcome", "main"]
 
@@ -723,15 +724,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.run_child:
         return _child_main()
-    # a registry that is down must fail a run in seconds, not block it for minutes (STACK-NOTES)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     style = setup_logging(args.log_format, args.log_level)
     try:
         settings = Settings.from_env(home=args.home)
     except ValueError as err:
         log.error("watcher=config-error reason=%s", kv(err))
         return 2
+    prepare_process(settings, http_timeout=10)  # the run children inherit it
 
     stop = threading.Event()
 

@@ -12,6 +12,7 @@ import click
 
 from .config import Settings
 from .errors import MlopsError
+from .runtime import prepare_process
 
 __all__ = ["main"]
 
@@ -55,6 +56,7 @@ def main(ctx: click.Context, home: Path | None, tracking_uri: str | None, verbos
         ctx.obj = Settings.from_env(home=home, tracking_uri=tracking_uri)
     except ValueError as err:  # a bad MLOPS_* value or flag is bad usage: exit 2
         raise click.UsageError(str(err)) from err
+    prepare_process(ctx.obj)
 
 
 def _registry(settings: Settings):

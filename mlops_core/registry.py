@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ import pandas as pd
 from .config import Settings, redact
 from .drift import ReferenceProfile
 from .errors import RegistryError
-from .training import quiet_pycaret
 
 __all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel"]
 
@@ -73,7 +71,6 @@ class Registry:
     def __init__(self, settings: Settings, client=None):
         self.settings = settings
         self.name = settings.model_name
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         mlflow = _mlflow()
         mlflow.set_tracking_uri(settings.tracking_uri)
         mlflow.set_registry_uri(settings.tracking_uri)
@@ -283,7 +280,6 @@ class Registry:
     def load_model(self, version: str) -> LoadedModel:
         """Download and unpickle one version (one download), with its input schema."""
         mlflow = _mlflow()
-        quiet_pycaret(None)
         info = self.describe(version)
         with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading version {version}"):
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}",

@@ -16,25 +16,13 @@ from .config import NO_PROBABILITIES, Settings
 from .data import NUMERIC, normalise
 from .errors import TrainingError
 
-__all__ = ["TrainResult", "train", "import_pycaret_classification", "quiet_pycaret"]
+__all__ = ["TrainResult", "train", "import_pycaret_classification"]
 
 log = logging.getLogger(__name__)
 
 
-def quiet_pycaret(settings: Settings | None = None) -> None:
-    """Keep PyCaret from writing ``./logs.log``: point its log file under the home (or nowhere)."""
-    if "PYCARET_CUSTOM_LOGGING_PATH" not in os.environ:
-        if settings is not None:
-            settings.logs_dir.mkdir(parents=True, exist_ok=True)
-            os.environ["PYCARET_CUSTOM_LOGGING_PATH"] = str(settings.logs_dir / "pycaret.log")
-        else:
-            os.environ["PYCARET_CUSTOM_LOGGING_PATH"] = os.devnull
-    os.environ.setdefault("PYCARET_CUSTOM_LOGGING_LEVEL", "WARNING")
-
-
-def import_pycaret_classification(settings: Settings | None = None):
-    """Import PyCaret's classification module with its log file kept out of the working directory."""
-    quiet_pycaret(settings)
+def import_pycaret_classification():
+    """Import PyCaret's classification module (its log file is placed by ``runtime.prepare_process``)."""
     from pycaret import classification
 
     return classification
@@ -79,7 +67,7 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     ``settings.models_dir``, whatever the working directory.
     """
     started = time.perf_counter()
-    classification = import_pycaret_classification(settings)
+    classification = import_pycaret_classification()
     features = list(settings.features)
     kinds = kinds or {}
     numeric = [c for c in features if kinds.get(c, NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) else "")

@@ -9,10 +9,6 @@ from flask import Flask
 
 __all__ = ["create_app"]
 
-# set before MLflow is first used: a registry that is down must not block a refresh for minutes
-_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app: settings, model store, metrics, blueprints and JSON errors.
@@ -23,17 +19,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     refresh scheduler now; default: yes, unless gunicorn's hooks do it after fork).
     """
     from mlops_core.config import Settings
-    from mlops_core.training import quiet_pycaret
+    from mlops_core.runtime import prepare_process
 
     from . import ab, health, openapi, predict
     from .errors import register_error_handlers
     from .fastpath import Serving
     from .metrics import Metrics
     from .store import ModelStore
-
-    for key, value in _MLFLOW_ENV.items():
-        os.environ.setdefault(key, value)
-    quiet_pycaret(None)  # unpickling a model imports PyCaret: no ./logs.log
 
     app = Flask(__name__)
     app.config.from_mapping(MLOPS_AUTOSTART=os.environ.get("MLOPS_SERVER_HOOKS") != "gunicorn",
@@ -42,6 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
     settings = app.config.get("MLOPS_SETTINGS") or Settings.from_env()
     app.config["MLOPS_SETTINGS"] = settings
+    prepare_process(None)  # unpickling a model imports PyCaret: its log file nowhere; MLflow's HTTP limits
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
 

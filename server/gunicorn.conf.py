@@ -31,8 +31,6 @@ if os.environ.get("_MLOPS_METRICS_WIPED") != str(os.getpid()):
     for _path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(_path)
     os.environ["_MLOPS_METRICS_WIPED"] = str(os.getpid())
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 os.environ["MLOPS_SERVER_HOOKS"] = "gunicorn"  # create_app leaves the scheduler to post_worker_init
 
 bind = [os.environ.get("MLOPS_BIND") or os.environ.get("GUNICORN_BIND") or "127.0.0.1:8000"]

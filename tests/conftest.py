@@ -13,6 +13,13 @@ from mlops_core.config import Settings
 FAST = {"models": ("lr", "dt"), "fold": 2}
 
 
+def pytest_configure(config):
+    """The test session is an entry point: the process set-up the CLI, watcher and server do."""
+    from mlops_core.runtime import prepare_process
+
+    prepare_process(None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
     """No MLOPS_* or MLFLOW_TRACKING_URI from the caller's shell leaks into a test."""

@@ -19,12 +19,16 @@ from airflow.sdk import DAG, Param
 
 
 def _settings():
+    """Each task is an entry point: settings from the environment (or Variables), the process set up."""
     from airflow.sdk import Variable
 
     from mlops_core.config import Settings
+    from mlops_core.runtime import prepare_process
 
-    return Settings.from_env(home=Variable.get("mlops_home", default=None),
-                             tracking_uri=Variable.get("mlops_tracking_uri", default=None))
+    settings = Settings.from_env(home=Variable.get("mlops_home", default=None),
+                                 tracking_uri=Variable.get("mlops_tracking_uri", default=None))
+    prepare_process(settings)
+    return settings
 
 
 def make_data(params=None, **_):
