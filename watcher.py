@@ -362,6 +362,7 @@ def _warm_imports() -> None:
 def _child_main() -> int:
     """Entry point of the run process: settings in on stdin, one JSON outcome out on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a terminal Ctrl-C reaches us too
+    prepare_process(None)  # the parent's environment is inherited; the log filters are per process
 
     def _on_term(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills outright

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -199,8 +200,11 @@ class Registry:
 
     def register(self, model_uri: str, tags: dict[str, str]) -> str:
         """Create a new version of the logged model ``model_uri`` (no alias yet) and return its number."""
-        with registry_errors(f"registering a version of {self.name!r}"):
+        chatter = io.StringIO()  # MLflow prints "Successfully registered model ..." to stderr: our log says it
+        with registry_errors(f"registering a version of {self.name!r}"), contextlib.redirect_stderr(chatter):
             mv = _mlflow().register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()})
+        log.debug("mlflow: %s", " ".join(chatter.getvalue().split()))
+        log.info("registered version %s of %s", mv.version, self.name)
         return str(mv.version)
 
     def tag_version(self, version: str, tags: dict[str, Any]) -> None:

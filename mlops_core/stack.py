@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -45,6 +46,15 @@ def services(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: b
     return out
 
 
+def _example(settings: Settings) -> str:
+    """A /predict body for the first row of train.csv (any data set: the settings' features)."""
+    import pandas as pd
+
+    row = pd.read_csv(settings.train_csv, nrows=1)[list(settings.features)].iloc[0]
+    values = {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    return json.dumps({"user_id": 2, "features": values}).replace("'", "'\\''")  # inside '...' in a shell
+
+
 def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = True) -> int:
     """Prepare data and Production, start every service, wait; Ctrl-C stops them all."""
     from .data import make_datasets
@@ -67,25 +77,42 @@ def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = 
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    logs: dict[str, Path] = {}
     try:
         for svc in services(settings, port=port, ui_port=ui_port, ui=ui):
-            procs.append((svc, subprocess.Popen(svc.argv, env=env, cwd=settings.home, start_new_session=True)))
-            print(f"started {svc.name} (pid {procs[-1][1].pid})" + (f" on {svc.url}" if svc.url else ""),
-                  flush=True)
+            output = None
+            if svc.name == "mlflow-ui":  # the UI's web-server chatter goes to its log file, not the terminal
+                settings.logs_dir.mkdir(parents=True, exist_ok=True)
+                logs[svc.name] = settings.logs_dir / "mlflow-ui.log"
+                output = open(logs[svc.name], "ab")  # noqa: SIM115 - the child holds it; closed below
+            try:
+                procs.append((svc, subprocess.Popen(svc.argv, env=env, cwd=settings.home, start_new_session=True,
+                                                    stdout=output, stderr=output)))
+            finally:
+                if output is not None:
+                    output.close()
+            print(f"started {svc.name} (pid {procs[-1][1].pid})" + (f" on {svc.url}" if svc.url else "")
+                  + (f", log {logs[svc.name]}" if svc.name in logs else ""), flush=True)
         print(f"\nDrop a labelled batch at {settings.current_csv} (e.g. `mlops make-data --drift 0.5 --seed 1 "
               f"--no-train`) and watch it flow. Try:\n  curl -s -X POST http://127.0.0.1:{port}/predict "
-              "-H 'Content-Type: application/json' -d '{\"user_id\": 2, \"features\": {\"pclass\": 3, "
-              "\"sex\": \"male\", \"age\": 22, \"fare\": 7.25, \"sibsp\": 1, \"parch\": 0, \"embarked\": \"S\"}}'"
+              f"-H 'Content-Type: application/json' -d '{_example(settings)}'"
               f"\n  curl -s http://127.0.0.1:{port}/models\nCtrl-C stops everything.", flush=True)
         while not stopping:
             for svc, proc in procs:
                 if proc.poll() is not None:
                     print(f"{svc.name} exited with {proc.returncode}; stopping the others", flush=True)
+                    if svc.name in logs:
+                        print(_tail(logs[svc.name]), flush=True)
                     return 1
             time.sleep(0.5)
         return 0
     finally:
         _terminate([p for _, p in procs])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(f"  {line}" for line in text.splitlines()[-lines:])
 
 
 def _terminate(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:

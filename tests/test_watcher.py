@@ -463,3 +463,22 @@ def test_live_ab_promotion_is_evaluated_on_its_schedule_between_runs(fresh, capl
     # no labelled traffic yet: the evaluation keeps the aliases as they are
     assert lines and lines[0].startswith("ab=kept version=- production=1 staging=1"), lines
     assert Registry(settings).aliases() == {"production": "1", "staging": "1"}
+
+
+OURS = re.compile(r"^ts=\S+ level=\w+ logger=(watcher|mlops_core(\.\w+)*) ")
+
+
+@slow
+def test_a_drifted_run_through_the_watcher_prints_only_our_own_lines(fresh, tmp_path):
+    """No library chatter a user cannot act on: MLflow's pickle caution and registration prints, PyCaret's
+    FutureWarnings, MLflow's database set-up lines. Every line is one of ours, in our format."""
+    d = Daemon(fresh, tmp_path / "watcher.log").start()
+    try:
+        make_datasets(fresh, drift=0.5, concept=0.5, seed=2, write_train=False)
+        assert d.ended(sha(fresh.current_csv.read_bytes()), after=0)["status"] in {"promoted", "staged"}
+    finally:
+        assert d.stop() == 0
+    lines = [line for line in d.log_path.read_text().splitlines() if line.strip()]
+    assert any("registered version 2" in line for line in lines)  # what MLflow printed, said once, by us
+    foreign = [line for line in lines if not OURS.match(line)]
+    assert not foreign, "\n".join(foreign[:20])
