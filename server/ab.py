@@ -290,8 +290,7 @@ def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
         if not isinstance(items, list) or not items:
             raise ValidationError("feedback", f"expected a non-empty list of objects, got {_kind(items)} instead")
         if len(items) > max_batch:
-            raise ValidationError("feedback", f"batch of {len(items)} labels exceeds the cap of {max_batch}",
-                                  status=413)
+            raise ValidationError("feedback", f"batch of {len(items)} labels exceeds the cap of {max_batch}")
         return [_item(f"feedback[{i}]", item) for i, item in enumerate(items)]
     if not isinstance(body, dict):
         raise ValidationError("body", f"expected a JSON object, got {_kind(body)} instead")

@@ -1,60 +1,150 @@
-"""GET /openapi.json: an OpenAPI 3 description of ``POST /predict`` built from the served model's columns."""
+"""GET /openapi.json: the service's OpenAPI 3.1 contract, every endpoint, built from the served model's columns."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from .predict import FLOAT32_MAX, INT64_MAX, INT64_MIN
+
 __all__ = ["bp", "document"]
 
 bp = Blueprint("openapi", __name__)
 
-#: MLflow schema type -> JSON Schema type (every feature may also be null: the pipeline imputes it)
-_TYPES = {"double": "number", "float": "number", "long": "integer", "integer": "integer", "string": "string",
-          "boolean": "boolean"}
+#: MLflow schema type -> JSON Schema of one value (every feature may also be null: the pipeline imputes it),
+#: with the bounds the server enforces (tree models work in float32; integers are stored as 64-bit)
+_NUMBER = {"type": ["number", "null"], "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+_INTEGER = {"type": ["integer", "null"], "minimum": INT64_MIN, "maximum": INT64_MAX}
+_TYPES = {"double": _NUMBER, "float": _NUMBER, "long": _INTEGER, "integer": _INTEGER,
+          "string": {"type": ["string", "null"]}, "boolean": {"type": ["boolean", "null"]}}
+_ANY_SCALAR = {"anyOf": [_NUMBER, {"type": ["string", "boolean", "null"]}]}
+
+_ERRORS = {
+    "400": "the request breaks the schema (a missing or unknown field, a wrong type, a value out of range, a "
+           "batch over its cap, malformed JSON); `field` names the offending part",
+    "401": "MLOPS_FEEDBACK_TOKEN is set and the bearer token is missing or wrong",
+    "403": "live promotion is on and no feedback token is set: feedback is refused",
+    "404": "no logged prediction has this request id (`request_ids` lists them)",
+    "409": "a request id already has a label (`request_ids` lists them)",
+    "413": "the body is over MLOPS_MAX_BODY_BYTES",
+    "415": "the body is not application/json",
+    "422": "a label that is not 0 or 1",
+    "503": "no Production model loaded yet (`Retry-After` says when to try again)",
+}
 
 
-def _feature(dtype: str) -> dict:
-    kind = _TYPES.get(dtype)
-    return {"type": [kind, "null"]} if kind else {"type": ["number", "integer", "string", "boolean", "null"]}
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*codes: str) -> dict:
+    out = {}
+    for code in codes:
+        out[code] = {"description": _ERRORS[code], "content": _json({"$ref": "#/components/schemas/Error"})}
+        if code == "503":
+            out[code]["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    return out
+
+
+def _object(required: list[str], properties: dict | None = None) -> dict:
+    return {"type": "object", "required": required, "properties": properties or {}}
+
+
+def _ready() -> dict:
+    ready = _object(["status", "production"], {"status": {"const": "ready"}, "production": {"type": "string"},
+                                                "staging": {"type": ["string", "null"]}})
+    not_ready = _object(["status", "message"], {"status": {"const": "not ready"}, "message": {"type": "string"},
+                                                "error": {"type": ["string", "null"]}})
+    return {"get": {"operationId": "ready", "summary": "Production is loaded: predictions can be answered",
+                    "responses": {"200": {"description": "ready", "content": _json(ready)},
+                                  "503": {"description": "no Production model loaded yet",
+                                          "content": _json(not_ready)}}}}
 
 
 def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batch: int, version: str | None) -> dict:
-    """The OpenAPI 3.1 document of the prediction API for a model with these input columns."""
+    """The OpenAPI 3.1 document of the whole API for a model with these input columns."""
     row = {"type": "object", "additionalProperties": False, "required": list(columns),
-           "properties": {c: _feature(dtypes.get(c, "")) for c in columns}}
+           "properties": {c: _TYPES.get(dtypes.get(c, ""), _ANY_SCALAR) for c in columns}}
     request = {"type": "object", "additionalProperties": False, "required": ["user_id", "features"],
-               "properties": {"user_id": {"type": "integer", "description": "even: Production, odd: Staging"},
+               "properties": {"user_id": {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX,
+                                          "description": "even: Production, odd: Staging"},
                               "features": {"oneOf": [{"$ref": "#/components/schemas/Row"},
                                                      {"type": "array", "minItems": 1, "maxItems": max_batch,
                                                       "items": {"$ref": "#/components/schemas/Row"}}]}}}
-    answer = {"type": "object", "required": ["predictions", "probabilities", "stage", "version", "model"],
-              "properties": {"predictions": {"type": "array", "items": {"type": "integer"}},
-                             "probabilities": {"type": "array", "items": {"type": "number"}},
-                             "stage": {"enum": ["Production", "Staging"]}, "version": {"type": "string"},
-                             "model": {"type": "string"}}}
-    error = {"type": "object", "required": ["error", "message", "status"],
-             "properties": {"error": {"type": "string"}, "message": {"type": "string"},
-                            "status": {"type": "integer"}, "field": {"type": "string"}}}
-    as_error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    errors = {code: {"description": text, "content": as_error}
-              for code, text in (("400", "malformed request; `field` names the offending part"),
-                                 ("413", "body or batch over its cap"), ("415", "not application/json"),
-                                 ("503", "no Production model loaded"))}
+    answer = _object(["predictions", "probabilities", "stage", "version", "model"], {
+        "predictions": {"type": "array", "items": {"type": "integer"}},
+        "probabilities": {"type": "array", "items": {"type": ["number", "null"]}},
+        "stage": {"enum": ["Production", "Staging"]}, "version": {"type": "string"}, "model": {"type": "string"},
+        "requested_stage": {"enum": ["Production", "Staging"]}, "fallback": {"type": "boolean"},
+        "request_id": {"type": "string", "description": "for POST /feedback (when the prediction log is on)"},
+        "request_ids": {"type": "array", "items": {"type": "string"}, "description": "one per row of a batch"}})
+    label = _object(["request_id", "label"], {"request_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                                              "label": {"enum": [0, 1]}})
+    label["additionalProperties"] = False
+    feedback = {"oneOf": [{"$ref": "#/components/schemas/Label"},
+                          {"type": "object", "additionalProperties": False, "required": ["feedback"],
+                           "properties": {"feedback": {"type": "array", "minItems": 1, "maxItems": max_batch,
+                                                       "items": {"$ref": "#/components/schemas/Label"}}}}]}
+    error = _object(["error", "message", "status"], {
+        "error": {"type": "string"}, "message": {"type": "string"}, "status": {"type": "integer"},
+        "field": {"type": "string"}, "request_ids": {"type": "array", "items": {"type": "string"}}})
+    arm = {"type": ["object", "null"], "required": ["version", "run_id", "columns", "dtypes"],
+           "properties": {"version": {"type": "string"}, "run_id": {"type": "string"},
+                          "columns": {"type": "array", "items": {"type": "string"}}, "dtypes": {"type": "object"}}}
+    comparison = _object(["verdict", "reason", "decision_allowed"], {
+        "verdict": {"enum": ["nothing_to_compare", "insufficient_labels", "staging_better", "staging_worse",
+                             "keep_collecting"]},
+        "reason": {"type": "string"}, "decision_allowed": {"type": "boolean"},
+        "action": {"enum": ["promote", "retire", None]}, "difference": {"type": ["number", "null"]},
+        "p_value": {"type": ["number", "null"]}, "cs_low": {"type": ["number", "null"]},
+        "cs_high": {"type": ["number", "null"]}, "samples_needed_per_arm": {"type": ["integer", "null"]}})
+
+    def get(operation: str, summary: str, schema: dict, *, content=None) -> dict:
+        ok = {"description": summary, "content": content or _json(schema)}
+        return {"get": {"operationId": operation, "summary": summary, "responses": {"200": ok}}}
+
     return {
         "openapi": "3.1.0",
         "info": {"title": f"{model} prediction service", "version": version or "none"},
-        "paths": {"/predict": {"post": {
-            "operationId": "predict",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
-            "responses": {"200": {"description": "predictions of the arm the user is routed to",
-                                  "content": {"application/json": {"schema": answer}}}, **errors}}}},
-        "components": {"schemas": {"Row": row, "Error": error}},
+        "paths": {
+            "/predict": {"post": {
+                "operationId": "predict", "summary": "predictions of the arm the user is routed to",
+                "requestBody": {"required": True, "content": _json(request)},
+                "responses": {"200": {"description": "predictions and P(class 1) per row, with request ids",
+                                      "content": _json(answer)}, **_errors("400", "413", "415", "503")}}},
+            "/feedback": {"post": {
+                "operationId": "feedback", "summary": "true labels joined to logged predictions",
+                "security": [{}, {"feedbackToken": []}],
+                "requestBody": {"required": True, "content": _json(feedback)},
+                "responses": {"201": {"description": "labels stored", "content": _json(_object(
+                    ["accepted", "request_ids"], {"accepted": {"type": "integer"},
+                                                  "request_ids": {"type": "array", "items": {"type": "string"}}}))},
+                              **_errors("400", "401", "403", "404", "409", "413", "415", "422")}}},
+            "/ab/report": get("abReport", "per arm and version: traffic, latency, labelled accuracy; the arms "
+                                          "compared by the always-valid sequential test",
+                              _object(["groups", "comparison", "settings"], {
+                                  "groups": {"type": "array", "items": {"type": "object"}},
+                                  "comparison": {"$ref": "#/components/schemas/Comparison"},
+                                  "settings": {"type": "object"}, "log": {"type": "object"}})),
+            "/models": get("models", "each arm as loaded by this worker, and the last refresh",
+                           _object(["model", "production", "staging", "refresh"], {
+                               "model": {"type": "string"}, "production": {"$ref": "#/components/schemas/Arm"},
+                               "staging": {"$ref": "#/components/schemas/Arm"}, "refresh": {"type": "object"}})),
+            "/health": get("health", "the process is alive", _object(["status"], {"status": {"const": "ok"}})),
+            "/ready": _ready(),
+            "/metrics": get("metrics", "Prometheus exposition text (every worker's values)", {},
+                            content={"text/plain": {"schema": {"type": "string"}}}),
+        },
+        "components": {
+            "schemas": {"Row": row, "Label": label, "Error": error, "Arm": arm, "Comparison": comparison},
+            "securitySchemes": {"feedbackToken": {"type": "http", "scheme": "bearer",
+                                                  "description": "MLOPS_FEEDBACK_TOKEN, when it is set"}},
+        },
     }
 
 
 @bp.get("/openapi.json")
 def openapi():
-    """Describe POST /predict for the Production model loaded now (the settings' features before one is)."""
+    """Describe the API for the Production model loaded now (the settings' features before one is)."""
     settings = current_app.config["MLOPS_SETTINGS"]
     production = current_app.extensions["mlops_store"].snapshot.production
     columns = list(production.columns) if production else list(settings.features)

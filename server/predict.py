@@ -22,8 +22,8 @@ bp = Blueprint("predict", __name__)
 _FLOATS = {"double", "float"}
 _INTEGERS = {"long", "integer"}
 _TOP_LEVEL = ("user_id", "features")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_FLOAT32_MAX = 3.4028234663852886e38
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # user ids and integer columns: 64-bit
+FLOAT32_MAX = 3.4028234663852886e38  # tree models work in float32
 
 
 def _reject_constant(name: str):
@@ -79,15 +79,15 @@ def _check_value(field: str, dtype: str, value: Any) -> Any:
                 number = float(value)
             except OverflowError:
                 raise ValidationError(field, "number out of range") from None
-            if math.isfinite(number) and abs(number) <= _FLOAT32_MAX:  # tree models work in float32
+            if math.isfinite(number) and abs(number) <= FLOAT32_MAX:  # tree models work in float32
                 return number
-            raise ValidationError(field, f"number out of range; expected at most {_FLOAT32_MAX:.3g} in size")
+            raise ValidationError(field, f"number out of range; expected at most {FLOAT32_MAX:.3g} in size")
         expected = "a number or null"
     elif dtype in _INTEGERS:
-        if kind == "integer":
-            return value
-        if kind == "number" and float(value).is_integer():
-            return int(value)
+        if kind == "integer" or (kind == "number" and float(value).is_integer()):
+            if INT64_MIN <= value <= INT64_MAX:
+                return int(value)
+            raise ValidationError(field, "integer out of range; expected a 64-bit integer")
         expected = "an integer or null"
     elif dtype == "string":
         if kind == "string":
@@ -126,10 +126,12 @@ def check_request(body: Any, *, max_batch: int) -> tuple[int, list[Any], bool]:
     if "user_id" not in body:
         raise ValidationError("user_id", "missing; expected a JSON integer")
     user_id = body["user_id"]
-    if _kind(user_id) != "integer":
-        raise ValidationError("user_id", f"expected a JSON integer, got {_kind(user_id)} instead")
-    if not _INT64_MIN <= user_id <= _INT64_MAX:  # the prediction log stores it as a 64-bit integer
+    kind = _kind(user_id)
+    if kind != "integer" and not (kind == "number" and float(user_id).is_integer()):  # 2.0 is an integer too
+        raise ValidationError("user_id", f"expected a JSON integer, got {kind} instead")
+    if not INT64_MIN <= user_id <= INT64_MAX:  # the prediction log stores it as a 64-bit integer
         raise ValidationError("user_id", "out of range; expected a 64-bit integer")
+    user_id = int(user_id)
     if "features" not in body:
         raise ValidationError("features", "missing; expected an object of features or a list of them")
     features = body["features"]
@@ -140,8 +142,7 @@ def check_request(body: Any, *, max_batch: int) -> tuple[int, list[Any], bool]:
     if not features:
         raise ValidationError("features", "empty batch; expected at least one row")
     if len(features) > max_batch:
-        raise ValidationError("features", f"batch of {len(features)} rows exceeds the cap of {max_batch}",
-                              status=413)
+        raise ValidationError("features", f"batch of {len(features)} rows exceeds the cap of {max_batch}")
     return user_id, features, True
 
 

@@ -161,8 +161,10 @@ def test_oversize_body_is_413_before_parsing(client, app):
     assert response.get_json()["field"] == "body"
 
 
-def test_oversize_batch_is_413_and_cap_is_inclusive(client, ab_home):
-    assert _post(client, {"user_id": 2, "features": [ROW] * (ab_home.max_batch + 1)}).status_code == 413
+def test_a_batch_over_the_cap_breaks_the_schema_400_and_the_cap_is_inclusive(client, ab_home):
+    """The schema declares maxItems: a longer batch is a validation error (413 is for a body over the byte cap)."""
+    over = _post(client, {"user_id": 2, "features": [ROW] * (ab_home.max_batch + 1)})
+    assert over.status_code == 400 and over.get_json()["field"] == "features"
     response = _post(client, {"user_id": 2, "features": [ROW] * ab_home.max_batch})
     assert response.status_code == 200
     assert len(response.get_json()["predictions"]) == ab_home.max_batch
