@@ -6,7 +6,7 @@
 
 Two fresh SQLite prediction stores in a temporary folder are filled the way a
 serving worker fills them (batches of 1,000 single-row predictions), one with the
-server's ids (UUIDv7, ``server.ab.new_request_id``) and one with random UUIDv4 ids,
+server's ids (UUIDv7, ``server.ids.new_request_id``) and one with random UUIDv4 ids,
 the baseline, in the same run. Each time a store passes a size mark, the CPU time
 of the next ten batches is measured; the table prints microseconds per row and the
 ratio of the baseline to ours.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> None:
     from mlops_core.config import Settings
     from mlops_core.predictions import PredictionStore
-    from server.ab import new_request_id
+    from server.ids import new_request_id
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000, help="the table size to grow to")
@@ -71,7 +71,7 @@ def busy_writer(folder: Path, seconds: float = 3.0) -> None:
     from mlops_core import predictions as ab
     from mlops_core.config import Settings
     from mlops_core.predictions import PredictionStore
-    from server.ab import new_request_id
+    from server.ids import new_request_id
 
     class ExecuteMany(PredictionStore):
         """The baseline: the driver's executemany, one row (and one GIL hand-off) at a time."""

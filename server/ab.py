@@ -1,9 +1,8 @@
-"""Live A/B: request ids on answers, the per-worker prediction log, POST /feedback and GET /ab/report.
+"""Live A/B serving: the per-worker prediction log writer, POST /feedback and GET /ab/report.
 
-The request thread only appends one small record to a bounded deque: no lock, no
-wake-up of another thread (a ``queue.Queue`` notifies the writer on every put, and
-that hand-off of the GIL cost about a tenth of a worker's time under load). A full
-deque drops the record and counts it; it is never waited on. One writer thread per
+The request thread only appends one small record to a bounded deque: no lock, and no
+wake-up of another thread (a ``queue.Queue`` would hand the GIL to the writer on every
+put). A full deque drops the record and counts it; it is never waited on. One writer thread per
 worker, started on the first record after :meth:`PredictionLog.start`, writes a
 batch at a time: at once when a full batch, a flush or a stop waits, else after
 gathering for up to ``ab_flush_seconds``; retention runs between batches now and then.
@@ -20,15 +19,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 
 from mlops_core import ab
 from mlops_core.config import Settings
 from mlops_core.predictions import Prediction, PredictionStore, UnknownRequestError
 
 from .errors import ValidationError
+from .ids import new_request_id
+from .jsonbody import kind, read_json
 
-__all__ = ["bp", "PredictionLog", "init_app", "stamp"]
+__all__ = ["bp", "PredictionLog", "init_app"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,16 @@ class PredictionLog:
         """Records waiting for the writer."""
         return sum(1 for item in list(self._items) if not isinstance(item, _Flush))
 
+    def log_call(self, call, status: int, seconds: float) -> None:
+        """Record one /predict answer (a ``server.predict.Call``); refused before routing: no arm, nothing."""
+        if call.arm is None or not self.active:
+            return
+        ok = status < 400 and call.call_id is not None
+        self.record(Prediction(call.call_id if ok else new_request_id(), call.request_ids if ok else (),
+                               call.user_id if ok else None, call.arm, call.version,
+                               call.predictions if ok else (), call.probabilities if ok else (),
+                               status, round(seconds * 1000, 3), time.time()))
+
     # -- the writer -----------------------------------------------------------------------------------
     def _run(self) -> None:
         """Write a batch at a time: at once when a full batch, a flush or a stop waits, else after
@@ -193,74 +204,17 @@ def init_app(app: Flask, settings: Settings) -> PredictionLog:
                            on_written=(lambda n: metrics.observe_ab_log(written=n)) if metrics else None,
                            on_dropped=(lambda n: metrics.observe_ab_log(dropped=n)) if metrics else None)
     app.extensions["mlops_ab"] = ab_log
-    app.after_request(_record)
     app.register_blueprint(bp)
     return ab_log
 
 
-def new_request_id() -> str:
-    """A UUIDv7 (RFC 9562) as 32 hex digits: the Unix time in ms, then 74 random bits.
-
-    Time-ordered ids keep the prediction store's primary-key index append-mostly: with
-    random (v4) ids every insert lands on a random page: from 100,000 rows on, a row cost
-    the writer 20-28 us of CPU instead of about 3 (bench/ab_log.py).
-    """
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
-             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
-    return f"{value:032x}"
-
-
-def stamp(answer: dict, *, user_id: int, version: str, predictions: list, probabilities: list,
-          batch: bool) -> dict:
-    """Give the answer its request id(s) and keep what the log needs for after the response is built."""
-    call_id = new_request_id()
-    # rows of a batch: the call's first 96 bits (time and 42 random bits) and the row's index, unique and cheap
-    row_ids = [call_id] if not batch else [f"{call_id[:24]}{i:08x}" for i in range(len(predictions))]
-    answer["request_id"] = call_id
-    if batch:
-        answer["request_ids"] = row_ids
-    g.mlops_ab = (call_id, row_ids, user_id, version, predictions, probabilities)
-    return answer
-
-
-def _record(response):
-    """After a /predict answer: queue its record (answered or failed after routing)."""
-    if request.endpoint != "predict.predict":
-        return response
-    ab_log: PredictionLog | None = current_app.extensions.get("mlops_ab")
-    if ab_log is None or not ab_log.active:
-        return response
-    stage = g.get("mlops_stage")
-    if stage is None:  # rejected before routing: no arm to charge
-        return response
-    latency_ms = (time.perf_counter() - g.get("mlops_started", time.perf_counter())) * 1000
-    stamped = g.get("mlops_ab")
-    if stamped is not None and response.status_code < 400:
-        call_id, row_ids, user_id, version, predictions, probabilities = stamped
-    else:
-        snapshot = current_app.extensions["mlops_store"].snapshot
-        model = snapshot.production if stage == "Production" else snapshot.staging
-        call_id, row_ids, user_id, predictions, probabilities = new_request_id(), (), None, (), ()
-        version = model.version if model is not None else None
-    ab_log.record(Prediction(call_id, row_ids, user_id, stage, version, predictions, probabilities,
-                             response.status_code, round(latency_ms, 3), time.time()))
-    return response
-
-
 # -- endpoints -------------------------------------------------------------------------------------------
-def _kind(value: Any) -> str:
-    from .predict import _kind as kind
-
-    return kind(value)
-
-
 def _item(prefix: str, item: Any) -> tuple[str, int]:
     def field(name: str = "") -> str:
         return ".".join(filter(None, (prefix, name))) or "body"
 
     if not isinstance(item, dict):
-        raise ValidationError(field(), f"expected an object with 'request_id' and 'label', got {_kind(item)} instead")
+        raise ValidationError(field(), f"expected an object with 'request_id' and 'label', got {kind(item)} instead")
     extra = [k for k in item if k not in ("request_id", "label")]
     if extra:
         raise ValidationError(field(str(extra[0])[:100]), "unknown field; expected only "
@@ -270,12 +224,12 @@ def _item(prefix: str, item: Any) -> tuple[str, int]:
     request_id = item["request_id"]
     if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
         raise ValidationError(field("request_id"), f"expected the request_id string of a /predict answer, "
-                                                    f"got {_kind(request_id)} instead")
+                                                    f"got {kind(request_id)} instead")
     if "label" not in item:
         raise ValidationError(field("label"), "missing; expected 0 or 1")
     label = item["label"]
-    if _kind(label) != "integer" or label not in (0, 1):
-        shown = repr(label)[:40] if _kind(label) in ("integer", "number", "string", "boolean") else _kind(label)
+    if kind(label) != "integer" or label not in (0, 1):
+        shown = repr(label)[:40] if kind(label) in ("integer", "number", "string", "boolean") else kind(label)
         raise ValidationError(field("label"), f"expected 0 or 1, got {shown} instead", status=422)
     return request_id, label
 
@@ -288,12 +242,12 @@ def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
                                               "{'request_id', 'label'}")
         items = body["feedback"]
         if not isinstance(items, list) or not items:
-            raise ValidationError("feedback", f"expected a non-empty list of objects, got {_kind(items)} instead")
+            raise ValidationError("feedback", f"expected a non-empty list of objects, got {kind(items)} instead")
         if len(items) > max_batch:
             raise ValidationError("feedback", f"batch of {len(items)} labels exceeds the cap of {max_batch}")
         return [_item(f"feedback[{i}]", item) for i, item in enumerate(items)]
     if not isinstance(body, dict):
-        raise ValidationError("body", f"expected a JSON object, got {_kind(body)} instead")
+        raise ValidationError("body", f"expected a JSON object, got {kind(body)} instead")
     return [_item("", body)]
 
 
@@ -313,15 +267,10 @@ def _check_feedback_token(settings: Settings) -> None:
 @bp.post("/feedback")
 def feedback():
     """Join true labels to logged predictions: one ``{"request_id", "label"}`` or ``{"feedback": [...]}``."""
-    from .predict import parse_body
-
     settings = current_app.config["MLOPS_SETTINGS"]
     ab_log: PredictionLog = current_app.extensions["mlops_ab"]
     _check_feedback_token(settings)
-    if not request.is_json:
-        raise ValidationError("Content-Type", f"expected application/json, got {request.mimetype or 'none'} "
-                                              "instead", status=415)
-    labels = parse_feedback(parse_body(request.get_data(cache=False)), max_batch=settings.max_batch)
+    labels = parse_feedback(read_json(request), max_batch=settings.max_batch)
     deadline = time.monotonic() + settings.ab_feedback_wait
     flushed = False
     while True:

@@ -107,7 +107,7 @@ MALFORMED = [  # (id, body, expected field); bodies that are str/bytes are sent 
     ("user_id true", {"user_id": True, "features": ROW}, "user_id"),
     ("user_id false", {"user_id": False, "features": ROW}, "user_id"),
     ("user_id string", {"user_id": "2", "features": ROW}, "user_id"),
-    ("user_id float", {"user_id": 2.0, "features": ROW}, "user_id"),
+    ("user_id fraction", {"user_id": 2.5, "features": ROW}, "user_id"),  # 2.0 is an integer (JSON Schema)
     ("user_id null", {"user_id": None, "features": ROW}, "user_id"),
     ("user_id list", {"user_id": [2], "features": ROW}, "user_id"),
     ("user_id object", {"user_id": {"id": 2}, "features": ROW}, "user_id"),
