@@ -59,6 +59,8 @@ class Settings:
     settle_seconds: float = 1.0
     max_batch: int = 1000
     max_body_bytes: int = 1_048_576
+    fastpath: str = "compiled"  # serving: "compiled" (verified accelerated kernels) or "pipeline"
+    batch_wait_ms: str = "1"  # serving: micro-batching wait per worker in milliseconds, or "off"
     # live A/B evidence (mlops_core.ab): the prediction store, its writer, the statistics, live promotion
     ab_store_url: str = ""  # default: sqlite:///<home>/predictions.db; any SQLAlchemy URL
     ab_log: bool = True  # record every prediction (off: answers still carry request ids)
@@ -122,6 +124,12 @@ class Settings:
             problems.append(f"promotion_alpha must be in (0, 1], got {self.promotion_alpha}")
         if self.history_rows < 0:
             problems.append(f"history_rows must be >= 0, got {self.history_rows}")
+        if self.fastpath not in ("compiled", "pipeline"):
+            problems.append(f"fastpath must be 'compiled' or 'pipeline', got {self.fastpath!r}")
+        try:
+            self.batch_wait_seconds  # noqa: B018 - parsed once here so a bad value is named at start-up
+        except ValueError:
+            problems.append(f"batch_wait_ms must be 'off' or milliseconds >= 0, got {self.batch_wait_ms!r}")
         if self.run_timeout_seconds <= 0:
             problems.append(f"run_timeout_seconds must be > 0, got {self.run_timeout_seconds}")
         unknown = [m for m in self.models if m not in MODEL_IDS]
@@ -133,6 +141,17 @@ class Settings:
                             f"auc metric need; choose others")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def batch_wait_seconds(self) -> float | None:
+        """The serving micro-batch wait in seconds; None: no micro-batching."""
+        text = str(self.batch_wait_ms).strip().lower()
+        if text in ("off", "none", ""):
+            return None
+        value = float(text)
+        if not value >= 0:
+            raise ValueError(text)
+        return value / 1000.0
 
     # -- derived paths -------------------------------------------------------
     @property

@@ -39,7 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
 
     metrics = Metrics(app)
-    serving = app.extensions["mlops_serving"] = Serving.from_config(app.config)  # compiled path, micro-batching
+    serving = app.extensions["mlops_serving"] = Serving.from_settings(settings)  # compiled path, micro-batching
     store = ModelStore(settings, registry=app.config.get("MLOPS_REGISTRY"), on_refresh=metrics.observe_refresh,
                        on_load=serving.prepare)
     app.extensions["mlops_store"] = store

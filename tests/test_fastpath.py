@@ -258,13 +258,18 @@ def test_an_error_reaches_only_the_requests_of_its_arm_and_a_lone_request_does_n
     assert all(outcomes[f"r{i}"] == (["production"], [2.0]) for i in range(0, 6, 2))
 
 
-def test_serving_settings_are_checked():
-    assert fastpath.Serving.from_config({"MLOPS_BATCH_WAIT_MS": "1.5"}).batch_wait == pytest.approx(0.0015)
-    assert fastpath.Serving.from_config({}).compiled
-    with pytest.raises(ValueError, match="MLOPS_FASTPATH: expected 'compiled' or 'pipeline'"):
-        fastpath.Serving.from_config({"MLOPS_FASTPATH": "fast"})
-    with pytest.raises(ValueError, match="MLOPS_BATCH_WAIT_MS"):
-        fastpath.Serving.from_config({"MLOPS_BATCH_WAIT_MS": "soon"})
+def test_serving_settings_are_read_through_settings_and_checked(tmp_path):
+    from mlops_core.config import Settings
+
+    env = {"MLOPS_BATCH_WAIT_MS": "1.5", "MLOPS_FASTPATH": "pipeline"}
+    serving = fastpath.Serving.from_settings(Settings.from_env(env, home=tmp_path))
+    assert serving.batch_wait == pytest.approx(0.0015) and not serving.compiled
+    assert fastpath.Serving.from_settings(Settings(home=tmp_path)).compiled
+    assert fastpath.Serving.from_settings(Settings(home=tmp_path, batch_wait_ms="off")).batch_wait is None
+    with pytest.raises(ValueError, match="fastpath must be 'compiled' or 'pipeline'"):
+        Settings(home=tmp_path, fastpath="fast")
+    with pytest.raises(ValueError, match="batch_wait_ms must be 'off' or milliseconds"):
+        Settings(home=tmp_path, batch_wait_ms="soon")
 
 
 @pytest.mark.parametrize("wait", [0.0, 0.0005])

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 from _services import REFRESH, ROW, Gunicorn, Load, base_env, free_port, stop, wait_for  # noqa: E402
 
-OUTAGE = float(os.environ.get("MLOPS_TEST_OUTAGE_SECONDS", "30"))
+OUTAGE = float(os.environ.get("MLOPS_TEST_OUTAGE_SECONDS", "10"))  # ten refreshes fail meanwhile
 
 
 @pytest.fixture(scope="module")
