@@ -285,6 +285,11 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
             out.status = "refused"
             out.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch has no "
                           f"{settings.target!r} labels: retraining refused")
+        elif (counts := batch[settings.target].value_counts()).size < 2 or counts.min() < 2:
+            out.status = "refused"
+            out.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch's labels hold "
+                          f"{dict(sorted(counts.to_dict().items()))}: a classifier needs at least 2 rows of each "
+                          f"class to be trained and judged; retraining refused")
         else:
             fit_rows, holdout = _holdout_split(batch, settings)
             _save_candidate_inputs(settings, run_id, fit_rows, holdout, kinds)

@@ -75,6 +75,9 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     categorical = [c for c in features if c not in numeric]
     data = normalise(frame[[*features, settings.target]].reset_index(drop=True),
                      {**{c: NUMERIC for c in numeric}, **{c: "categorical" for c in categorical}})
+    classes = data[settings.target].nunique()
+    if classes != 2:
+        raise TrainingError(f"expected two classes in {settings.target!r} to train on, got {classes}")
     exp = classification.ClassificationExperiment()
     try:
         exp.setup(data=data, target=settings.target, session_id=settings.seed, fold=settings.fold,

@@ -157,3 +157,18 @@ def test_bad_setting_is_bad_usage(fresh):
 
     result = CliRunner().invoke(main, ["--home", str(fresh.home), "status"], env={"MLOPS_BINS": "ten"})
     assert result.exit_code == 2 and "MLOPS_BINS: expected int, got 'ten'" in result.output
+
+
+def test_a_drifted_batch_with_a_single_row_of_a_class_is_refused_and_nothing_changes(fresh):
+    """(A batch of one class is already a validation error.) One row of a class cannot be both trained on
+    and judged: the run is refused with the counts, instead of training a model that never saw the class."""
+    s = fresh
+    make_datasets(s, seed=5, drift=0.5, write_train=False)
+    frame = pd.read_csv(s.current_csv).assign(survived=1)
+    frame.loc[0, "survived"] = 0
+    frame.to_csv(s.current_csv, index=False)
+    result = run(s)
+    assert result.status == "refused" and result.drift["drift"]
+    assert "{0: 1, 1: " in result.reason and "at least 2 rows of each class" in result.reason
+    assert [v["version"] for v in _versions(s)] == ["1"]
+    assert Registry(s).aliases() == {"production": "1", "staging": "1"}
