@@ -20,6 +20,14 @@ def pytest_configure(config):
     prepare_process(None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs trained models is slow (it trains, or shares a training): the session's
+    bootstrapped registry, or test_fastpath's ``loaded`` pipelines."""
+    for item in items:
+        if {"bootstrapped", "loaded"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch):
     """No MLOPS_* or MLFLOW_TRACKING_URI from the caller's shell leaks into a test."""

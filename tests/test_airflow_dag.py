@@ -17,6 +17,8 @@ pytest.importorskip("airflow", reason="the [airflow] extra is not installed (pip
 DAGS = Path(__file__).resolve().parent.parent / "deploy" / "airflow"
 AIRFLOW = shutil.which("airflow", path=str(Path(sys.executable).parent)) or "airflow"
 
+pytestmark = pytest.mark.slow  # trains models and starts real services
+
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory):

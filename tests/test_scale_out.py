@@ -3,6 +3,7 @@ and two gunicorn servers (standing for two hosts) polling it under load."""
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from mlops_core.config import Settings
@@ -11,6 +12,8 @@ from mlops_core.pipeline import run
 from mlops_core.registry import Registry
 
 from _services import Gunicorn, Load, postgres, start_mlflow_server, stop_group, wait_for
+
+pytestmark = pytest.mark.slow  # PostgreSQL, an mlflow server, two trainings and two gunicorn hosts
 
 
 def _arms(url: str) -> dict[str, str | None]:
