@@ -217,13 +217,26 @@ class Load(threading.Thread):
         self.failures: list[str] = []
         self._halt = threading.Event()
 
+    KEEPALIVE = 5.0  # server/gunicorn.conf.py: the server closes a connection idle this long
+
     def run(self):
-        session, i = requests.Session(), 0
+        session, i, last = requests.Session(), 0, time.monotonic()
+        self.stale = 0  # retries on a kept-alive connection the server had closed while this thread was starved
         while not self._halt.is_set():
             user_id = self.user_ids[i % len(self.user_ids)]
             i += 1
             try:
-                response = session.post(self.url, json={"user_id": user_id, "features": ROW}, timeout=10)
+                try:
+                    response = session.post(self.url, json={"user_id": user_id, "features": ROW}, timeout=10)
+                except requests.ConnectionError:
+                    # a training in this process can hold the GIL for seconds: a connection left idle past the
+                    # server's keep-alive was closed by it, as HTTP allows; that is not a server failure
+                    if time.monotonic() - last < self.KEEPALIVE:
+                        raise
+                    self.stale += 1
+                    session = requests.Session()
+                    response = session.post(self.url, json={"user_id": user_id, "features": ROW}, timeout=10)
+                last = time.monotonic()
                 if response.status_code != 200:
                     self.failures.append(f"{response.status_code} {response.text[:200]}")
                     continue
