@@ -78,6 +78,8 @@ class Settings:
     ab_retire: bool = True  # retire a Staging challenger that live evidence shows worse (Staging synced back)
     ab_promote_minutes: float = 15.0  # how often the watcher evaluates the live A/B (promote, retire)
     run_timeout_seconds: float = 3600.0  # the watcher stops a chain run that takes longer
+    log_format: str = "auto"  # watcher: text (key=value with a timestamp), journal, or auto (journal under journald)
+    log_level: str = "INFO"  # watcher and server: DEBUG, INFO, WARNING or ERROR
     feedback_token: str = field(default="", repr=False)  # bearer token POST /feedback requires, if set
 
     def __post_init__(self) -> None:
@@ -90,6 +92,7 @@ class Settings:
             object.__setattr__(self, "tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
         for name in ("features", "drift_features", "models"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
+        object.__setattr__(self, "log_level", str(self.log_level).upper())
         self._check()
 
     def _check(self) -> None:
@@ -130,6 +133,10 @@ class Settings:
             self.batch_wait_seconds  # noqa: B018 - parsed once here so a bad value is named at start-up
         except ValueError:
             problems.append(f"batch_wait_ms must be 'off' or milliseconds >= 0, got {self.batch_wait_ms!r}")
+        if self.log_format not in ("auto", "text", "journal"):
+            problems.append(f"log_format must be auto, text or journal, got {self.log_format!r}")
+        if str(self.log_level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            problems.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.run_timeout_seconds <= 0:
             problems.append(f"run_timeout_seconds must be > 0, got {self.run_timeout_seconds}")
         unknown = [m for m in self.models if m not in MODEL_IDS]

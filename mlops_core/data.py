@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -13,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
-from .errors import DataValidationError
+from .errors import DataValidationError, first_line
+from .files import atomic_write
 
 __all__ = ["load_titanic", "make_datasets", "read_csv", "validate_frame", "load_batch", "infer_kinds",
            "atomic_write_csv", "normalise", "apply_concept", "unseen_rows"]
@@ -30,17 +30,7 @@ def load_titanic() -> pd.DataFrame:
 
 def atomic_write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` next to ``path`` and rename it in place, so readers see whole files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda fh: frame.to_csv(fh, index=False))
 
 
 def apply_drift(batch: pd.DataFrame, strength: float, *, columns: tuple[str, ...] = ("age", "fare"),
@@ -143,8 +133,7 @@ def read_csv(path: str | os.PathLike, *, content: bytes | None = None) -> pd.Dat
     try:
         frame = pd.read_csv(io.BytesIO(content), engine="pyarrow", na_values=_NA_VALUES, keep_default_na=False)
     except Exception as err:  # pyarrow raises several unrelated types for malformed text
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataValidationError(name, [f"not a readable CSV: {reason}"]) from err
+        raise DataValidationError(name, [f"not a readable CSV: {first_line(err)}"]) from err
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError", "shorten",
+__all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError", "shorten", "first_line",
            "MAX_PROBLEM_CHARS", "MAX_PROBLEMS"]
 
 #: the longest one problem may be: problems quote cell values, and a cell can hold megabytes
@@ -23,6 +23,13 @@ def shorten(text: object, limit: int) -> str:
     if len(note) >= limit:
         return text[:limit]
     return text[:limit - len(note)] + note
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message (its type's name when it has none), at most ``limit`` characters:
+    what a log line, a metric label or an HTTP answer may quote of an exception from a library."""
+    text = str(err).strip()
+    return shorten(text.splitlines()[0] if text else type(err).__name__, limit)
 
 
 class MlopsError(Exception):

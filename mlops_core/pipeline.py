@@ -27,7 +27,7 @@ from .evidence import Comparison, compare
 from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
 
 __all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "abort", "bootstrap",
-           "check_drift", "file_digest", "pipeline_lock", "outputs"]
+           "check_drift", "pipeline_lock", "outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,6 @@ def pipeline_lock(settings: Settings, timeout: float = 900.0) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's content."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def outputs(model, frame: pd.DataFrame, settings: Settings, kinds: dict) -> tuple[np.ndarray, np.ndarray | None]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .config import Settings, redact
 from .drift import ReferenceProfile
-from .errors import RegistryError
+from .errors import RegistryError, first_line
 
 __all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel"]
 
@@ -45,7 +45,7 @@ def registry_errors(action: str) -> Iterator[None]:
     except RegistryError:
         raise
     except Exception as err:  # MlflowException, requests' and SQLAlchemy's errors alike
-        message = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        message = redact(first_line(err, 1000))
         raise RegistryError(f"{action}: {message}") from err
 
 

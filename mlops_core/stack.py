@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .processes import terminate
 
 __all__ = ["Service", "services", "up"]
 
@@ -107,25 +108,9 @@ def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = 
             time.sleep(0.5)
         return 0
     finally:
-        _terminate([p for _, p in procs])
+        terminate([p for _, p in procs], 15.0, group=True)  # each service's own children stop with it
 
 
 def _tail(path: Path, lines: int = 20) -> str:
     text = path.read_text(errors="replace") if path.exists() else ""
     return "\n".join(f"  {line}" for line in text.splitlines()[-lines:])
-
-
-def _terminate(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import pandas as pd
 from .config import NO_PROBABILITIES, Settings
 from .data import NUMERIC, normalise
 from .errors import TrainingError
+from .files import atomic_write
 
 __all__ = ["TrainResult", "train", "import_pycaret_classification"]
 
@@ -105,9 +105,7 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     model_path = settings.models_dir / "best_model.pkl"
     comparison_path = settings.models_dir / "pycaret_compare_results.csv"
     comparison.to_csv(comparison_path, index_label="model_id")
-    tmp = model_path.with_suffix(".pkl.tmp")
-    joblib.dump(final, tmp)
-    os.replace(tmp, model_path)
+    atomic_write(model_path, lambda fh: joblib.dump(final, fh))
     metrics = _metrics(top)
     seconds = time.perf_counter() - started
     log.info("trained %s (cv accuracy %.4f) on %d rows in %.1fs", top.get("Model"), metrics.get("accuracy", 0.0),

@@ -23,6 +23,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 
 from mlops_core import ab
 from mlops_core.config import Settings
+from mlops_core.errors import first_line
 from mlops_core.predictions import Prediction, PredictionStore, UnknownRequestError
 
 from .errors import ValidationError
@@ -186,7 +187,7 @@ class PredictionLog:
             rows = sum(max(1, len(item.request_ids)) for item in batch)
             with self._lock:
                 self.failed += rows
-            log.warning("prediction store write failed, %d rows lost: %s", rows, str(err).splitlines()[0][:300])
+            log.warning("prediction store write failed, %d rows lost: %s", rows, first_line(err))
             if not self._halt.is_set():
                 time.sleep(min(1.0, self.settings.ab_flush_seconds * 5))
             return

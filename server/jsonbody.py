@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from mlops_core.errors import first_line
+
 from .errors import ValidationError
 
 __all__ = ["read_json", "parse_body", "kind"]
@@ -34,7 +36,7 @@ def parse_body(raw: bytes) -> Any:
     except RecursionError:
         raise ValidationError("body", "JSON nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, digit-limit errors
-        raise ValidationError("body", f"malformed JSON: {str(err).splitlines()[0][:200]}") from None
+        raise ValidationError("body", f"malformed JSON: {first_line(err, 200)}") from None
 
 
 def kind(value: Any) -> str:

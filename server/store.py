@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mlops_core.config import Settings, redact
+from mlops_core.errors import first_line
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
 __all__ = ["ModelStore", "Snapshot", "ARMS"]
@@ -41,8 +42,7 @@ class Snapshot:
 
 def _clean(err: BaseException) -> str:
     """One line describing ``err``, with any credentials in URIs hidden."""
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return redact(text)[:500]
+    return redact(first_line(err, 500))
 
 
 def _versions(snapshot: Snapshot) -> tuple:

@@ -7,7 +7,7 @@ import pytest
 from mlops_core.config import Settings
 from mlops_core.drift import PREDICTION
 from mlops_core.errors import RegistryError
-from mlops_core.pipeline import file_digest
+from mlops_core.files import sha256_file
 from mlops_core.registry import LIFECYCLE, Registry
 
 
@@ -41,7 +41,7 @@ def test_stage_promote_sync_and_rollback_keep_aliases_tags_and_history(fresh):
 
 def test_processed_run_is_keyed_on_content_and_the_production_version(bootstrapped):
     registry = Registry(bootstrapped)
-    digest = file_digest(bootstrapped.current_csv)  # processed against version 1 when the home was bootstrapped
+    digest, _ = sha256_file(bootstrapped.current_csv)  # processed against version 1 when the home was bootstrapped
     assert registry.processed_run(digest, "1")
     assert registry.processed_run(digest, "2") is None  # another Production judges the same bytes again
     assert registry.processed_run("0" * 64, "1") is None

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from test_watcher import assert_registry_consistent
+from _watching import assert_registry_consistent
 
 from mlops_core.data import make_datasets
 from mlops_core.errors import RegistryError

@@ -16,8 +16,8 @@ import time
 
 import pandas as pd
 import pytest
-from test_bad_data import corpus
-from test_watcher import Daemon, assert_registry_consistent, registry_state, seed_state, sha
+from _corpus import corpus
+from _watching import Daemon, assert_registry_consistent, registry_state, seed_state, sha
 
 from mlops_core.config import Settings
 from mlops_core.data import make_datasets

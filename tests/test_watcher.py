@@ -1,25 +1,34 @@
-"""The watcher daemon: every way of dropping a batch runs the chain once, failures and SIGTERM are clean.
+"""The watcher daemon (watcher.py, mlops_watcher.daemon, .state, .logs): every way of dropping a batch runs the
+chain once, failures and SIGTERM are clean.
 
 Integration tests start the real daemon (``python -m watcher``) on a private copy of a bootstrapped
-home and count runs from its key=value log lines; unit tests drive :class:`watcher.Watcher`
-in-process with a fake runner.
+home and count runs from its key=value log lines; unit tests drive :class:`mlops_watcher.daemon.Watcher`
+in-process with a fake runner. The run child (mlops_watcher.child) has its own module, test_watcher_child.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from _watching import (
+    Daemon,
+    FakeRunner,
+    acquire,
+    assert_registry_consistent,
+    parse,
+    registry_state,
+    seed_state,
+    sha,
+    touch,
+)
 from conftest import FAST
 from watchdog.events import (
     DirModifiedEvent,
@@ -35,29 +44,11 @@ from watchdog.events import (
 import watcher
 from mlops_core.config import Settings
 from mlops_core.data import make_datasets
-from mlops_core.registry import PRODUCTION, STAGING, Registry
+from mlops_core.registry import PRODUCTION, Registry
+from mlops_watcher import logs
+from mlops_watcher.daemon import TargetHandler, Watcher
 
-REPO = Path(__file__).resolve().parents[1]
-RUN_TIMEOUT = 90.0  # one chain run in a child process: ~5 s without drift, ~10 s with training
-_PAIR = re.compile(r'([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|\S+)')
 slow = pytest.mark.slow  # starts the daemon, whose runs import MLflow (and PyCaret on drift) in a child
-
-
-def sha(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
-
-
-def touch(path: Path) -> None:
-    """What the ``touch`` command does to an existing file (open for writing, set times, close).
-
-    ``Path.touch`` only sets the times (an Attrib event); the command also gives a Closed event.
-    """
-    subprocess.run(["touch", str(path)], check=True)
-
-
-def parse(line: str) -> dict:
-    """One key=value log line as a dict (quoted values unquoted)."""
-    return {k: json.loads(v) if v.startswith('"') else v for k, v in _PAIR.findall(line)}
 
 
 @pytest.fixture(scope="module")
@@ -73,101 +64,6 @@ def batches(tmp_path_factory):
         return cache[kind, seed]
 
     return make
-
-
-def seed_state(settings: Settings) -> None:
-    """Record the home's current.csv as processed, as a daemon that ran before would have."""
-    digest = sha(settings.current_csv.read_bytes())
-    watcher.save_state(settings.home / "state" / "watcher.json",
-                       {"target": str(settings.current_csv), "sha256": digest, "outcome": "processed"})
-
-
-def registry_state(settings: Settings):
-    reg = Registry(settings)
-    return reg.aliases(), reg.versions()
-
-
-def assert_registry_consistent(settings: Settings) -> dict:
-    """Both aliases exist and point at existing versions whose lifecycle tag says what they are."""
-    aliases, versions = registry_state(settings)
-    by_version = {v["version"]: v for v in versions}
-    assert set(aliases) == {PRODUCTION, STAGING}, aliases
-    for alias, version in aliases.items():
-        assert version in by_version, f"{alias} points at missing version {version}"
-        assert by_version[version]["lifecycle"] in (PRODUCTION, STAGING), (alias, by_version[version])
-    assert by_version[aliases[PRODUCTION]]["lifecycle"] == PRODUCTION
-    live = {v for v, d in by_version.items() if d["lifecycle"] in (PRODUCTION, STAGING)}
-    assert live <= set(aliases.values()), f"versions tagged live without an alias: {live - set(aliases.values())}"
-    return aliases
-
-
-class Daemon:
-    """The real ``python -m watcher`` process on a home, logging to a file the test reads."""
-
-    def __init__(self, settings: Settings, log_path: Path):
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Daemon:
-        env = {**os.environ, "MLOPS_MODELS": ",".join(FAST["models"]), "MLOPS_FOLD": str(FAST["fold"]),
-               "MLOPS_SETTLE_SECONDS": "0.5", "MLOPS_LOG_FORMAT": "text"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "watcher", "--home", str(self.settings.home)],
-                                         cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=log)
-        self.wait_for(lambda r: r.get("watcher") == "started", after=self.mark())
-        return self
-
-    def stop(self) -> int:
-        """SIGTERM, then SIGKILL if it is still there after 15 s; the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.terminate()
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def records(self) -> list[dict]:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return [parse(line) for line in text.splitlines()]
-
-    def mark(self) -> int:
-        return len(self.records())
-
-    def wait_for(self, predicate, *, after: int, timeout: float = RUN_TIMEOUT) -> dict:
-        """The first log record after index ``after`` that matches, polling until ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.records()[after:]:
-                if predicate(record):
-                    return record
-            if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"watcher exited with {self.proc.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no matching log line within {timeout:.0f}s:\n{self.tail()}")
-            time.sleep(0.1)
-
-    def runs(self, after: int = 0) -> list[dict]:
-        return [r for r in self.records()[after:] if r.get("logger") == "watcher" and r.get("run") == "start"]
-
-    def ended(self, digest: str, *, after: int, timeout: float = RUN_TIMEOUT) -> dict:
-        """The record that ends the run on ``digest`` (done, rejected or failed)."""
-        return self.wait_for(lambda r: r.get("run") in ("done", "rejected", "failed") and r.get("sha256") == digest,
-                             after=after, timeout=timeout)
-
-    def barrier(self) -> None:
-        """Touch the target and wait for its skip: the worker is serial, so earlier work is finished."""
-        mark = self.mark()
-        touch(self.settings.current_csv)
-        self.wait_for(lambda r: r.get("reason") == "unchanged-hash", after=mark)
-
-    def tail(self, n: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-n:])
 
 
 @pytest.fixture
@@ -323,30 +219,6 @@ def _write(path: Path, content: bytes) -> Path:
 
 
 # -- the watcher in-process, with a fake runner -------------------------------------------------------------
-class FakeRunner:
-    """Record the content of each run; optionally hold a run open until released."""
-
-    def __init__(self, outcome: str = "processed"):
-        self.outcome = outcome
-        self.digests: list[str] = []
-        self.finished: list[str] = []  # the batch's content again when the run ends
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
-        self.done = threading.Semaphore(0)
-
-    def __call__(self, settings, stop, batch):
-        digest = sha(batch.read_bytes())
-        self.digests.append(digest)
-        self.started.set()
-        while not self.release.wait(0.05):
-            if stop.is_set():
-                return watcher.Outcome("aborted")
-        self.finished.append(sha(batch.read_bytes()))
-        self.done.release()
-        return watcher.Outcome(self.outcome, digest=digest, status="no_drift" if self.outcome == "processed" else "")
-
-
 @pytest.fixture
 def quick(settings):
     settings = settings.replace(settle_seconds=0.2)
@@ -354,18 +226,17 @@ def quick(settings):
     return settings
 
 
-def _acquire(sem: threading.Semaphore, timeout: float = 20.0) -> None:
-    assert sem.acquire(timeout=timeout), "timed out waiting for a run to finish"
+
 
 
 def test_watcher_start_stop_leaves_no_thread(quick):
     before = set(threading.enumerate())
     runner = FakeRunner()
-    w = watcher.Watcher(quick, runner=runner)
+    w = Watcher(quick, runner=runner)
     w.start()
     assert w.alive() and set(threading.enumerate()) > before
     quick.current_csv.write_bytes(b"a,b\n1,2\n")
-    _acquire(runner.done)
+    acquire(runner.done)
     w.stop()
     deadline = time.monotonic() + 5
     while set(threading.enumerate()) != before and time.monotonic() < deadline:
@@ -377,14 +248,14 @@ def test_events_during_a_run_coalesce_into_one_follow_up_on_the_newest_content(q
     runner = FakeRunner()
     runner.release.clear()
     target = quick.current_csv
-    with watcher.Watcher(quick, runner=runner) as w:
+    with Watcher(quick, runner=runner) as w:
         target.write_bytes(b"first\n")
         assert runner.started.wait(20)
         for text in (b"second\n", b"third\n", b"fourth\n"):
             target.write_bytes(text)
         runner.release.set()
-        _acquire(runner.done)
-        _acquire(runner.done)
+        acquire(runner.done)
+        acquire(runner.done)
         assert w.runs == 2
     assert runner.digests == [sha(b"first\n"), sha(b"fourth\n")]
     # the run read a private copy: rewriting the target during the run did not change its input
@@ -395,28 +266,28 @@ def test_events_during_a_run_coalesce_into_one_follow_up_on_the_newest_content(q
 def test_rejected_content_is_not_retried_but_a_failed_run_is(quick):
     target = quick.current_csv
     rejecting = FakeRunner("rejected")
-    with watcher.Watcher(quick, runner=rejecting) as w:
+    with Watcher(quick, runner=rejecting) as w:
         target.write_bytes(b"bad\n")
-        _acquire(rejecting.done)
+        acquire(rejecting.done)
         touch(target)
         target.write_bytes(b"bad\n")  # same bytes again
         target.write_bytes(b"other\n")  # new bytes
-        _acquire(rejecting.done)
+        acquire(rejecting.done)
         assert w.state["outcome"] == "rejected"
     assert rejecting.digests == [sha(b"bad\n"), sha(b"other\n")]
 
     failing = FakeRunner("failed")
-    with watcher.Watcher(quick, runner=failing, retry_first=600) as w:  # restarted: the state is read back
+    with Watcher(quick, runner=failing, retry_first=600) as w:  # restarted: the state is read back
         assert w.state["sha256"] == sha(b"other\n")
         target.write_bytes(b"flaky\n")
-        _acquire(failing.done)
+        acquire(failing.done)
         touch(target)  # the same bytes after a failure are worth another try
-        _acquire(failing.done)
+        acquire(failing.done)
     assert failing.digests == [sha(b"flaky\n")] * 2
 
-    with watcher.Watcher(quick, runner=failing, retry_first=0.2) as w:  # and a failure retries by itself
-        _acquire(failing.done)  # at start: the remembered outcome is "failed"
-        _acquire(failing.done)  # 0.2 s later, with no event at all
+    with Watcher(quick, runner=failing, retry_first=0.2) as w:  # and a failure retries by itself
+        acquire(failing.done)  # at start: the remembered outcome is "failed"
+        acquire(failing.done)  # 0.2 s later, with no event at all
     assert failing.digests == [sha(b"flaky\n")] * 4
 
 
@@ -424,7 +295,7 @@ def test_handler_keeps_only_writes_that_land_on_the_target(tmp_path):
     target = tmp_path / "current.csv"
     other = tmp_path / "train.csv"
     seen: list[str] = []
-    handler = watcher.TargetHandler(target, seen.append)
+    handler = TargetHandler(target, seen.append)
     for event in (FileOpenedEvent(str(target)), FileClosedNoWriteEvent(str(target)), FileAttribEvent(str(target)),
                   DirModifiedEvent(str(tmp_path)), FileClosedEvent(str(other)), FileModifiedEvent(str(other)),
                   FileMovedEvent(str(target), str(other)),
@@ -435,13 +306,13 @@ def test_handler_keeps_only_writes_that_land_on_the_target(tmp_path):
 
 
 def test_log_lines_are_key_value_and_parse_back():
-    fmt = watcher.LogfmtFormatter("text")
+    fmt = logs.LogfmtFormatter("text")
     record = watcher.log.makeRecord("watcher", 40, __file__, 1, "run=rejected reason=%s",
-                                    (watcher.kv('bad "file"\nsecond line'),), None)
+                                    (logs.kv('bad "file"\nsecond line'),), None)
     line = fmt.format(record)
     assert "\n" not in line and line.startswith("ts=")
     assert parse(line)["reason"] == 'bad "file"\nsecond line' and parse(line)["level"] == "error"
-    journal = watcher.LogfmtFormatter("journal").format(record)
+    journal = logs.LogfmtFormatter("journal").format(record)
     assert journal.startswith("<3>level=error") and "ts=" not in journal
     plain = watcher.log.makeRecord("mlops_core.x", 20, __file__, 1, "bootstrapped %s", ("v1",), None)
     assert parse(fmt.format(plain))["msg"] == "bootstrapped v1"
@@ -451,7 +322,7 @@ def test_live_ab_promotion_is_evaluated_on_its_schedule_between_runs(fresh, capl
     """With MLOPS_AB_PROMOTE on, the worker asks mlops_core.live.decide_live every ab_promote_minutes."""
     settings = fresh.replace(settle_seconds=0.2, ab_promote=True, ab_promote_minutes=0.01)  # every 0.6 s
     caplog.set_level("INFO", logger="watcher")
-    w = watcher.Watcher(settings, runner=FakeRunner())
+    w = Watcher(settings, runner=FakeRunner())
     w.start()
     try:
         deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""The watcher never hangs on a run (issue 13, item 4).
+"""The run child (mlops_watcher.child): the watcher never hangs on a run.
 
 - the run child's result is read while it runs: a batch whose cells are 70 KB each is rejected in seconds
   with a bounded reason (the child used to block in its pipe write, and the daemon never ran again);
@@ -6,7 +6,7 @@
   and the watcher waits at least as long as that run took before it retries;
 - :class:`DataValidationError` bounds each problem it lists (problems quote cell values).
 
-These start real run children (``python watcher.py --run-child``), which import MLflow and PyCaret:
+These start real run children (``python -m mlops_watcher.child``), which import MLflow and PyCaret:
 a few seconds each.
 """
 
@@ -19,11 +19,12 @@ import time
 
 import pandas as pd
 import pytest
-from test_watcher import FakeRunner, _acquire
+from _watching import FakeRunner, acquire
 
-import watcher
 from mlops_core.data import make_datasets
 from mlops_core.errors import MAX_PROBLEM_CHARS, DataValidationError, shorten
+from mlops_watcher.child import MAX_REASON, ChildRunner
+from mlops_watcher.daemon import Watcher
 
 HUGE = 70_000  # characters in one cell: more than a pipe's buffer (64 KiB on Linux)
 
@@ -40,7 +41,7 @@ def assert_gone(pid: int) -> None:
 
 @pytest.fixture
 def runner():
-    r = watcher.ChildRunner(spare=False, grace=2.0)
+    r = ChildRunner(spare=False, grace=2.0)
     yield r
     r.close()
 
@@ -60,7 +61,7 @@ def test_a_batch_with_70kb_cells_is_rejected_promptly_with_a_bounded_reason(sett
     seconds = time.monotonic() - started
 
     assert outcome.outcome == "rejected" and outcome.error == "DataValidationError", outcome
-    assert len(outcome.reason) <= watcher.MAX_REASON
+    assert len(outcome.reason) <= MAX_REASON
     assert str(settings.current_csv) in outcome.reason
     assert "column 'age': 3 non-numeric value(s)" in outcome.reason
     assert "xxxxx" in outcome.reason and "chars]" in outcome.reason  # the cell, shortened, with its length
@@ -73,7 +74,7 @@ def test_a_batch_with_70kb_cells_is_rejected_promptly_with_a_bounded_reason(sett
 def test_a_run_past_its_wall_time_is_terminated_and_fails_with_timeout(settings, caplog):
     caplog.set_level("INFO", logger="watcher")
     make_datasets(settings)  # an empty registry: the run would bootstrap (train) after its imports
-    runner = watcher.ChildRunner(spare=False, grace=2.0, max_seconds=2.0)
+    runner = ChildRunner(spare=False, grace=2.0, max_seconds=2.0)
     try:
         started = time.monotonic()
         outcome = runner(settings, threading.Event(), settings.current_csv)
@@ -108,21 +109,21 @@ def test_a_timed_out_run_is_retried_no_sooner_than_it_ran(settings):
     quick = settings.replace(settle_seconds=0.1)
     quick.data_dir.mkdir(parents=True)
     runner = SlowTimeout(0.8)
-    with watcher.Watcher(quick, runner=runner, retry_first=0.05) as w:  # the plain backoff would be 0.05 s
+    with Watcher(quick, runner=runner, retry_first=0.05) as w:  # the plain backoff would be 0.05 s
         quick.current_csv.write_bytes(b"slow\n")
-        _acquire(runner.done)
-        _acquire(runner.done)  # retried by itself
+        acquire(runner.done)
+        acquire(runner.done)  # retried by itself
         assert w.state["outcome"] == "failed" and w.state["error"] == "Timeout"
     first, second = runner.starts[:2]
     assert second - first >= 2 * 0.8  # the run's 0.8 s, then at least 0.8 s of waiting
 
 
 def test_the_watcher_gives_its_runner_the_configured_wall_time(settings):
-    w = watcher.Watcher(settings)
+    w = Watcher(settings)
     assert w.runner.max_seconds == settings.run_timeout_seconds == 3600.0
     with pytest.raises(ValueError):
-        watcher.ChildRunner(max_seconds=0)
-    assert watcher.Watcher(settings.replace(run_timeout_seconds=7.5)).runner.max_seconds == 7.5
+        ChildRunner(max_seconds=0)
+    assert Watcher(settings.replace(run_timeout_seconds=7.5)).runner.max_seconds == 7.5
     with pytest.raises(ValueError, match="run_timeout_seconds must be > 0"):
         settings.replace(run_timeout_seconds=0)
 
@@ -138,14 +139,14 @@ def test_the_watcher_bounds_any_runner_reason(settings):
             return outcome
 
     runner = Loud("rejected")
-    with watcher.Watcher(quick, runner=runner) as w:
+    with Watcher(quick, runner=runner) as w:
         quick.current_csv.write_bytes(b"loud\n")
-        _acquire(runner.done)
+        acquire(runner.done)
         deadline = time.monotonic() + 10
         while w.state.get("outcome") != "rejected" and time.monotonic() < deadline:
             time.sleep(0.05)
     assert w.state["outcome"] == "rejected"
-    assert len(w.state["reason"]) <= watcher.MAX_REASON and w.state["reason"].endswith("[1,000,000 chars]")
+    assert len(w.state["reason"]) <= MAX_REASON and w.state["reason"].endswith("[1,000,000 chars]")
 
 
 def test_data_validation_error_bounds_each_problem():

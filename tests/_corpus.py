@@ -1,0 +1,71 @@
+"""The bad-data corpus: malformed batches, each with the rejection it must give (or ``processed``)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from mlops_core.data import make_datasets
+
+COLS = ["pclass", "sex", "age", "fare", "sibsp", "parch", "embarked", "survived"]
+
+
+def base_frame(settings) -> pd.DataFrame:
+    make_datasets(settings, seed=21, write_train=False)
+    return pd.read_csv(settings.current_csv)
+
+
+def _csv(frame: pd.DataFrame, **kw) -> bytes:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, **kw)
+    return buf.getvalue().encode()
+
+
+def corpus(base: pd.DataFrame) -> dict[str, tuple[bytes, str]]:
+    """name -> (file content, expected outcome: a message fragment of the rejection, or 'processed')."""
+    good = _csv(base)
+    lines = good.decode().splitlines()
+    big = base.sample(n=1_000_000, replace=True, random_state=0)
+    nulls = base.copy()
+    nulls[["age", "fare"]] = np.nan
+    return {
+        "empty file": (b"", "file is empty"),
+        "whitespace only": (b"\n\n  \n", "file is empty"),
+        "header only": (lines[0].encode() + b"\n", "0 row(s), expected at least"),
+        "binary garbage": (bytes(range(256)) * 8, "binary content"),
+        "png image": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 64, "binary content"),
+        "wrong delimiter": (_csv(base, sep=";"), "missing column(s)"),
+        "non-utf8 bytes": (good.replace(b"male", "m\xe2le".encode("latin-1"), 3), "not UTF-8 text: byte 0xe2"),
+        "missing columns": (_csv(base.drop(columns=["age", "embarked"])), "missing column(s) ['age', 'embarked']"),
+        "duplicated columns": ((lines[0] + ",age\n" + "\n".join(f"{x},1" for x in lines[1:])).encode(),
+                               "duplicated column(s) ['age']"),
+        "target 0/1/2": (_csv(base.assign(survived=base.survived.replace({1: 2}))), "expected 0/1 in 'survived'"),
+        "target yes/no": (_csv(base.assign(survived=base.survived.map({0: "no", 1: "yes"}))),
+                          "expected 0/1 in 'survived', got ['no', 'yes']"),
+        "target true/false": (_csv(base.assign(survived=base.survived.astype(bool))),
+                              "expected 0/1 in 'survived', got ['False', 'True']"),
+        "target partly missing": (_csv(base.assign(survived=base.survived.where(base.index % 7 > 0))),
+                                  "expected 0/1 in 'survived'"),
+        "single class": (_csv(base.assign(survived=1)), "single class"),
+        "all-null drift features": (_csv(nulls), "column 'age' has no values"),
+        "one row": (_csv(base.head(1)), "1 row(s), expected at least 10"),
+        "infinities": (_csv(base.assign(fare=base.fare.where(base.index % 5 > 0, np.inf))), "infinite value(s)"),
+        "text in numbers": (_csv(base.assign(age=base.age.astype(object).where(base.index % 3 > 0, "old"))),
+                            "column 'age'"),
+        "decimal commas": (_csv(base.assign(fare=base.fare.map(lambda v: f"{v:.2f}".replace(".", ","))),
+                                quoting=1), "column 'fare'"),
+        "truncated mid-row": (good[: len(good) // 2] + b"\n3,male,2", "not a readable CSV"),
+        "html page": (b"<html><body><h1>502 Bad Gateway</h1></body></html>\n", "missing column(s)"),
+        "json document": (b'{"pclass": 3, "sex": "male"}\n', "missing column(s)"),
+        # valid files: processed (no drift: same rows, other shape)
+        "extra columns": (_csv(base.assign(name="x", cabin=None)), "processed"),
+        "quoted numbers": (_csv(base, quoting=1), "processed"),
+        "crlf line endings": (good.replace(b"\n", b"\r\n"), "processed"),
+        "utf-8 bom": (b"\xef\xbb\xbf" + good, "processed"),
+        "spaces around header": (good.replace(b"pclass,sex", b" pclass , sex", 1), "processed"),
+        "columns reordered": (_csv(base[COLS[::-1]]), "processed"),
+        "float target 0.0/1.0": (_csv(base.assign(survived=base.survived.astype(float))), "processed"),
+        "a million rows": (_csv(big), "processed"),
+    }
