@@ -6,7 +6,7 @@
 
 For each model id, trains a pipeline on the Titanic training set (two folds) in a
 temporary home, builds its predictor the way the server does at load time
-(``server.fastpath.build_predictor``: compiled and verified, or the pipeline) and
+(``server.inference.compile.build_predictor``: compiled and verified, or the pipeline) and
 times one single-row call, in-process, against the pipeline's own
 ``predict`` + ``predict_proba`` on the same row (the baseline), in the same run.
 """
@@ -43,7 +43,8 @@ def main() -> None:
     from mlops_core.data import load_batch, make_datasets
     from mlops_core.registry import LoadedModel
     from mlops_core.training import train
-    from server.fastpath import PipelinePredictor, build_predictor
+    from server.inference.compile import build_predictor
+    from server.inference.predictors import PipelinePredictor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(Settings().models), help="PyCaret model ids")

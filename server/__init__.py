@@ -23,7 +23,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from . import ab, health, openapi, predict
     from .errors import register_error_handlers
-    from .fastpath import Serving
+    from .inference import Serving
     from .metrics import Metrics
     from .store import ModelStore
 
@@ -41,7 +41,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     metrics = Metrics(app)
     serving = app.extensions["mlops_serving"] = Serving.from_settings(settings)  # compiled path, micro-batching
     store = ModelStore(settings, registry=app.config.get("MLOPS_REGISTRY"), on_refresh=metrics.observe_refresh,
-                       on_load=serving.prepare)
+                       prepare=serving.prepare)
     app.extensions["mlops_store"] = store
 
     app.register_blueprint(predict.bp)

@@ -22,8 +22,14 @@ def _iso(ts: float | None) -> str | None:
 def _arm(model: LoadedModel | None) -> dict | None:
     if model is None:
         return None
+    predictor = getattr(model, "predictor", None)  # a ServedModel: the predictor chosen at load
+    inference = None if predictor is None else {
+        "path": "compiled" if predictor.compiled else "pipeline",
+        "kernel": predictor.kernel.__name__ if predictor.compiled else None,
+        "reason": predictor.reason or None}  # why the pipeline answers, when it does
     return {"version": model.version, "run_id": model.run_id, "loaded_at": _iso(model.loaded_at),
-            "loaded_at_epoch": model.loaded_at, "columns": list(model.columns), "dtypes": dict(model.dtypes)}
+            "loaded_at_epoch": model.loaded_at, "columns": list(model.columns), "dtypes": dict(model.dtypes),
+            "inference": inference}
 
 
 @bp.get("/health")

@@ -171,7 +171,7 @@ def _answer(app: Flask, req, call: Call):
     call.arm, call.version, call.user_id = ARMS[PRODUCTION] if fallback else ARMS[wanted], model.version, user_id
     prefix = "features" if len(raw_rows) == 1 and isinstance(body["features"], dict) else "features[{}]"
     rows = [_check_row(prefix.format(i), row, model) for i, row in enumerate(raw_rows)]
-    predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/fastpath.py
+    predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/inference
     call.rows, call.predictions, call.probabilities = len(rows), predictions, probabilities
     call.call_id, call.request_ids = new_request_ids(len(rows) if batch else None)
     answer = {"predictions": predictions, "probabilities": probabilities, "stage": call.arm,

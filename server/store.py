@@ -58,12 +58,12 @@ class ModelStore:
 
     def __init__(self, settings: Settings, *, registry: Any = None, clock: Callable[[], float] = time.time,
                  on_refresh: Callable[[Snapshot, bool], None] | None = None,
-                 on_load: Callable[[LoadedModel], None] | None = None):
+                 prepare: Callable[[LoadedModel], LoadedModel] | None = None):
         self.settings = settings
         self._registry = registry
         self._clock = clock
         self._on_refresh = on_refresh
-        self._on_load = on_load  # prepares a freshly loaded version before it is swapped in
+        self._prepare = prepare  # a freshly loaded version -> what is served (e.g. with its predictor)
         self._refresh_lock = threading.Lock()
         self._scheduler = None
         self._scheduler_pid: int | None = None
@@ -146,8 +146,8 @@ class ModelStore:
                     return model
             try:
                 model = self.registry.load_model(version)
-                if self._on_load is not None:
-                    self._on_load(model)
+                if self._prepare is not None:
+                    model = self._prepare(model)
             except Exception as err:
                 problems.append(f"loading {alias} version {version}: {_clean(err)}")
                 return fallback

@@ -22,7 +22,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """Every test that needs trained models is slow (it trains, or shares a training): the session's
-    bootstrapped registry, or test_fastpath's ``loaded`` pipelines."""
+    bootstrapped registry, or test_inference's ``loaded`` pipelines."""
     for item in items:
         if {"bootstrapped", "loaded"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

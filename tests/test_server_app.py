@@ -424,6 +424,9 @@ def test_ready_models_and_metrics(client, ab_home):
     assert models["production"]["version"] == "1" and models["staging"]["version"] == "2"
     assert models["production"]["run_id"] and models["production"]["loaded_at"]
     assert models["production"]["columns"] == list(ROW)
+    # which predictor answers: lr and dt (the test model list) compile to their special kernels
+    assert models["production"]["inference"]["path"] == "compiled", models["production"]["inference"]
+    assert models["production"]["inference"]["kernel"] in ("logistic", "decision_tree")
     assert models["refresh"]["ok"] is True and models["refresh"]["error"] is None
     _post(client, {"user_id": 3, "features": ROW})
     _post(client, {"user_id": "x", "features": ROW})

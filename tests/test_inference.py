@@ -1,4 +1,5 @@
-"""The compiled inference path answers exactly as the registered pipeline, or is not used; micro-batching."""
+"""server.inference: the compiled path answers exactly as the registered pipeline, or is not used; the private-API
+version guard; micro-batching; the serving settings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from mlops_core.config import Settings
 from mlops_core.registry import LoadedModel
-from server import fastpath
-from server.fastpath import Batcher, PipelinePredictor, build_predictor, probe_rows
+from server.inference import compile as compiler
+from server.inference import libraries
+from server.inference.batching import Batcher
+from server.inference.compile import build_predictor, probe_rows
+from server.inference.predictors import PipelinePredictor
+from server.inference.serving import Serving
 from server.predict import to_frame
 
 MODEL_TYPES = Settings().models  # every model type the default list can select
@@ -61,7 +66,7 @@ def test_compiled_path_agrees_on_every_titanic_row_nulls_and_unseen_categories(l
     predictor = build_predictor(model)
     assert predictor.compiled, predictor.reason
     assert predictor.kernel.__name__ == SPECIAL_KERNELS[kind]  # not the estimator's own methods
-    titanic = fastpath._titanic_rows(model)
+    titanic = compiler._titanic_rows(model)
     assert len(titanic) == 1309
     _assert_same(predictor, model, titanic)
     _assert_same(predictor, model, _edge_rows(model))
@@ -87,7 +92,7 @@ def test_an_unknown_step_falls_back_to_the_pipeline(loaded):
     model.model = pipeline
     predictor = build_predictor(model)
     assert not predictor.compiled and "_AddOne" in predictor.reason
-    rows = fastpath._titanic_rows(model)[:300] + _edge_rows(model)
+    rows = compiler._titanic_rows(model)[:300] + _edge_rows(model)
     predictions, probabilities = predictor(rows)
     frame = to_frame(rows, model)
     assert predictions == [int(p) for p in pipeline.predict(frame)]
@@ -96,7 +101,7 @@ def test_an_unknown_step_falls_back_to_the_pipeline(loaded):
 
 
 def test_a_mismatch_on_probe_rows_falls_back(loaded, monkeypatch):
-    real = fastpath._imputer
+    real = compiler._imputer
 
     def off_by_a_little(t, include):  # an imputer compiled wrongly: fills 1e-6 too high
         op = real(t, include)
@@ -108,7 +113,7 @@ def test_a_mismatch_on_probe_rows_falls_back(loaded, monkeypatch):
                 cols[c] = [v + 1e-6 if m and isinstance(v, float) else v for v, m in zip(cols[c], missing[c])]
         return wrong
 
-    monkeypatch.setattr(fastpath, "_imputer", off_by_a_little)
+    monkeypatch.setattr(compiler, "_imputer", off_by_a_little)
     predictor = build_predictor(loaded["lightgbm"])
     assert not predictor.compiled and "features differ" in predictor.reason
     _assert_same(predictor, loaded["lightgbm"], _edge_rows(loaded["lightgbm"]))
@@ -118,7 +123,7 @@ def test_a_wrong_special_kernel_falls_back_to_the_estimators_own_methods(loaded,
     def skewed(estimator):
         return lambda x: (estimator.predict(x), estimator.predict_proba(x) + 1e-7)
 
-    monkeypatch.setattr(fastpath, "_special", skewed)
+    monkeypatch.setattr(compiler, "special_kernel", skewed)
     predictor = build_predictor(loaded["rf"])
     assert predictor.compiled
     _assert_same(predictor, loaded["rf"], _edge_rows(loaded["rf"]))
@@ -127,19 +132,19 @@ def test_a_wrong_special_kernel_falls_back_to_the_estimators_own_methods(loaded,
 def test_lightgbm_small_requests_go_row_by_row_and_agree_on_every_titanic_row(loaded, monkeypatch):
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
-    assert predictor.compiled and predictor.kernel.single_rows == fastpath.SINGLE_ROWS
+    assert predictor.compiled and predictor.kernel.single_rows == libraries.SINGLE_ROWS
     rows = probe_rows(model)
     p0, q0 = PipelinePredictor(model).raw(rows)
     calls = []
-    real = fastpath._LightGBMSingleRow.__call__
-    monkeypatch.setattr(fastpath._LightGBMSingleRow, "__call__", lambda self, row: calls.append(1) or real(self, row))
-    for size in (1, fastpath.SINGLE_ROWS):
+    real = libraries._LightGBMSingleRow.__call__
+    monkeypatch.setattr(libraries._LightGBMSingleRow, "__call__", lambda self, row: calls.append(1) or real(self, row))
+    for size in (1, libraries.SINGLE_ROWS):
         for start in range(0, len(rows), size):
             p1, q1 = predictor.raw(rows[start:start + size])
             assert list(p1) == list(p0[start:start + size])
             np.testing.assert_allclose(q1, q0[start:start + size], rtol=0, atol=1e-9)
     assert len(calls) == 2 * len(rows)  # every one of them took the single-row path
-    predictor.raw(rows[:fastpath.SINGLE_ROWS + 1])
+    predictor.raw(rows[:libraries.SINGLE_ROWS + 1])
     assert len(calls) == 2 * len(rows)  # a larger batch is one matrix call
 
 
@@ -149,7 +154,7 @@ def test_lightgbm_single_rows_from_threads_each_get_their_own_answer(loaded):
 
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
-    rows = fastpath._titanic_rows(model)[:400]
+    rows = compiler._titanic_rows(model)[:400]
     _, expected = PipelinePredictor(model).raw(rows)
     wrong, done = [], []
 
@@ -174,11 +179,39 @@ def test_lightgbm_single_rows_from_threads_each_get_their_own_answer(loaded):
     assert len(done) == 20 and not wrong, f"{len(wrong)} answers belonged to another row"
 
 
+@pytest.mark.parametrize("library", ["scikit-learn", "lightgbm"])
+def test_an_untested_library_version_serves_through_its_public_api(loaded, monkeypatch, library):
+    """The special kernels read private attributes: with a version they were not written for, they are not
+    tried, and the estimator's own predict_proba answers (still compiled preprocessing, still verified)."""
+    monkeypatch.setitem(libraries.TESTED, library, "0.0.")
+    libraries.untested.cache_clear()
+    try:
+        assert library in libraries.untested(library) and "is not the tested 0.0.x" in libraries.untested(library)
+        model = loaded["lightgbm" if library == "lightgbm" else "rf"]
+        predictor = build_predictor(model)
+        assert predictor.compiled and predictor.kernel.__name__ == "generic"
+        _assert_same(predictor, model, _edge_rows(model))
+    finally:
+        libraries.untested.cache_clear()
+
+
+def test_an_untested_pycaret_version_is_served_by_the_pipeline(loaded, monkeypatch):
+    """PyCaret's step wrappers are read through private attributes: another version is not compiled at all."""
+    monkeypatch.setitem(libraries.TESTED, "pycaret", "0.0.")
+    libraries.untested.cache_clear()
+    try:
+        predictor = build_predictor(loaded["lr"])
+        assert not predictor.compiled and predictor.reason.startswith("not compiled: step TransformerWrapper")
+        _assert_same(predictor, loaded["lr"], _edge_rows(loaded["lr"]))
+    finally:
+        libraries.untested.cache_clear()
+
+
 def test_a_special_kernel_that_raises_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
     def unavailable(self, *args):  # e.g. a LightGBM without the single-row fast API
         raise AttributeError("function 'LGBM_BoosterPredictForMatSingleRowFastInit' not found")
 
-    monkeypatch.setattr(fastpath._LightGBMSingleRow, "__init__", unavailable)
+    monkeypatch.setattr(libraries._LightGBMSingleRow, "__init__", unavailable)
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
     assert predictor.compiled and predictor.kernel.__name__ == "generic"
@@ -186,8 +219,8 @@ def test_a_special_kernel_that_raises_falls_back_to_the_estimators_own_methods(l
 
 
 def test_a_wrong_single_row_path_is_not_used(loaded, monkeypatch):
-    real = fastpath._LightGBMSingleRow.__call__
-    monkeypatch.setattr(fastpath._LightGBMSingleRow, "__call__", lambda self, row: real(self, row) + 1e-7)
+    real = libraries._LightGBMSingleRow.__call__
+    monkeypatch.setattr(libraries._LightGBMSingleRow, "__call__", lambda self, row: real(self, row) + 1e-7)
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
     assert predictor.compiled and predictor.kernel.__name__ == "generic"  # the estimator's own methods
@@ -237,9 +270,12 @@ def test_an_error_reaches_only_the_requests_of_its_arm_and_a_lone_request_does_n
     calls: list = []
     good, bad = _Arm("production", calls), _Arm("staging", calls)
     batcher = Batcher(lambda model, rows: model.predictor(rows), wait=0.5)
-    started = time.perf_counter()
+    lingered = []
+    real_wait = batcher._arrived.wait
+    batcher._arrived.wait = lambda timeout=None: lingered.append(timeout) or real_wait(timeout)
     assert batcher(good, [{"x": 1.0}]) == (["production"], [1.0])
-    assert time.perf_counter() - started < 0.25  # no linger after a batch of one
+    assert batcher(good, [{"x": 1.5}]) == (["production"], [1.5])
+    assert lingered == []  # a lone request after a batch of one never waits for company
     outcomes = {}
 
     def request(name, model, x):
@@ -262,10 +298,10 @@ def test_serving_settings_are_read_through_settings_and_checked(tmp_path):
     from mlops_core.config import Settings
 
     env = {"MLOPS_BATCH_WAIT_MS": "1.5", "MLOPS_FASTPATH": "pipeline"}
-    serving = fastpath.Serving.from_settings(Settings.from_env(env, home=tmp_path))
+    serving = Serving.from_settings(Settings.from_env(env, home=tmp_path))
     assert serving.batch_wait == pytest.approx(0.0015) and not serving.compiled
-    assert fastpath.Serving.from_settings(Settings(home=tmp_path)).compiled
-    assert fastpath.Serving.from_settings(Settings(home=tmp_path, batch_wait_ms="off")).batch_wait is None
+    assert Serving.from_settings(Settings(home=tmp_path)).compiled
+    assert Serving.from_settings(Settings(home=tmp_path, batch_wait_ms="off")).batch_wait is None
     with pytest.raises(ValueError, match="fastpath must be 'compiled' or 'pipeline'"):
         Settings(home=tmp_path, fastpath="fast")
     with pytest.raises(ValueError, match="batch_wait_ms must be 'off' or milliseconds"):

@@ -1,0 +1,267 @@
+"""The compiler: a fitted PyCaret pipeline's known steps as plain list operations, verified against the pipeline.
+
+:func:`build_predictor` walks the pipeline's preprocessing steps. Each step it knows (scikit-learn's
+``SimpleImputer``, ``StandardScaler`` and ``MinMaxScaler``, category_encoders' ``OrdinalEncoder`` and
+``OneHotEncoder``) becomes an operation on Python lists, the encoders as lookup tables read off the fitted
+encoder itself. The result feeds the final estimator as one numpy matrix, through the fastest kernel that
+answers exactly as the estimator (:mod:`.libraries`' special kernels, else its own methods). The compiled
+path is then run beside the pipeline on probe rows (nulls, unseen categories, extreme numbers): the matrix
+must be identical, the predictions equal and the probabilities within 1e-9. Any unknown step, any difference,
+any error: the predictor is the pipeline itself, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from .libraries import pycaret_step, special_kernel
+from .predictors import (
+    NUMERIC_TYPES,
+    UNSEEN,
+    CompiledPredictor,
+    PipelinePredictor,
+    generic_kernel,
+    missing,
+)
+
+__all__ = ["build_predictor", "compile_pipeline", "verify", "probe_rows", "Unsupported"]
+
+log = logging.getLogger(__name__)
+
+_NAN = float("nan")
+_TOLERANCE = 1e-9
+
+
+class Unsupported(Exception):
+    """The pipeline holds something the compiler does not know: serve it as it is."""
+
+
+# -- the compiler: one function per known transformer, each returning an op on a dict of column lists --
+def _imputer(t, include: list[str]):
+    from sklearn.impute import SimpleImputer
+
+    if type(t) is not SimpleImputer or t.add_indicator or not missing(t.missing_values):
+        raise Unsupported(f"imputer {t!r}")
+    if list(t.feature_names_in_) != include or len(t.statistics_) != len(include):
+        raise Unsupported("imputer columns differ from the step's")
+    fills = dict(zip(include, t.statistics_.tolist(), strict=True))
+    if any(missing(v) for v in fills.values()):
+        raise Unsupported("an imputer column was all missing in training")
+
+    def impute(cols: dict[str, list]) -> None:
+        for name, fill in fills.items():
+            cols[name] = [fill if missing(v) else v for v in cols[name]]
+    return impute
+
+
+def _scaler(t, include: list[str]):
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    if list(getattr(t, "feature_names_in_", [])) != include:
+        raise Unsupported("scaler columns differ from the step's")
+    if type(t) is StandardScaler:  # sklearn: X -= mean_; X /= scale_
+        mean = t.mean_.tolist() if t.with_mean else [0.0] * len(include)
+        scale = t.scale_.tolist() if t.with_std else [1.0] * len(include)
+        ops = [(name, lambda v, m=m, s=s: (v - m) / s) for name, m, s in zip(include, mean, scale, strict=True)]
+    elif type(t) is MinMaxScaler and not t.clip:  # sklearn: X *= scale_; X += min_
+        ops = [(name, lambda v, m=m, s=s: v * s + m)
+               for name, m, s in zip(include, t.min_.tolist(), t.scale_.tolist(), strict=True)]
+    else:
+        raise Unsupported(f"scaler {t!r}")
+
+    def scale_columns(cols: dict[str, list]) -> None:
+        for name, op in ops:
+            cols[name] = [op(float(v)) for v in cols[name]]
+    return scale_columns
+
+
+def _encoder(t, include: list[str]):
+    """A per-column category encoder as lookup tables, read off the fitted encoder on every category it knows."""
+    import pandas as pd
+    from category_encoders import OneHotEncoder, OrdinalEncoder
+
+    if type(t) is OrdinalEncoder:
+        known = {s["col"]: list(s["mapping"].index) for s in t.mapping}
+        outputs = {col: [col] for col in known}
+    elif type(t) is OneHotEncoder:
+        known = {s["col"]: list(s["mapping"].index) for s in t.ordinal_encoder.mapping}
+        outputs = {s["col"]: list(s["mapping"].columns) for s in t.mapping}
+    else:
+        raise Unsupported(f"encoder {type(t).__name__}")
+    if list(t.feature_names_in_) != include or set(known) != set(include) or t.drop_invariant:
+        raise Unsupported("encoder columns differ from the step's")
+    tables = {}
+    for col in include:
+        categories = [c for c in known[col] if not missing(c)]
+        if not all(isinstance(c, str) for c in categories):
+            raise Unsupported(f"non-string categories in {col!r}")
+        probe = [*categories, _NAN, UNSEEN]
+        frame = pd.DataFrame({c: probe if c == col else [categories[0] if categories else UNSEEN] * len(probe)
+                              for c in include})
+        out = t.transform(frame)[outputs[col]].to_numpy(dtype="float64").tolist()
+        values = [tuple(row) for row in out]
+        tables[col] = (dict(zip(categories, values, strict=False)), values[-2], values[-1])
+
+    def encode(cols: dict[str, list]) -> None:
+        for col, (table, when_missing, when_unseen) in tables.items():
+            coded = [when_missing if missing(v) else table.get(v, when_unseen) for v in cols.pop(col)]
+            for j, name in enumerate(outputs[col]):
+                cols[name] = [c[j] for c in coded]
+    return encode
+
+
+def _compile_step(step):
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    wrapped = pycaret_step(step)
+    if wrapped is None:
+        raise Unsupported(f"step {type(step).__name__}")
+    include, t = wrapped
+    if not include:
+        return None
+    if type(t).__name__ == "SimpleImputer":
+        return _imputer(t, include)
+    if type(t) in (StandardScaler, MinMaxScaler):
+        return _scaler(t, include)
+    return _encoder(t, include)
+
+
+def compile_pipeline(model) -> CompiledPredictor:
+    """The compiled predictor of ``model`` (a LoadedModel), or :class:`Unsupported`; not yet verified."""
+    pipeline = model.model
+    steps = getattr(pipeline, "steps", None)
+    if not steps or not hasattr(steps[-1][1], "predict_proba"):
+        raise Unsupported("not a pipeline ending in a classifier")
+    if any(model.dtypes.get(c, "") not in NUMERIC_TYPES | {"string"} for c in model.columns):
+        raise Unsupported(f"column types {sorted(set(model.dtypes.values()))}")
+    ops = []
+    for _, step in steps[:-1]:
+        if step is None or step == "passthrough" or getattr(step, "_train_only", False):
+            continue
+        op = _compile_step(step)
+        if op is not None:
+            ops.append(op)
+    from ..predict import to_frame
+
+    sample = pipeline[:-1].transform(to_frame(probe_rows(model)[:5], model))
+    kinds = set(sample.dtypes.map(lambda d: d.kind))
+    if not kinds <= {"f", "i", "u", "b"}:
+        raise Unsupported(f"the estimator receives non-numeric columns ({sample.dtypes.to_dict()})")
+    dtype = np.result_type(*sample.dtypes)
+    if any(d != dtype and d.kind == "f" and d.itemsize < dtype.itemsize for d in sample.dtypes):
+        raise Unsupported("mixed float widths")
+    return CompiledPredictor(model, ops, list(sample.columns), dtype, steps[-1][1])
+
+
+def verify(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
+    """None when the compiled path answers exactly as the pipeline on ``rows``; else what differed."""
+    from ..predict import to_frame
+
+    expected = compiled.model.model[:-1].transform(to_frame(rows, compiled.model)).to_numpy(dtype=compiled.dtype)
+    got = compiled.matrix(rows)
+    if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
+        return "the compiled features differ from the pipeline's"
+    (p1, q1), (p0, q0) = compiled.raw(rows), fallback.raw(rows)
+    problem = _compare(p1, q1, p0, q0, "")
+    if problem is not None:
+        return problem
+    # small requests may take another path through the kernel: check them too, in the sizes served
+    small = getattr(compiled.kernel, "single_rows", 0)
+    picks = range(len(rows)) if small else range(0, len(rows), max(1, len(rows) // 32))
+    for size in sorted({1, small or 1}):
+        for start in picks[::size]:
+            chunk = rows[start:start + size]
+            p2, q2 = compiled.raw(chunk)
+            problem = _compare(p2, q2, p0[start:start + len(chunk)], q0[start:start + len(chunk)],
+                               f" (a request of {len(chunk)} rows)")
+            if problem is not None:
+                return problem
+    return None
+
+
+def _compare(p1, q1, p0, q0, where: str) -> str | None:
+    if q1.shape != q0.shape or list(p1) != list(p0):
+        return f"the compiled predictions differ from the pipeline's{where}"
+    worst = float(np.max(np.abs(q1 - q0))) if q0.size else 0.0
+    if not worst <= _TOLERANCE:
+        return f"the compiled probabilities differ from the pipeline's by {worst:.3g}{where}"
+    return None
+
+
+def probe_rows(model, base: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Rows to verify on: ``base`` (default: the Titanic table's rows), each column null, unseen or extreme."""
+    if base is None:
+        base = _titanic_rows(model)
+    numeric = {c for c in model.columns if model.dtypes.get(c, "") in NUMERIC_TYPES}
+    if not base:
+        base = [{c: 1.0 if c in numeric else "a" for c in model.columns}]
+    edges = [{c: None for c in model.columns}]
+    for row in base[:20]:
+        for c in model.columns:
+            for value in ((None, 0, -1, 10 ** 9) if c in numeric else (None, UNSEEN, "")):
+                edges.append({**row, c: value})
+    return [*base, *edges]
+
+
+def _titanic_rows(model) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    from mlops_core.data import load_titanic
+
+    frame = load_titanic()
+    if not set(model.columns) <= set(frame.columns):
+        return []
+    rows = []
+    for record in frame[model.columns].astype(object).to_dict("records"):
+        row = {}
+        for c, v in record.items():
+            if pd.isna(v):
+                row[c] = None
+            elif model.dtypes.get(c) in ("long", "integer"):
+                row[c] = int(v)
+            elif model.dtypes.get(c) in NUMERIC_TYPES:
+                row[c] = float(v)
+            else:
+                row[c] = str(v)
+        rows.append(row)
+    return rows
+
+
+def build_predictor(model, *, probe: list[dict[str, Any]] | None = None):
+    """The compiled predictor when it answers exactly as the pipeline on the probe rows, else the pipeline.
+
+    The estimator's special kernel is tried first, then its plain ``predict``/``predict_proba``.
+    """
+    fallback = PipelinePredictor(model)
+    version = getattr(model, "version", "?")
+    try:
+        compiled = compile_pipeline(model)
+        rows = probe if probe is not None else probe_rows(model)
+        problem = "no kernel"
+        for make in (special_kernel, generic_kernel):
+            try:
+                kernel = make(compiled.estimator)
+                if kernel is None:
+                    continue
+                compiled.kernel = kernel
+                problem = verify(compiled, fallback, rows)
+            except Exception as err:  # e.g. a library without the private API a special kernel uses
+                log.warning("version %s: the %s kernel failed: %s: %s", version, make.__name__.removesuffix("_kernel"),
+                            type(err).__name__, err)
+                problem = f"the {make.__name__.removesuffix('_kernel')} kernel failed: {type(err).__name__}: {err}"
+            if problem is None:
+                break
+    except Unsupported as err:
+        problem = f"not compiled: {err}"
+    except Exception as err:  # a compiler bug must never stop a model from serving
+        log.exception("compiling version %s failed", version)
+        problem = f"compiling failed: {type(err).__name__}: {err}"
+    if problem is None:
+        log.info("version %s: compiled inference path verified", version)
+        return compiled
+    log.warning("version %s: serving through the pipeline (%s)", version, problem)
+    fallback.reason = problem
+    return fallback
