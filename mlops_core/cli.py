@@ -46,7 +46,7 @@ class _Group(click.Group):
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="MLOPS_HOME",
               help="Project home (default: MLOPS_HOME or the working directory).")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking/registry URI.")
-@click.option("-v", "--verbose", is_flag=True, help="Log each stage to stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step of the chain to stderr.")
 @click.pass_context
 def main(ctx: click.Context, home: Path | None, tracking_uri: str | None, verbose: bool) -> None:
     """Event-driven retraining loop: drift check, AutoML, MLflow registry, promotion."""

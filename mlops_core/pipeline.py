@@ -53,8 +53,8 @@ class RunResult:
         return asdict(self)
 
 
-class _Stages:
-    """Time each stage and log one line per stage."""
+class _Steps:
+    """Time each step of the chain and log one line per step."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -67,7 +67,7 @@ class _Stages:
         finally:
             took = time.perf_counter() - started
             self.seconds[name] = round(self.seconds.get(name, 0.0) + took, 4)
-            log.info("stage=%s seconds=%.3f", name, took)
+            log.info("step=%s seconds=%.3f", name, took)
 
 
 @contextlib.contextmanager
@@ -160,16 +160,16 @@ def check_drift(settings: Settings, *, current: Path | None = None, reference: P
     return report
 
 
-def bootstrap(settings: Settings, registry: Registry, stages: _Stages | None = None) -> str:
+def bootstrap(settings: Settings, registry: Registry, steps: _Steps | None = None) -> str:
     """Train on ``train.csv``, register version 1 and point both aliases at it."""
-    stages = stages or _Stages()
-    with stages("bootstrap_validate"):
+    steps = steps or _Steps()
+    with steps("bootstrap_validate"):
         frame = validate_frame(read_csv(settings.train_csv), settings, source=str(settings.train_csv))
         kinds = infer_kinds(frame, settings.features)
     run_id = registry.create_run("bootstrap", tags={"mlops.kind": "bootstrap"})
     ok = False
     try:
-        version = _train_and_register(settings, registry, run_id, frame, kinds, stages, prefix="bootstrap_",
+        version = _train_and_register(settings, registry, run_id, frame, kinds, steps, prefix="bootstrap_",
                                       tags={"mlops.source": "bootstrap"})
         registry.promote(version)
         registry.log_run(run_id, tags={"mlops.status": "bootstrapped", "mlops.version": version})
@@ -181,13 +181,13 @@ def bootstrap(settings: Settings, registry: Registry, stages: _Stages | None = N
     return version
 
 
-def _train_and_register(settings, registry, run_id, frame, kinds, stages, *, prefix="", tags) -> str:
+def _train_and_register(settings, registry, run_id, frame, kinds, steps, *, prefix="", tags) -> str:
     """Train on ``frame``, log everything to ``run_id`` and register a version (no alias yet)."""
     from .training import train
 
-    with stages(f"{prefix}train"):
+    with steps(f"{prefix}train"):
         result = train(frame, settings, kinds=kinds)
-    with stages(f"{prefix}register"):
+    with steps(f"{prefix}register"):
         return _register(settings, registry, run_id, result, frame, kinds, tags=tags)
 
 
@@ -225,10 +225,10 @@ def _holdout_split(batch: pd.DataFrame, settings: Settings) -> tuple[pd.DataFram
     return fit.reset_index(drop=True), hold.reset_index(drop=True)
 
 
-# -- the stages, callable one by one (the Airflow DAG) or chained by run() --------------------------
+# -- the steps, callable one by one (the Airflow DAG) or chained by run() --------------------------
 
 def begin(settings: Settings, *, current: Path | None = None, force: bool = False,
-          registry: Registry | None = None, stages: _Stages | None = None, source: Path | None = None) -> RunResult:
+          registry: Registry | None = None, steps: _Steps | None = None, source: Path | None = None) -> RunResult:
     """Validate the batch, bootstrap an empty registry, skip known content, score drift.
 
     ``source`` names the batch in messages and records when ``current`` is a private copy of it.
@@ -238,8 +238,8 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
     current = Path(current or settings.current_csv)
     name = str(source or current)
     registry = registry or Registry(settings)
-    stages = stages or _Stages()
-    with stages("validate"):
+    steps = steps or _Steps()
+    with steps("validate"):
         try:
             content = current.read_bytes()
         except OSError as err:
@@ -254,15 +254,15 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
         aliases = registry.aliases()
         return RunResult("skipped", production=aliases.get(PRODUCTION), staging=aliases.get(STAGING), digest=digest,
                          reason=f"content {digest[:12]} was already processed against Production v{production} by run "
-                                f"{done}; use --force", timings=stages.seconds)
+                                f"{done}; use --force", timings=steps.seconds)
     bootstrapped = None
     if production is None:
-        production = bootstrapped = bootstrap(settings, registry, stages)
+        production = bootstrapped = bootstrap(settings, registry, steps)
     run_id = registry.create_run("chain", tags={"mlops.kind": "chain", "mlops.batch_sha256": digest,
                                                "mlops.production_before": production, "mlops.current": name})
-    out = RunResult("drift", run_id=run_id, digest=digest, bootstrapped=bootstrapped, timings=stages.seconds)
+    out = RunResult("drift", run_id=run_id, digest=digest, bootstrapped=bootstrapped, timings=steps.seconds)
     try:
-        with stages("drift"):
+        with steps("drift"):
             if bootstrapped:  # the reference is now version 1's (train.csv): fitted alike, but load what it stored
                 profile, _ = registry.load_reference(production, with_data=False)
             predicted = _predicted(settings, registry, production, profile, batch, kinds)
@@ -296,7 +296,7 @@ def begin(settings: Settings, *, current: Path | None = None, force: bool = Fals
 
 
 def train_candidate(settings: Settings, run_id: str, *, registry: Registry | None = None,
-                    stages: _Stages | None = None):
+                    steps: _Steps | None = None):
     """Train on the batch's training rows (holdout kept out), after ``history_rows`` of Production's training data.
 
     A drifted batch is the new regime: by default the candidate learns it alone, so a changed label rule is not
@@ -306,7 +306,7 @@ def train_candidate(settings: Settings, run_id: str, *, registry: Registry | Non
     from .training import train
 
     registry = registry or Registry(settings)
-    stages = stages or _Stages()
+    steps = steps or _Steps()
     production = registry.run_tags(run_id)["mlops.production_before"]
     fit_rows, _, kinds = _load_candidate_inputs(settings, run_id)
     training = fit_rows
@@ -316,7 +316,7 @@ def train_candidate(settings: Settings, run_id: str, *, registry: Registry | Non
         training = pd.concat([history, fit_rows[history.columns.intersection(fit_rows.columns)]], ignore_index=True)
     folder = _candidate_dir(settings, run_id)
     training.to_parquet(folder / "training.parquet", index=False)
-    with stages("train"):
+    with steps("train"):
         result = train(training, settings, kinds=kinds)
     for path in (result.model_path, result.comparison_path):  # this run's copy, for a separate register step
         shutil.copy2(path, folder / path.name)
@@ -324,24 +324,24 @@ def train_candidate(settings: Settings, run_id: str, *, registry: Registry | Non
 
 
 def register_candidate(settings: Settings, run_id: str, result=None, *, registry: Registry | None = None,
-                       stages: _Stages | None = None) -> str:
+                       steps: _Steps | None = None) -> str:
     """Log the trained candidate to ``run_id`` and register it as a new version (no alias yet)."""
     from .training import TrainResult
 
     registry = registry or Registry(settings)
-    stages = stages or _Stages()
+    steps = steps or _Steps()
     folder = _candidate_dir(settings, run_id)
     fit_rows, holdout, kinds = _load_candidate_inputs(settings, run_id)
     training = normalise(pd.read_parquet(folder / "training.parquet"), kinds)
     result = result or TrainResult.load(folder, n_train=len(training))
     digest = registry.run_tags(run_id).get("mlops.batch_sha256", "")
-    with stages("register"):
+    with steps("register"):
         return _register(settings, registry, run_id, result, training, kinds, regime=pd.concat([fit_rows, holdout]),
                          tags={"mlops.source": "drift", "mlops.batch_sha256": digest})
 
 
 def decide(settings: Settings, run_id: str, version: str, *, registry: Registry | None = None,
-           stages: _Stages | None = None) -> RunResult:
+           steps: _Steps | None = None) -> RunResult:
     """Judge the candidate on held-out rows no compared model has seen, with a paired test; act on the verdict.
 
     Promoted when it beats Production (by more than ``min_improvement``, one-sided p < ``promotion_alpha``);
@@ -349,11 +349,11 @@ def decide(settings: Settings, run_id: str, version: str, *, registry: Registry 
     candidate does not beat it too: then the candidate is archived and the challenger keeps its live evidence.
     """
     registry = registry or Registry(settings)
-    stages = stages or _Stages()
+    steps = steps or _Steps()
     tags = registry.run_tags(run_id)
     production = tags["mlops.production_before"]
     out = RunResult("staged", version=version, run_id=run_id, digest=tags.get("mlops.batch_sha256", ""),
-                    drift=json.loads(tags.get("mlops.drift_summary", "null")), timings=stages.seconds)
+                    drift=json.loads(tags.get("mlops.drift_summary", "null")), timings=steps.seconds)
     _, holdout, kinds = _load_candidate_inputs(settings, run_id)
     aliases = registry.aliases()
     now = aliases.get(PRODUCTION)
@@ -364,7 +364,7 @@ def decide(settings: Settings, run_id: str, version: str, *, registry: Registry 
     rivals = {PRODUCTION: production, **({STAGING: challenger} if challenger else {})}
     decided = False
     try:
-        with stages("score"):
+        with steps("score"):
             training = pd.read_parquet(_candidate_dir(settings, run_id) / "training.parquet")
             seen = [training, *(registry.load_reference(v)[1] for v in rivals.values())]
             scored, dropped = _unseen(holdout, seen, settings, kinds)
@@ -407,11 +407,11 @@ def decide(settings: Settings, run_id: str, version: str, *, registry: Registry 
                                           if challenger else {}),
                                        "decision_reason": out.reason[:5000], "decision": out.status})  # decision last
         # the aliases move and the decision record is written as one step: a SIGTERM waits until both are done
-        with stages("promote"), _uninterrupted():
+        with steps("promote"), _uninterrupted():
             if out.status == "promoted":
                 registry.promote(version)
             elif out.status == "staged":
-                registry.stage(version)
+                registry.make_challenger(version)
             else:
                 registry.tag_version(version, {LIFECYCLE: "archived"})
             out = _finish(settings, registry, out)
@@ -493,7 +493,7 @@ def _finish(settings: Settings, registry: Registry, out: RunResult) -> RunResult
 
 
 def _candidate_dir(settings: Settings, run_id: str) -> Path:
-    """What the stages of one chain run hand each other (own folder: runs of other trainers cannot mix in)."""
+    """What the steps of one chain run hand each other (own folder: runs of other trainers cannot mix in)."""
     return settings.models_dir / "candidate" / run_id
 
 
@@ -524,16 +524,16 @@ def abort(settings: Settings, run_id: str, *, registry: Registry | None = None) 
 def run(settings: Settings, *, force: bool = False, current: Path | None = None,
         registry: Registry | None = None, lock_timeout: float = 900.0, source: Path | None = None) -> RunResult:
     """Process one batch through the whole chain under the lock and return the decision."""
-    stages = _Stages()
+    steps = _Steps()
     with pipeline_lock(settings, timeout=lock_timeout):
         registry = registry or Registry(settings)
-        out = begin(settings, current=current, force=force, registry=registry, stages=stages, source=source)
+        out = begin(settings, current=current, force=force, registry=registry, steps=steps, source=source)
         if out.status != "drift":
             return out
         try:
-            result = train_candidate(settings, out.run_id, registry=registry, stages=stages)
-            version = register_candidate(settings, out.run_id, result, registry=registry, stages=stages)
-            result = decide(settings, out.run_id, version, registry=registry, stages=stages)
+            result = train_candidate(settings, out.run_id, registry=registry, steps=steps)
+            version = register_candidate(settings, out.run_id, result, registry=registry, steps=steps)
+            result = decide(settings, out.run_id, version, registry=registry, steps=steps)
         except BaseException:
             abort(settings, out.run_id, registry=registry)
             raise

@@ -226,7 +226,7 @@ class Registry:
         with registry_errors("writing the production history"):
             self.client.set_registered_model_tag(self.name, _HISTORY, ",".join(history[-50:]))
 
-    def stage(self, version: str) -> None:
+    def make_challenger(self, version: str) -> None:
         """Make ``version`` the live challenger; a superseded challenger is archived."""
         aliases = self.aliases()
         old = aliases.get(STAGING)

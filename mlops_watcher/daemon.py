@@ -289,10 +289,10 @@ class Watcher:
         processed = outcome.digest or digest  # the bytes the chain actually read
         if outcome.outcome == "processed":
             r = outcome.result
-            stages = ",".join(f"{k}:{v:.2f}" for k, v in r.get("timings", {}).items())
-            log.info("run=done status=%s sha256=%s seconds=%.2f version=%s production=%s staging=%s stages=%s "
+            steps = ",".join(f"{k}:{v:.2f}" for k, v in r.get("timings", {}).items())
+            log.info("run=done status=%s sha256=%s seconds=%.2f version=%s production=%s staging=%s steps=%s "
                      "reason=%s", outcome.status, processed, seconds, r.get("version") or "-",
-                     r.get("production") or "-", r.get("staging") or "-", stages or "-", kv(outcome.reason))
+                     r.get("production") or "-", r.get("staging") or "-", steps or "-", kv(outcome.reason))
             self._failures, self._retry_at = 0, None
         elif outcome.outcome == "rejected":
             log.error("run=rejected sha256=%s seconds=%.2f error=%s reason=%s", processed, seconds, outcome.error,

@@ -38,17 +38,20 @@ class Metrics:
 
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("mlops_predict_requests", "Prediction requests, by the arm that served them.",
-                                ["stage"], registry=r)
+                                ["arm"], registry=r)
         self.errors = Counter("mlops_predict_errors", "Prediction requests answered with an error status.",
-                              ["stage", "code"], registry=r)
-        self.rows = Counter("mlops_predict_rows", "Rows predicted, by arm.", ["stage"], registry=r)
+                              ["arm", "code"], registry=r)
+        self.rows = Counter("mlops_predict_rows", "Rows predicted, by arm.", ["arm"], registry=r)
         self.latency = Histogram("mlops_predict_latency_seconds", "Time to answer a prediction request.",
-                                 ["stage"], registry=r,
+                                 ["arm"], registry=r,
                                  buckets=(.005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10))
         self.version = Gauge("mlops_model_version", "Registry version loaded per arm (0: none), per worker.",
-                             ["stage"], registry=r, multiprocess_mode="liveall")
+                             ["arm"], registry=r, multiprocess_mode="liveall")
         self.loaded_at = Gauge("mlops_model_loaded_timestamp_seconds", "When the loaded version was loaded.",
-                               ["stage"], registry=r, multiprocess_mode="liveall")
+                               ["arm"], registry=r, multiprocess_mode="liveall")
+        self.compiled = Gauge("mlops_model_compiled", "1 when the arm's version answers through the compiled path, "
+                              "0 through its pipeline (the reason is in /models), per worker.", ["arm"], registry=r,
+                              multiprocess_mode="liveall")
         self.refreshes = Counter("mlops_refresh", "Model refreshes attempted.", registry=r)
         self.refresh_failures = Counter("mlops_refresh_failures", "Model refreshes that failed "
                                         "(registry unreachable or a version that would not load).", registry=r)
@@ -58,7 +61,7 @@ class Metrics:
         self.ab_written = Counter("mlops_ab_log_written", "Prediction rows written to the A/B store.", registry=r)
         self.ab_dropped = Counter("mlops_ab_log_dropped", "Prediction rows not logged: the writer's queue was "
                                   "full (never waited on).", registry=r)
-        self._arms: dict[str, tuple] = {}  # stage -> its labelled children (labels() costs a lock and a lookup)
+        self._arms: dict[str, tuple] = {}  # arm -> its labelled children (labels() costs a lock and a lookup)
         self._pid = os.getpid()
 
     def _ready(self) -> Metrics:
@@ -83,19 +86,20 @@ class Metrics:
             model = snapshot.arm(alias)
             self.version.labels(arm).set(int(model.version) if model is not None else 0)
             self.loaded_at.labels(arm).set(model.loaded_at if model is not None else 0)
+            predictor = getattr(model, "predictor", None)
+            self.compiled.labels(arm).set(1 if predictor is not None and predictor.compiled else 0)
 
-    def observe_request(self, stage: str | None, status: int, seconds: float, rows: int) -> None:
+    def observe_request(self, arm: str | None, status: int, seconds: float, rows: int) -> None:
         self._ready()
-        stage = stage or NO_ARM
-        children = self._arms.get(stage)
+        arm = arm or NO_ARM
+        children = self._arms.get(arm)
         if children is None:
-            children = self._arms[stage] = (self.requests.labels(stage), self.latency.labels(stage),
-                                            self.rows.labels(stage))
+            children = self._arms[arm] = (self.requests.labels(arm), self.latency.labels(arm), self.rows.labels(arm))
         requests, latency, predicted = children
         requests.inc()
         latency.observe(seconds)
         if status >= 400:
-            self.errors.labels(stage, str(status)).inc()
+            self.errors.labels(arm, str(status)).inc()
         elif rows:
             predicted.inc(rows)
 

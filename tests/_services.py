@@ -194,7 +194,7 @@ class Gunicorn:
         """True when every worker has loaded these versions (from the per-worker version gauge)."""
         want = {"Production": float(production or 0), "Staging": float(staging or 0)}
         versions = self.gauge("mlops_model_version")
-        per_stage = {stage: [v for k, v in versions.items() if f'stage="{stage}"' in k] for stage in want}
+        per_stage = {stage: [v for k, v in versions.items() if f'arm="{stage}"' in k] for stage in want}
         return all(len(vs) == workers and all(v == want[stage] for v in vs) for stage, vs in per_stage.items())
 
     def tail(self, n: int = 40) -> str:

@@ -56,7 +56,7 @@ def live_home(bootstrapped, tmp_path_factory) -> Settings:
     weak = _register_weak(s)
     registry = Registry(s)
     registry.promote(weak)
-    registry.stage("1")
+    registry.make_challenger("1")
     assert registry.aliases() == {"production": weak, "staging": "1"}
     return s
 
@@ -250,7 +250,7 @@ def test_the_watchers_schedule_retires_a_worse_challenger_and_leaves_an_equal_on
     production = registry.aliases()["production"]
 
     def staged(version):
-        registry.stage(version)
+        registry.make_challenger(version)
         assert wait_for(lambda: served.serves(production, version), 30), served.gauge("mlops_model_version")
 
     def run_traffic(accuracy, rounds, until=None):

@@ -125,9 +125,9 @@ def test_a_staged_challenger_is_replaced_only_by_a_candidate_that_beats_it(fresh
 class _SignalledRegistry(Registry):
     """The real registry; a SIGTERM arrives while the aliases move."""
 
-    def stage(self, version):
+    def make_challenger(self, version):
         os.kill(os.getpid(), signal.SIGTERM)
-        return super().stage(version)
+        return super().make_challenger(version)
 
     def promote(self, version):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -23,13 +23,13 @@ def _lifecycle(registry: Registry) -> dict[str, str | None]:
 def test_stage_promote_sync_and_rollback_keep_aliases_tags_and_history(fresh):
     registry = Registry(fresh)
     v2, v3 = _copy_of_v1(registry), _copy_of_v1(registry)
-    registry.stage(v2)
+    registry.make_challenger(v2)
     assert registry.aliases() == {"production": "1", "staging": v2}
     assert _lifecycle(registry)[v2] == "staging"
     assert registry.promote(v3) == {"production": v3, "staging": v3, "archived": "1"}
     assert registry.aliases() == {"production": v3, "staging": v3}
     assert _lifecycle(registry) == {"1": "archived", v2: "archived", v3: "production"}  # the challenger too
-    registry.stage(v2)
+    registry.make_challenger(v2)
     assert registry.sync() == {"production": v3, "staging": v3}
     assert _lifecycle(registry)[v2] == "archived"
     assert registry.rollback() == {"production": "1", "staging": "1", "archived": v3}

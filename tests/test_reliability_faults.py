@@ -70,7 +70,7 @@ def test_registry_down_mid_run_fails_cleanly_and_the_next_run_succeeds(fresh, tm
     worker = threading.Thread(target=chain, daemon=True)
     try:
         worker.start()
-        _wait(lambda: any(line.startswith("stage=drift") for line in lines.lines) or not worker.is_alive(), 90,
+        _wait(lambda: any(line.startswith("step=drift") for line in lines.lines) or not worker.is_alive(), 90,
               "the drift stage")
         time.sleep(1.0)  # training is under way (the reference has been read)
         stop_group(server)

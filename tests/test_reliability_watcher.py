@@ -126,7 +126,7 @@ def test_sigkill_mid_training_then_restart_processes_the_batch_exactly_once(fres
         mark = daemon.start().mark()
         drop(fresh.current_csv, drifted)
         child = _child_pid(daemon, mark)
-        daemon.wait_for(lambda r: r.get("stage") == "drift", after=mark)  # logged as training begins
+        daemon.wait_for(lambda r: r.get("step") == "drift", after=mark)  # logged as training begins
         time.sleep(1.5)
         assert not any(r.get("run") in ("done", "failed") for r in daemon.records()[mark:]), daemon.tail()
         daemon.proc.send_signal(signal.SIGKILL)
@@ -142,7 +142,7 @@ def test_sigkill_mid_training_then_restart_processes_the_batch_exactly_once(fres
         #    (registration under way): nothing unwinds, like a power cut or an OOM kill of the unit
         mark = daemon.start().mark()
         child = _child_pid(daemon, mark)
-        daemon.wait_for(lambda r: r.get("stage") == "train" or r.get("run") in ("done", "failed"), after=mark,
+        daemon.wait_for(lambda r: r.get("step") == "train" or r.get("run") in ("done", "failed"), after=mark,
                         timeout=120)
         for pid in (daemon.proc.pid, child):
             with contextlib.suppress(ProcessLookupError):

@@ -431,11 +431,12 @@ def test_ready_models_and_metrics(client, ab_home):
     _post(client, {"user_id": 3, "features": ROW})
     _post(client, {"user_id": "x", "features": ROW})
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'mlops_predict_requests_total{stage="Staging"}' in text
-    assert 'mlops_predict_errors_total{code="400",stage="none"}' in text
-    assert 'mlops_predict_latency_seconds_count{stage="Staging"}' in text
-    assert 'mlops_model_version{stage="Production"} 1.0' in text
-    assert 'mlops_model_version{stage="Staging"} 2.0' in text
+    assert 'mlops_predict_requests_total{arm="Staging"}' in text
+    assert 'mlops_predict_errors_total{arm="none",code="400"}' in text
+    assert 'mlops_predict_latency_seconds_count{arm="Staging"}' in text
+    assert 'mlops_model_version{arm="Production"} 1.0' in text
+    assert 'mlops_model_version{arm="Staging"} 2.0' in text
+    assert 'mlops_model_compiled{arm="Production"} 1.0' in text
 
 
 def test_models_never_shows_credentials(tmp_path):

@@ -39,7 +39,7 @@ def abc_home(bootstrapped, tmp_path_factory) -> Settings:
         make_datasets(s, seed=seed, drift=drift, write_train=False)
         result = run(s.replace(min_improvement=1.0))
         assert result.version == version and result.status in ("staged", "archived"), result
-        Registry(s).stage(version)  # the second candidate beat no one: stage it by hand, v2 is archived
+        Registry(s).make_challenger(version)  # the second candidate beat no one: make it the challenger by hand, v2 is archived
     assert Registry(s).aliases() == {"production": "1", "staging": "3"}
     return s
 
@@ -120,7 +120,7 @@ def test_moving_production_is_served_within_a_tick_under_load(served, abc_home):
 
         def both_workers_on_2():
             versions = served.gauge("mlops_model_version")
-            prod = [v for k, v in versions.items() if 'stage="Production"' in k]
+            prod = [v for k, v in versions.items() if 'arm="Production"' in k]
             return len(prod) == 2 and all(v == 2 for v in prod)
 
         assert wait_for(both_workers_on_2, REFRESH + 15), served.gauge("mlops_model_version")
@@ -212,7 +212,7 @@ def test_registry_down_under_load_keeps_serving_and_recovers(abc_home, tmp_path)
             Registry(Settings(home=home, tracking_uri=mlflow_server.url)).set_alias("production", "3")
 
             def production_is_3_everywhere():
-                prod = [v for k, v in srv.gauge("mlops_model_version").items() if 'stage="Production"' in k]
+                prod = [v for k, v in srv.gauge("mlops_model_version").items() if 'arm="Production"' in k]
                 return len(prod) == 2 and all(v == 3 for v in prod)
 
             assert wait_for(production_is_3_everywhere, 30), srv.tail()

@@ -199,8 +199,8 @@ def test_sigterm_mid_run_exits_within_10s_and_leaves_registry_consistent(daemon,
     mark = daemon.mark()
     target.write_bytes(drifted)
     daemon.wait_for(lambda r: r.get("run") == "start" and r.get("sha256") == sha(drifted), after=mark)
-    # the drift stage is logged when it ends: a drifted batch goes straight into training
-    daemon.wait_for(lambda r: r.get("stage") == "drift", after=mark)
+    # the drift step is logged when it ends: a drifted batch goes straight into training
+    daemon.wait_for(lambda r: r.get("step") == "drift", after=mark)
 
     started = time.monotonic()
     daemon.proc.send_signal(signal.SIGTERM)
