@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from .config import Settings, redact_uri
 from .errors import MlopsError
+from .forks import PerProcess
 from .proportions import wilson_interval
 
 __all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
@@ -122,9 +122,7 @@ class PredictionStore:
         self.settings = settings
         self.url = url or store_url(settings)
         self.clock = clock
-        self._lock = threading.Lock()
-        self._engine = None
-        self._pid: int | None = None
+        self._engine = PerProcess(self._connect)  # connections never cross a fork
         self._md = _metadata()
         self.predictions = self._md.tables["predictions"]
         self.feedback = self._md.tables["feedback"]
@@ -132,11 +130,7 @@ class PredictionStore:
     # -- connection -------------------------------------------------------------------------------
     @property
     def engine(self):
-        if self._engine is None or self._pid != os.getpid():
-            with self._lock:
-                if self._engine is None or self._pid != os.getpid():
-                    self._engine, self._pid = self._connect(), os.getpid()
-        return self._engine
+        return self._engine.get()
 
     def _connect(self):
         from sqlalchemy import create_engine, event
@@ -164,9 +158,10 @@ class PredictionStore:
 
     def dispose(self) -> None:
         """Close this process's connections."""
-        if self._engine is not None and self._pid == os.getpid():
-            self._engine.dispose()
-        self._engine = None
+        engine = self._engine.here()
+        if engine is not None:
+            engine.dispose()
+        self._engine.clear()
 
     def describe(self) -> str:
         return redact_uri(self.url)

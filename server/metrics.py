@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
 
 from flask import Flask
+
+from mlops_core.forks import PerProcess
 
 from .store import ARMS, Snapshot
 
@@ -19,21 +20,15 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
-class Metrics:
-    """Request, error, latency and model metrics, in a registry owned by one app."""
+class _Instruments:
+    """The metric objects of one process, in their own registry.
 
-    def __init__(self, app: Flask | None = None):
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        if app is not None:
-            self.init_app(app)
+    Built in the process that uses them (:class:`PerProcess`): with ``gunicorn --preload`` the app is built
+    in the master, and metrics created there would show the master as one more (idle) worker in the live
+    gauges.
+    """
 
-    def _build(self) -> None:
-        """Create the metric objects in the process that uses them.
-
-        With ``gunicorn --preload`` the app is built in the master; metrics created
-        there would show the master as one more (idle) worker in the live gauges.
-        """
+    def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -61,55 +56,56 @@ class Metrics:
         self.ab_written = Counter("mlops_ab_log_written", "Prediction rows written to the A/B store.", registry=r)
         self.ab_dropped = Counter("mlops_ab_log_dropped", "Prediction rows not logged: the writer's queue was "
                                   "full (never waited on).", registry=r)
-        self._arms: dict[str, tuple] = {}  # arm -> its labelled children (labels() costs a lock and a lookup)
-        self._pid = os.getpid()
+        self.arms: dict[str, tuple] = {}  # arm -> its labelled children (labels() costs a lock and a lookup)
 
-    def _ready(self) -> Metrics:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._build()
-        return self
+
+class Metrics:
+    """Request, error, latency and model metrics, in a registry owned by one app (one per process)."""
+
+    def __init__(self, app: Flask | None = None):
+        self._instruments = PerProcess(_Instruments)
+        if app is not None:
+            self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
         app.extensions["mlops_metrics"] = self
 
     def observe_refresh(self, snapshot: Snapshot, ok: bool) -> None:
         """Record one refresh and the versions it left loaded."""
-        self._ready()
-        self.refreshes.inc()
+        m = self._instruments.get()
+        m.refreshes.inc()
         if not ok:
-            self.refresh_failures.inc()
+            m.refresh_failures.inc()
         if snapshot.refreshed_at is not None and ok:
-            self.last_refresh.set(snapshot.refreshed_at)
+            m.last_refresh.set(snapshot.refreshed_at)
         for alias, arm in ARMS.items():
             model = snapshot.arm(alias)
-            self.version.labels(arm).set(int(model.version) if model is not None else 0)
-            self.loaded_at.labels(arm).set(model.loaded_at if model is not None else 0)
+            m.version.labels(arm).set(int(model.version) if model is not None else 0)
+            m.loaded_at.labels(arm).set(model.loaded_at if model is not None else 0)
             predictor = getattr(model, "predictor", None)
-            self.compiled.labels(arm).set(1 if predictor is not None and predictor.compiled else 0)
+            m.compiled.labels(arm).set(1 if predictor is not None and predictor.compiled else 0)
 
     def observe_request(self, arm: str | None, status: int, seconds: float, rows: int) -> None:
-        self._ready()
+        m = self._instruments.get()
         arm = arm or NO_ARM
-        children = self._arms.get(arm)
+        children = m.arms.get(arm)
         if children is None:
-            children = self._arms[arm] = (self.requests.labels(arm), self.latency.labels(arm), self.rows.labels(arm))
+            children = m.arms[arm] = (m.requests.labels(arm), m.latency.labels(arm), m.rows.labels(arm))
         requests, latency, predicted = children
         requests.inc()
         latency.observe(seconds)
         if status >= 400:
-            self.errors.labels(arm, str(status)).inc()
+            m.errors.labels(arm, str(status)).inc()
         elif rows:
             predicted.inc(rows)
 
     def observe_ab_log(self, *, written: int = 0, dropped: int = 0) -> None:
         """Count prediction rows written to the A/B store, or dropped because its queue was full."""
-        self._ready()
+        m = self._instruments.get()
         if written:
-            self.ab_written.inc(written)
+            m.ab_written.inc(written)
         if dropped:
-            self.ab_dropped.inc(dropped)
+            m.ab_dropped.inc(dropped)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: every worker's values in multiprocess mode, else this registry's."""
@@ -122,4 +118,4 @@ class Metrics:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=folder)
             return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self._ready().registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._instruments.get().registry), CONTENT_TYPE_LATEST

@@ -39,7 +39,7 @@ def abc_home(bootstrapped, tmp_path_factory) -> Settings:
         make_datasets(s, seed=seed, drift=drift, write_train=False)
         result = run(s.replace(min_improvement=1.0))
         assert result.version == version and result.status in ("staged", "archived"), result
-        Registry(s).make_challenger(version)  # the second candidate beat no one: make it the challenger by hand, v2 is archived
+        Registry(s).make_challenger(version)  # it beat no one: the challenger by hand, v2 archived
     assert Registry(s).aliases() == {"production": "1", "staging": "3"}
     return s
 
