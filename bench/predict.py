@@ -6,7 +6,7 @@
 
 For each model id, trains a pipeline on the Titanic training set (two folds) in a
 temporary home, builds its predictor the way the server does at load time
-(``server.inference.compile.build_predictor``: compiled and verified, or the pipeline) and
+(``mlops_core.inference.compile.build_predictor``: compiled and verified, or the pipeline) and
 times one single-row call, in-process, against the pipeline's own
 ``predict`` + ``predict_proba`` on the same row (the baseline), in the same run.
 """
@@ -41,10 +41,10 @@ def main() -> None:
 
     from mlops_core.config import Settings
     from mlops_core.data import load_batch, make_datasets
+    from mlops_core.inference.compile import build_predictor
+    from mlops_core.inference.predictors import PipelinePredictor
     from mlops_core.registry import LoadedModel
     from mlops_core.training import train
-    from server.inference.compile import build_predictor
-    from server.inference.predictors import PipelinePredictor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(Settings().models), help="PyCaret model ids")

@@ -24,7 +24,7 @@ from .data import infer_kinds, normalise, read_csv, unseen_rows, validate_frame
 from .drift import PREDICTION, DriftReport, ReferenceProfile
 from .errors import BusyError, DataValidationError, RegistryError, shorten
 from .evidence import Comparison, compare
-from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
+from .registry import COMPILED_TAG, LIFECYCLE, PRODUCTION, STAGING, LoadedModel, Registry, dumps
 
 __all__ = ["RunResult", "run", "begin", "train_candidate", "register_candidate", "decide", "abort", "bootstrap",
            "check_drift", "pipeline_lock", "outputs"]
@@ -209,10 +209,30 @@ def _register(settings, registry, run_id, result, frame, kinds, *, tags, regime:
                      metrics={f"cv_{k}": v for k, v in result.cv_metrics.items()},
                      artifacts={"": result.comparison_path})
     registry.log_reference(run_id, profile, frame)
-    uri = registry.log_model(run_id, result.model, frame[list(settings.features)].head(5).reset_index(drop=True))
+    example = frame[list(settings.features)].head(5).reset_index(drop=True)
+    uri = registry.log_model(run_id, result.model, example)
+    compiled = _log_compiled(settings, registry, run_id, result.model, example, regime)
     return registry.register(uri, {"mlops.model": result.model_name,
-                                           "cv_accuracy": round(result.cv_metrics.get("accuracy", 0.0), 6),
-                                           **tags})
+                                   "cv_accuracy": round(result.cv_metrics.get("accuracy", 0.0), 6),
+                                   COMPILED_TAG: compiled, **tags})
+
+
+def _log_compiled(settings, registry, run_id, model, example, rows) -> str:
+    """Compile the new version, verify it on ``rows`` (its own data), store it with the run; the version tag."""
+    from mlflow.models import infer_signature
+
+    from .inference import artifact
+
+    schema = infer_signature(example).inputs
+    loaded = LoadedModel(version="new", run_id=run_id, model=model, columns=list(schema.input_names()),
+                         dtypes={c.name: c.type.name for c in schema.inputs})
+    data, manifest = artifact.export(loaded, rows[list(settings.features)])
+    registry.log_compiled(run_id, data, manifest)
+    if data is None:
+        log.info("not compiled (served through its pipeline): %s", manifest["reason"])
+        return shorten(f"no: {manifest['reason']}", 250)
+    log.info("compiled (%s kernel), verified on %d rows", manifest["kernel"], manifest["probe_rows"])
+    return "true"
 
 
 def _holdout_split(batch: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:

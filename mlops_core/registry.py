@@ -29,6 +29,10 @@ LIFECYCLE = "lifecycle"
 _HISTORY = "mlops.production_history"
 _PROFILE = "reference/profile.json"
 _TRAINING_DATA = "reference/training_data.parquet"
+_COMPILED = "compiled/predictor.pkl"
+_COMPILED_MANIFEST = "compiled/manifest.json"
+#: version tag: "true" when the run holds a compiled form, else why not (mlops_core.inference.artifact)
+COMPILED_TAG = "mlops.compiled"
 
 
 def _mlflow():
@@ -197,6 +201,31 @@ class Registry:
             profile.save(folder / "profile.json")
             frame.to_parquet(folder / "training_data.parquet", index=False)
             self.client.log_artifacts(run_id, str(folder), artifact_path="reference")
+
+    def log_compiled(self, run_id: str, data: bytes | None, manifest: dict[str, Any]) -> None:
+        """Store the compiled form of the run's model (mlops_core.inference.artifact), or only the manifest
+        saying why there is none."""
+        with tempfile.TemporaryDirectory() as tmp, registry_errors("logging the compiled model"):
+            folder = Path(tmp) / "compiled"
+            folder.mkdir()
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+            if data is not None:
+                (folder / "predictor.pkl").write_bytes(data)
+            self.client.log_artifacts(run_id, str(folder), artifact_path="compiled")
+
+    def load_compiled(self, version: str) -> tuple[bytes | None, dict[str, Any] | None, dict[str, Any]]:
+        """``(artifact bytes, manifest, version info)``; (None, None, info) for a version registered without
+        one, (None, manifest, info) for one that could not be compiled. Imports nothing but MLflow's client."""
+        info = self.describe(version)
+        if COMPILED_TAG not in info["tags"]:  # registered before versions carried their compiled form
+            return None, None, info
+        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading the compiled form of version {version}"):
+            manifest = json.loads(Path(self.client.download_artifacts(info["run_id"], _COMPILED_MANIFEST, tmp))
+                                  .read_text())
+            if not manifest.get("compiled"):
+                return None, manifest, info
+            data = Path(self.client.download_artifacts(info["run_id"], _COMPILED, tmp)).read_bytes()
+        return data, manifest, info
 
     def register(self, model_uri: str, tags: dict[str, str]) -> str:
         """Create a new version of the logged model ``model_uri`` (no alias yet) and return its number."""

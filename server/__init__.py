@@ -41,7 +41,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     metrics = Metrics(app)
     serving = app.extensions["mlops_serving"] = Serving.from_settings(settings)  # compiled path, micro-batching
     store = ModelStore(settings, registry=app.config.get("MLOPS_REGISTRY"), on_refresh=metrics.observe_refresh,
-                       prepare=serving.prepare)
+                       load=serving.load)
     app.extensions["mlops_store"] = store
 
     app.register_blueprint(predict.bp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -13,6 +14,8 @@ from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 __all__ = ["bp"]
 
 bp = Blueprint("health", __name__)
+
+HEAVY_MODULES = ("pycaret", "mlflow", "sklearn", "lightgbm", "pandas", "category_encoders", "scipy")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -26,7 +29,9 @@ def _arm(model: LoadedModel | None) -> dict | None:
     inference = None if predictor is None else {
         "path": "compiled" if predictor.compiled else "pipeline",
         "kernel": predictor.kernel.__name__ if predictor.compiled else None,
-        "reason": predictor.reason or None}  # why the pipeline answers, when it does
+        "reason": predictor.reason or None,  # why the pipeline answers, when it does
+        "source": getattr(model, "source", None),  # artifact: loaded without the AutoML library
+        "note": getattr(model, "note", "") or None}  # why the compiled artifact was not used
     return {"version": model.version, "run_id": model.run_id, "loaded_at": _iso(model.loaded_at),
             "loaded_at_epoch": model.loaded_at, "columns": list(model.columns), "dtypes": dict(model.dtypes),
             "inference": inference}
@@ -59,6 +64,8 @@ def models():
         "model": settings.model_name,
         "tracking_uri": redact_uri(settings.tracking_uri),
         "worker_pid": os.getpid(),
+        # which heavy libraries this worker has imported (a worker serving compiled artifacts has no AutoML one)
+        "worker_imports": {name: name in sys.modules for name in HEAVY_MODULES},
         "scheduler_running": store.running,
         "refresh_seconds": settings.refresh_seconds,
         "production": _arm(s.production),

@@ -17,7 +17,7 @@ from .ids import new_request_ids
 from .jsonbody import kind, read_json
 from .store import ARMS
 
-__all__ = ["bp", "route", "to_frame", "check_request"]
+__all__ = ["bp", "route", "check_request"]
 
 bp = Blueprint("predict", __name__)
 
@@ -115,17 +115,6 @@ def route(user_id: int, snapshot) -> tuple[str, LoadedModel, bool]:
     if model is None:
         return wanted, snapshot.production, True
     return wanted, model, False
-
-
-def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
-    """Rows as a DataFrame in the one normalised form the pipelines were trained on (``data.normalise``)."""
-    import pandas as pd
-
-    from mlops_core.data import CATEGORICAL, NUMERIC, normalise
-
-    kinds = {c: NUMERIC if model.dtypes.get(c, "") in _FLOATS else CATEGORICAL
-             for c in model.columns if model.dtypes.get(c, "") in _FLOATS or model.dtypes.get(c, "") == "string"}
-    return normalise(pd.DataFrame.from_records(rows, columns=model.columns), kinds)
 
 
 @dataclass

@@ -58,12 +58,12 @@ class ModelStore:
 
     def __init__(self, settings: Settings, *, registry: Any = None, clock: Callable[[], float] = time.time,
                  on_refresh: Callable[[Snapshot, bool], None] | None = None,
-                 prepare: Callable[[LoadedModel], LoadedModel] | None = None):
+                 load: Callable[[Any, str], LoadedModel] | None = None):
         self.settings = settings
         self._registry = registry
         self._clock = clock
         self._on_refresh = on_refresh
-        self._prepare = prepare  # a freshly loaded version -> what is served (e.g. with its predictor)
+        self._load = load or (lambda registry, version: registry.load_model(version))  # (registry, version)
         self._refresh_lock = threading.Lock()
         self._scheduler = None
         self._scheduler_pid: int | None = None
@@ -145,9 +145,7 @@ class ModelStore:
                 if int(model.version) == int(version):
                     return model
             try:
-                model = self.registry.load_model(version)
-                if self._prepare is not None:
-                    model = self._prepare(model)
+                model = self._load(self.registry, version)
             except Exception as err:
                 problems.append(f"loading {alias} version {version}: {_clean(err)}")
                 return fallback

@@ -12,14 +12,13 @@ import pytest
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from mlops_core.config import Settings
+from mlops_core.inference import compile as compiler
+from mlops_core.inference import libraries
+from mlops_core.inference.compile import build_predictor, probe_rows
+from mlops_core.inference.predictors import PipelinePredictor, to_frame
 from mlops_core.registry import LoadedModel
-from server.inference import compile as compiler
-from server.inference import libraries
 from server.inference.batching import Batcher
-from server.inference.compile import build_predictor, probe_rows
-from server.inference.predictors import PipelinePredictor
 from server.inference.serving import Serving
-from server.predict import to_frame
 
 MODEL_TYPES = Settings().models  # every model type the default list can select
 SPECIAL_KERNELS = {"lr": "logistic", "dt": "decision_tree", "rf": "forest", "lightgbm": "lightgbm"}

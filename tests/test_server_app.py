@@ -13,9 +13,9 @@ import pytest
 
 from mlops_core.config import Settings
 from mlops_core.errors import RegistryError
+from mlops_core.inference.predictors import to_frame
 from mlops_core.registry import Registry
 from server import create_app
-from server.predict import to_frame
 
 ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
 
@@ -53,7 +53,7 @@ class FakeRegistry:
 
     def __init__(self, real: Registry | None, aliases: dict[str, str]):
         self.real, self.alias_map, self.down = real, dict(aliases), False
-        self.alias_calls, self.loads = 0, []
+        self.alias_calls, self.loads, self.pipeline_loads = 0, [], []
 
     def aliases(self):
         self.alias_calls += 1
@@ -62,8 +62,12 @@ class FakeRegistry:
                                 "(https://alice:s3cret@mlflow.example)")
         return dict(self.alias_map)
 
-    def load_model(self, version):
+    def load_compiled(self, version):  # what a server loads first: the compiled artifact
         self.loads.append(str(version))
+        return self.real.load_compiled(version)
+
+    def load_model(self, version):  # the pipeline: only when the artifact cannot be served
+        self.pipeline_loads.append(str(version))
         return self.real.load_model(version)
 
 
@@ -280,6 +284,7 @@ def test_refresh_loads_only_what_changed_and_shares_a_synced_version(ab_home):
     registry.alias_map["production"] = "2"  # promotion: the loaded challenger is reused, not downloaded
     third = store.refresh()
     assert registry.loads == ["1", "2"] and third.production is second.staging
+    assert registry.pipeline_loads == []  # both versions served from their compiled artifacts
 
 
 def test_failing_registry_keeps_the_last_good_models(ab_home):

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from mlops_core.config import Settings
+from mlops_core.inference.predictors import to_frame
 from mlops_core.registry import Registry
-from server.predict import to_frame
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +78,25 @@ def test_parity_routing_and_predictions_equal_the_registered_pipelines(served, a
         frame = to_frame(rows, loaded)
         assert answer["predictions"] == [int(p) for p in loaded.model.predict(frame)]
         assert answer["probabilities"] == pytest.approx(list(loaded.model.predict_proba(frame)[:, 1]), abs=1e-6)
+
+
+def test_a_worker_serving_compiled_versions_has_not_imported_pycaret(served):
+    """Both arms come from their compiled artifacts; the worker holds MLflow's client and scikit-learn (the
+    estimators), but neither PyCaret nor its preprocessing libraries (issue: lean serving workers)."""
+    seen = {}
+    for _ in range(20):  # ask until both workers answered
+        models = requests.get(served.url + "/models", timeout=10).json()
+        seen[models["worker_pid"]] = models
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, "only one worker answered /models"
+    for models in seen.values():
+        for arm in ("production", "staging"):
+            assert models[arm]["inference"]["source"] == "artifact", models[arm]["inference"]
+            assert models[arm]["inference"]["path"] == "compiled" and models[arm]["inference"]["note"] is None
+        imports = models["worker_imports"]
+        assert imports["pycaret"] is False and imports["category_encoders"] is False, imports
+        assert imports["mlflow"] is True and imports["sklearn"] is True, imports
 
 
 def test_malformed_requests_under_gunicorn_are_4xx(served):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from mlops_core.errors import first_line
+from mlops_core.inference.predictors import LazyPipeline, PipelinePredictor, ServedModel
 from mlops_core.registry import LoadedModel
 
 from .batching import Batcher
-from .compile import build_predictor
-from .predictors import PipelinePredictor, ServedModel
 
 __all__ = ["Serving"]
+
+log = logging.getLogger(__name__)
 
 
 class Serving:
@@ -26,16 +29,53 @@ class Serving:
     def from_settings(cls, settings) -> Serving:
         return cls(compiled=settings.fastpath == "compiled", batch_wait=settings.batch_wait_seconds)
 
-    def prepare(self, model: LoadedModel) -> ServedModel:
-        """The version with its predictor, built once at load time (the store calls this for every version)."""
-        predictor = build_predictor(model) if self.compiled else PipelinePredictor(model, "MLOPS_FASTPATH=pipeline")
-        return ServedModel.of(model, predictor)
+    def load(self, registry, version: str) -> ServedModel:
+        """Load ``version`` to serve it (the store calls this for every version it loads).
+
+        Compiled serving loads the version's compiled artifact (stored at registration, verified here
+        against the pipeline's stored outputs) without importing the AutoML library. Without an artifact
+        (a version registered before artifacts, or one that could not be compiled) or when it fails its
+        checks, the pipeline is loaded, which imports the library, and (for an old version) compiled here.
+        """
+        note = ""
+        if self.compiled and hasattr(registry, "load_compiled"):
+            from mlops_core.inference import artifact
+
+            data, manifest, info = registry.load_compiled(version)
+            if data is not None:
+                try:
+                    predictor = artifact.load(data, manifest,
+                                              fallback=LazyPipeline(lambda: registry.load_model(version)))
+                except artifact.ArtifactError as err:
+                    note = f"compiled artifact not used: {first_line(err, 300)}"
+                    log.warning("version %s: %s; loading its pipeline", version, note)
+                else:
+                    model = LoadedModel(version=str(version), run_id=info["run_id"], model=None,
+                                        columns=predictor.columns, dtypes=predictor.dtypes)
+                    log.info("version %s: serving its compiled artifact (%s kernel)", version,
+                             predictor.kernel.__name__)
+                    return ServedModel.of(model, predictor, source="artifact")
+            elif manifest is not None:
+                note = f"not compiled at registration: {manifest.get('reason', '')}"
+            else:
+                note = "registered without a compiled artifact"
+        model = registry.load_model(version)
+        return ServedModel.of(model, self._predictor(model, manifest_reason=note), source="pipeline", note=note)
+
+    def _predictor(self, model: LoadedModel, *, manifest_reason: str = ""):
+        if not self.compiled:
+            return PipelinePredictor(model, "MLOPS_FASTPATH=pipeline")
+        if manifest_reason.startswith("not compiled at registration"):  # compiling again gives the same answer
+            return PipelinePredictor(model, manifest_reason)
+        from mlops_core.inference.compile import build_predictor
+
+        return build_predictor(model)
 
     @staticmethod
     def _direct(model: LoadedModel, rows):
         if isinstance(model, ServedModel):
             return model.predictor(rows)
-        return PipelinePredictor(model)(rows)  # a version loaded without prepare(): the pipeline answers
+        return PipelinePredictor(model)(rows)  # a version loaded without load(): the pipeline answers
 
     def __call__(self, model: LoadedModel, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
         """Predictions and P(class 1) (6 places) of ``rows`` by ``model``."""

@@ -10,26 +10,34 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mlops_core.registry import LoadedModel
+from ..registry import LoadedModel
+from .ops import missing
 
-__all__ = ["PipelinePredictor", "CompiledPredictor", "ServedModel", "generic_kernel", "positive_index",
-           "NUMERIC_TYPES", "UNSEEN", "missing"]
+__all__ = ["PipelinePredictor", "CompiledPredictor", "LazyPipeline", "ServedModel", "generic_kernel", "positive_index",
+           "NUMERIC_TYPES", "UNSEEN", "missing", "to_frame"]
 
 log = logging.getLogger(__name__)
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
+FLOAT_TYPES = {"double", "float"}
 UNSEEN = "\x00unseen category"  # a category no encoder can have seen
 _NAN = float("nan")
 
 
-def missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
+    """Rows as a DataFrame in the one normalised form the pipelines were trained on (``data.normalise``)."""
+    import pandas as pd
+
+    from ..data import CATEGORICAL, NUMERIC, normalise
+
+    kinds = {c: NUMERIC if model.dtypes.get(c, "") in FLOAT_TYPES else CATEGORICAL
+             for c in model.columns if model.dtypes.get(c, "") in FLOAT_TYPES or model.dtypes.get(c, "") == "string"}
+    return normalise(pd.DataFrame.from_records(rows, columns=model.columns), kinds)
 
 
 def positive_index(estimator: Any, n_columns: int) -> int:
@@ -53,8 +61,6 @@ class PipelinePredictor:
         self.reason = reason
 
     def raw(self, rows: list[dict[str, Any]]):
-        from ..predict import to_frame
-
         frame = to_frame(rows, self.model)
         return self.model.model.predict(frame), self.model.model.predict_proba(frame)
 
@@ -75,22 +81,28 @@ def generic_kernel(estimator):
 
 
 class CompiledPredictor:
-    """Rows to a feature matrix by the compiled steps, then the final estimator on that matrix."""
+    """Rows to a feature matrix by the compiled operations, then a kernel (the final estimator) on that matrix.
+
+    Needs neither the pipeline nor the library that fitted it: ``ops`` are :mod:`.ops` objects and
+    ``estimator`` the pipeline's final estimator. ``fallback`` answers a request the kernel fails on (never
+    seen in verification), as the pipeline would: a :class:`PipelinePredictor`, or a loader of one.
+    """
 
     compiled = True
     reason = ""
 
-    def __init__(self, model, ops: list, layout: list[str], dtype, estimator, kernel=None):
-        self.model = model
+    def __init__(self, columns: list[str], dtypes: dict[str, str], ops: list, layout: list[str], dtype, estimator,
+                 kernel=None, fallback=None):
+        self.columns, self.dtypes = list(columns), dict(dtypes)
         self.ops = ops
         self.layout = layout  # the estimator's input columns, in the pipeline's order
-        self.dtype = dtype
+        self.dtype = np.dtype(dtype)
         self.estimator = estimator
         self.kernel = kernel or generic_kernel(estimator)
-        self.fallback = PipelinePredictor(model)
-        numeric = {c for c in model.columns if model.dtypes.get(c, "") in NUMERIC_TYPES}
-        self._numeric = [c for c in model.columns if c in numeric]
-        self._strings = [c for c in model.columns if c not in numeric]
+        self.fallback = fallback
+        numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
+        self._numeric = [c for c in self.columns if c in numeric]
+        self._strings = [c for c in self.columns if c not in numeric]
         self._index: int | None = None
 
     def matrix(self, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -108,6 +120,8 @@ class CompiledPredictor:
         try:
             predictions, proba = self.raw(rows)
         except Exception:  # never seen in verification: answer as the pipeline would (or fail as it would)
+            if self.fallback is None:
+                raise
             log.exception("compiled inference failed; answering through the pipeline")
             return self.fallback(rows)
         if self._index is None:
@@ -115,13 +129,41 @@ class CompiledPredictor:
         return _answer(predictions, proba, self._index)
 
 
+class LazyPipeline:
+    """The pipeline of a version, loaded (importing its AutoML library) only when first asked to answer."""
+
+    compiled = False
+
+    def __init__(self, load, reason: str = ""):
+        import threading
+
+        self._load = load  # () -> LoadedModel
+        self._lock = threading.Lock()
+        self._predictor: PipelinePredictor | None = None
+        self.reason = reason
+
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+        if self._predictor is None:
+            with self._lock:
+                if self._predictor is None:
+                    log.warning("loading the pipeline to answer a request the compiled path failed on")
+                    self._predictor = PipelinePredictor(self._load(), self.reason)
+        return self._predictor(rows)
+
 
 @dataclass
 class ServedModel(LoadedModel):
-    """A loaded version and the predictor chosen for it when it was loaded (compiled or the pipeline)."""
+    """A loaded version and the predictor chosen for it when it was loaded (compiled or the pipeline).
+
+    ``source``: ``artifact`` (the compiled form stored at registration, loaded without the AutoML library) or
+    ``pipeline`` (the pickled pipeline, loaded with it); ``note``: why the artifact was not used.
+    """
 
     predictor: Any = None
+    source: str = "pipeline"
+    note: str = ""
 
     @classmethod
-    def of(cls, model: LoadedModel, predictor) -> ServedModel:
-        return cls(**{name: getattr(model, name) for name in LoadedModel.__dataclass_fields__}, predictor=predictor)
+    def of(cls, model: LoadedModel, predictor, *, source: str = "pipeline", note: str = "") -> ServedModel:
+        return cls(**{name: getattr(model, name) for name in LoadedModel.__dataclass_fields__}, predictor=predictor,
+                   source=source, note=note)

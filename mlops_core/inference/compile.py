@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .libraries import pycaret_step, special_kernel
+from .ops import Encode, Impute, MinMax, Standardise
 from .predictors import (
     NUMERIC_TYPES,
     UNSEEN,
@@ -25,9 +26,10 @@ from .predictors import (
     PipelinePredictor,
     generic_kernel,
     missing,
+    to_frame,
 )
 
-__all__ = ["build_predictor", "compile_pipeline", "verify", "probe_rows", "Unsupported"]
+__all__ = ["build_predictor", "compile_pipeline", "verify", "check_outputs", "probe_rows", "rows_of", "Unsupported"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class Unsupported(Exception):
     """The pipeline holds something the compiler does not know: serve it as it is."""
 
 
-# -- the compiler: one function per known transformer, each returning an op on a dict of column lists --
+# -- the compiler: one function per known transformer, each returning an op (mlops_core.inference.ops) --
 def _imputer(t, include: list[str]):
     from sklearn.impute import SimpleImputer
 
@@ -51,10 +53,7 @@ def _imputer(t, include: list[str]):
     if any(missing(v) for v in fills.values()):
         raise Unsupported("an imputer column was all missing in training")
 
-    def impute(cols: dict[str, list]) -> None:
-        for name, fill in fills.items():
-            cols[name] = [fill if missing(v) else v for v in cols[name]]
-    return impute
+    return Impute(fills)
 
 
 def _scaler(t, include: list[str]):
@@ -65,17 +64,10 @@ def _scaler(t, include: list[str]):
     if type(t) is StandardScaler:  # sklearn: X -= mean_; X /= scale_
         mean = t.mean_.tolist() if t.with_mean else [0.0] * len(include)
         scale = t.scale_.tolist() if t.with_std else [1.0] * len(include)
-        ops = [(name, lambda v, m=m, s=s: (v - m) / s) for name, m, s in zip(include, mean, scale, strict=True)]
-    elif type(t) is MinMaxScaler and not t.clip:  # sklearn: X *= scale_; X += min_
-        ops = [(name, lambda v, m=m, s=s: v * s + m)
-               for name, m, s in zip(include, t.min_.tolist(), t.scale_.tolist(), strict=True)]
-    else:
-        raise Unsupported(f"scaler {t!r}")
-
-    def scale_columns(cols: dict[str, list]) -> None:
-        for name, op in ops:
-            cols[name] = [op(float(v)) for v in cols[name]]
-    return scale_columns
+        return Standardise(list(zip(include, mean, scale, strict=True)))
+    if type(t) is MinMaxScaler and not t.clip:  # sklearn: X *= scale_; X += min_
+        return MinMax(list(zip(include, t.min_.tolist(), t.scale_.tolist(), strict=True)))
+    raise Unsupported(f"scaler {t!r}")
 
 
 def _encoder(t, include: list[str]):
@@ -105,12 +97,7 @@ def _encoder(t, include: list[str]):
         values = [tuple(row) for row in out]
         tables[col] = (dict(zip(categories, values, strict=False)), values[-2], values[-1])
 
-    def encode(cols: dict[str, list]) -> None:
-        for col, (table, when_missing, when_unseen) in tables.items():
-            coded = [when_missing if missing(v) else table.get(v, when_unseen) for v in cols.pop(col)]
-            for j, name in enumerate(outputs[col]):
-                cols[name] = [c[j] for c in coded]
-    return encode
+    return Encode(tables, {col: outputs[col] for col in include})
 
 
 def _compile_step(step):
@@ -144,8 +131,6 @@ def compile_pipeline(model) -> CompiledPredictor:
         op = _compile_step(step)
         if op is not None:
             ops.append(op)
-    from ..predict import to_frame
-
     sample = pipeline[:-1].transform(to_frame(probe_rows(model)[:5], model))
     kinds = set(sample.dtypes.map(lambda d: d.kind))
     if not kinds <= {"f", "i", "u", "b"}:
@@ -153,19 +138,26 @@ def compile_pipeline(model) -> CompiledPredictor:
     dtype = np.result_type(*sample.dtypes)
     if any(d != dtype and d.kind == "f" and d.itemsize < dtype.itemsize for d in sample.dtypes):
         raise Unsupported("mixed float widths")
-    return CompiledPredictor(model, ops, list(sample.columns), dtype, steps[-1][1])
+    return CompiledPredictor(model.columns, model.dtypes, ops, list(sample.columns), dtype, steps[-1][1],
+                             fallback=PipelinePredictor(model))
 
 
 def verify(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
     """None when the compiled path answers exactly as the pipeline on ``rows``; else what differed."""
-    from ..predict import to_frame
-
-    expected = compiled.model.model[:-1].transform(to_frame(rows, compiled.model)).to_numpy(dtype=compiled.dtype)
+    model = fallback.model
+    expected = model.model[:-1].transform(to_frame(rows, model)).to_numpy(dtype=compiled.dtype)
     got = compiled.matrix(rows)
     if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
         return "the compiled features differ from the pipeline's"
-    (p1, q1), (p0, q0) = compiled.raw(rows), fallback.raw(rows)
-    problem = _compare(p1, q1, p0, q0, "")
+    p0, q0 = fallback.raw(rows)
+    return check_outputs(compiled, rows, p0, q0)
+
+
+def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], p0, q0) -> str | None:
+    """None when the compiled path gives predictions ``p0`` and probabilities ``q0`` (the pipeline's) on
+    ``rows``, in one batch and in the request sizes its kernel treats differently; else what differed."""
+    p1, q1 = compiled.raw(rows)
+    problem = _compare(p1, q1, np.asarray(p0), np.asarray(q0), "")
     if problem is not None:
         return problem
     # small requests may take another path through the kernel: check them too, in the sizes served
@@ -192,7 +184,8 @@ def _compare(p1, q1, p0, q0, where: str) -> str | None:
 
 
 def probe_rows(model, base: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Rows to verify on: ``base`` (default: the Titanic table's rows), each column null, unseen or extreme."""
+    """Rows to verify on: ``base`` (rows of the version's training data; default: the demo table's rows), then
+    edge rows: every column null, and each column of 20 base rows null, unseen or extreme in turn."""
     if base is None:
         base = _titanic_rows(model)
     numeric = {c for c in model.columns if model.dtypes.get(c, "") in NUMERIC_TYPES}
@@ -207,11 +200,16 @@ def probe_rows(model, base: list[dict[str, Any]] | None = None) -> list[dict[str
 
 
 def _titanic_rows(model) -> list[dict[str, Any]]:
-    import pandas as pd
-
+    """The demo table's rows: the probe of versions registered without rows of their own training data."""
     from mlops_core.data import load_titanic
 
-    frame = load_titanic()
+    return rows_of(load_titanic(), model)
+
+
+def rows_of(frame, model) -> list[dict[str, Any]]:
+    """A frame's rows as request rows of ``model`` (typed by its schema, missing as None); [] without its columns."""
+    import pandas as pd
+
     if not set(model.columns) <= set(frame.columns):
         return []
     rows = []

@@ -1,0 +1,134 @@
+"""The compiled form of a version, stored with it at registration and served without the AutoML library.
+
+At registration (:func:`export`) the chain compiles the pipeline, verifies it against the pipeline on rows of
+the version's own training data plus edge rows, and stores one pickle: the compiled operations, the final
+estimator, those probe rows and the pipeline's outputs on them; beside it a manifest with the pickle's
+SHA-256, the kernel, and every module the pickle imports. A pickle that would import PyCaret is not stored.
+
+A server (:func:`load`) checks the manifest's format and hash and the pickle's modules before unpickling,
+rebuilds the fastest kernel that reproduces the stored outputs on every probe row (in one batch, and in the
+request sizes its kernel treats differently), and only then serves it. Any failure raises
+:class:`ArtifactError` naming it; the caller falls back to the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import pickletools
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from .compile import build_predictor, check_outputs, probe_rows, rows_of
+from .libraries import TESTED, special_kernel
+from .predictors import CompiledPredictor, PipelinePredictor, generic_kernel
+
+__all__ = ["export", "load", "ArtifactError", "pickle_modules", "FORMAT", "PROBE_ROWS", "FORBIDDEN"]
+
+FORMAT = 1
+#: rows of the version's training data it is verified on (the edge rows come on top)
+PROBE_ROWS = 1000
+#: top-level packages a served artifact must not import (the point of it is to serve without them)
+FORBIDDEN = frozenset({"pycaret"})
+
+
+class ArtifactError(Exception):
+    """The compiled artifact cannot be served (missing, damaged, another format, or answers differently)."""
+
+
+def pickle_modules(data: bytes) -> set[str]:
+    """Every module a pickle imports (its GLOBAL and STACK_GLOBAL references), read without unpickling it."""
+    modules, pushed, memo = set(), [], {}
+    for op, arg, _ in pickletools.genops(data):
+        name = op.name
+        if name == "GLOBAL":
+            modules.add(str(arg).split(" ")[0])
+        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            pushed.append(arg)
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            pushed.append(memo.get(int(arg)))
+        elif name == "STACK_GLOBAL":
+            module = pushed[-2] if len(pushed) >= 2 else None
+            if not isinstance(module, str):
+                raise ArtifactError("cannot tell which module a pickled object comes from")
+            modules.add(module)
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = pushed[-1] if pushed else None
+        else:
+            pushed.append(None)
+    return modules
+
+
+def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
+    """Compile ``model`` (a LoadedModel of a new version) and verify it on up to :data:`PROBE_ROWS` rows of
+    ``frame`` (its training data) plus edge rows. Returns the artifact's bytes and its manifest, or None and
+    a manifest saying why the version must be served through its pipeline."""
+    sample = frame.sample(n=min(len(frame), PROBE_ROWS), random_state=0) if len(frame) > PROBE_ROWS else frame
+    probe = probe_rows(model, rows_of(sample, model))
+    predictor = build_predictor(model, probe=probe)
+    if not predictor.compiled:
+        return None, {"format": FORMAT, "compiled": False, "reason": predictor.reason}
+    predictions, probabilities = PipelinePredictor(model).raw(probe)
+    payload = {"format": FORMAT, "columns": predictor.columns, "dtypes": predictor.dtypes, "ops": predictor.ops,
+               "layout": predictor.layout, "dtype": predictor.dtype.str, "estimator": predictor.estimator,
+               "kernel": predictor.kernel.__name__, "probe": probe, "predictions": list(np.asarray(predictions)),
+               "probabilities": np.asarray(probabilities, dtype=np.float64)}
+    try:
+        data = pickle.dumps(payload, protocol=5)
+    except Exception as err:  # e.g. an op that is a closure
+        return None, {"format": FORMAT, "compiled": False, "reason": f"the compiled form does not pickle: {err}"}
+    modules = pickle_modules(data)
+    needs = sorted(m for m in modules if m.split(".")[0] in FORBIDDEN)
+    if needs:
+        return None, {"format": FORMAT, "compiled": False,
+                      "reason": f"the compiled form would import {needs[0]} to load"}
+    return data, {"format": FORMAT, "compiled": True, "sha256": hashlib.sha256(data).hexdigest(),
+                  "kernel": predictor.kernel.__name__, "probe_rows": len(probe), "columns": predictor.columns,
+                  "dtypes": predictor.dtypes, "modules": sorted({m.split(".")[0] for m in modules}),
+                  "libraries": {name: _version(name) for name in sorted(TESTED)}}
+
+
+def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPredictor:
+    """The verified predictor stored in ``data``; :class:`ArtifactError` when it cannot be served as stored."""
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"format {manifest.get('format')!r}, this server reads {FORMAT}")
+    if not manifest.get("compiled"):
+        raise ArtifactError(f"not compiled at registration: {manifest.get('reason', 'no reason recorded')}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.get("sha256"):
+        raise ArtifactError(f"content hash {digest[:12]}… differs from the manifest's "
+                            f"{str(manifest.get('sha256'))[:12]}…")
+    needs = sorted(m for m in pickle_modules(data) if m.split(".")[0] in FORBIDDEN)
+    if needs:
+        raise ArtifactError(f"the artifact would import {needs[0]}")
+    try:
+        payload = pickle.loads(data)
+        compiled = CompiledPredictor(payload["columns"], payload["dtypes"], payload["ops"], payload["layout"],
+                                     payload["dtype"], payload["estimator"], fallback=fallback)
+        probe, p0, q0 = payload["probe"], payload["predictions"], payload["probabilities"]
+    except Exception as err:
+        raise ArtifactError(f"unreadable: {type(err).__name__}: {err}") from err
+    problem = "no kernel"
+    for make in (special_kernel, generic_kernel):
+        try:
+            kernel = make(compiled.estimator)
+            if kernel is None:
+                continue
+            compiled.kernel = kernel
+            problem = check_outputs(compiled, probe, p0, q0)
+        except Exception as err:  # a kernel that fails here is not used
+            problem = f"the {make.__name__.removesuffix('_kernel')} kernel failed: {type(err).__name__}: {err}"
+        if problem is None:
+            return compiled
+    raise ArtifactError(f"does not reproduce the pipeline's outputs on its {len(probe)} probe rows: {problem}")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
