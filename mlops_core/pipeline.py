@@ -101,10 +101,32 @@ def _predicted(settings: Settings, registry: Registry, production: str | None, p
     if production is None or PREDICTION not in profile.outputs or not len(batch):
         return {}
     try:
-        return {PREDICTION: outputs(registry.load_model(production).model, batch, settings, kinds)[0]}
+        labels = _compiled_labels(registry, production, batch, settings, kinds)
+        if labels is None:  # a version without a compiled form: its pipeline (which imports the AutoML library)
+            labels = outputs(registry.load_model(production).model, batch, settings, kinds)[0]
+        return {PREDICTION: labels}
     except Exception as err:  # information only: a model that cannot score the batch fails later, in context
         log.warning("drift report without the predicted-class shift: %s", shorten(err))
         return {}
+
+
+def _compiled_labels(registry: Registry, version: str, batch: pd.DataFrame, settings: Settings,
+                     kinds: dict) -> np.ndarray | None:
+    """``version``'s predicted classes on ``batch`` through its compiled form (no AutoML library needed, the
+    answers verified equal to its pipeline's); None when it has none that can be served."""
+    from .inference import artifact
+    from .inference.compile import rows_of
+
+    data, manifest, _ = registry.load_compiled(version)
+    if data is None:
+        return None
+    try:
+        predictor = artifact.load(data, manifest)
+    except artifact.ArtifactError as err:
+        log.info("version %s: compiled form not used (%s): scoring with its pipeline", version, err)
+        return None
+    rows = rows_of(normalise(batch[list(settings.features)], kinds), predictor)
+    return np.asarray(predictor.raw(rows)[0]).astype(int)
 
 
 def _metric_name(name: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,6 +40,31 @@ def _mlflow():
     import mlflow  # imported lazily: importing mlflow costs about a second
 
     return mlflow
+
+
+@contextlib.contextmanager
+def _fluent(uri: str) -> Iterator[Any]:
+    """MLflow's module-level API (``start_run``, ``sklearn.log_model``, ``register_model``, ``models:/`` URIs),
+    pointed at ``uri`` for the duration only.
+
+    ``mlflow.set_tracking_uri`` is process-wide and exports ``MLFLOW_TRACKING_URI`` to every child process
+    started afterwards (a server or a daemon started by this process would use this registry instead of its
+    own settings); both are put back as they were on the way out.
+    """
+    mlflow = _mlflow()
+    before = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(before[0])  # None: back to unset, and the variable removed
+        mlflow.set_registry_uri(before[1])
+        for name, value in zip(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"), before, strict=True):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -77,8 +103,6 @@ class Registry:
         self.settings = settings
         self.name = settings.model_name
         mlflow = _mlflow()
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        mlflow.set_registry_uri(settings.tracking_uri)
         self.client = client or mlflow.MlflowClient(tracking_uri=settings.tracking_uri,
                                                     registry_uri=settings.tracking_uri)
 
@@ -181,10 +205,9 @@ class Registry:
     # -- writing -------------------------------------------------------------------
     def log_model(self, run_id: str, model, example: pd.DataFrame) -> str:
         """Log ``model`` to run ``run_id`` (signature, input example, explicit requirements)."""
-        mlflow = _mlflow()
         from mlflow.models import infer_signature
 
-        with registry_errors("logging the model"):
+        with registry_errors("logging the model"), _fluent(self.settings.tracking_uri) as mlflow:
             signature = infer_signature(example, model.predict(example))
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
@@ -230,8 +253,9 @@ class Registry:
     def register(self, model_uri: str, tags: dict[str, str]) -> str:
         """Create a new version of the logged model ``model_uri`` (no alias yet) and return its number."""
         chatter = io.StringIO()  # MLflow prints "Successfully registered model ..." to stderr: our log says it
-        with registry_errors(f"registering a version of {self.name!r}"), contextlib.redirect_stderr(chatter):
-            mv = _mlflow().register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()})
+        with registry_errors(f"registering a version of {self.name!r}"), contextlib.redirect_stderr(chatter), \
+                _fluent(self.settings.tracking_uri) as mlflow:
+            mv = mlflow.register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()})
         log.debug("mlflow: %s", " ".join(chatter.getvalue().split()))
         log.info("registered version %s of %s", mv.version, self.name)
         return str(mv.version)
@@ -312,9 +336,9 @@ class Registry:
     # -- loading -----------------------------------------------------------------
     def load_model(self, version: str) -> LoadedModel:
         """Download and unpickle one version (one download), with its input schema."""
-        mlflow = _mlflow()
         info = self.describe(version)
-        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading version {version}"):
+        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading version {version}"), \
+                _fluent(self.settings.tracking_uri) as mlflow:  # a models:/ URI resolves through the registry URI
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}",
                                                         dst_path=tmp)
             meta = mlflow.models.Model.load(local)

@@ -3,8 +3,9 @@
 The protocol: the parent writes the pickled request (settings, the batch's private copy, the log style) to the
 child's stdin and keeps stdin open for the whole run (EOF tells the child its parent died); the child writes one
 JSON outcome to stdout and its log lines to stderr, which the parent relays. A spare child imports MLflow and
-PyCaret while the daemon waits for data, so a run starts warm; a shutdown or a run past its wall time stops
-the child (SIGTERM, then SIGKILL).
+the chain while the daemon waits for data, and PyCaret too once it has been idle a while, so a run starts
+warm (and a run that arrives at once imports PyCaret only if it trains); a shutdown or a run past its wall
+time stops the child (SIGTERM, then SIGKILL).
 
     python -m mlops_watcher.child    # started by ChildRunner only
 """
@@ -36,6 +37,8 @@ __all__ = ["Outcome", "ChildRunner", "main", "TERM_GRACE", "MAX_REASON", "MAX_RE
 
 log = logging.getLogger("watcher")
 
+#: a spare child still idle after this many seconds imports PyCaret as well, so a drifted batch starts warm
+WARM_TRAINING_AFTER = 2.0
 #: how long a run gets to stop after SIGTERM before it is killed
 TERM_GRACE = 5.0
 #: the longest reason a run reports (log line, state file): validation reasons quote cell values
@@ -102,8 +105,9 @@ class _Collector:
 class ChildRunner:
     """Run ``pipeline.run(settings)`` in a child Python process that a shutdown can stop.
 
-    A spare child is started ahead of time: it imports MLflow and PyCaret (seconds) while
-    the daemon waits for data, then blocks until a batch arrives, so a run starts warm.
+    A spare child is started ahead of time: it imports MLflow and the chain (and, once idle for
+    :data:`WARM_TRAINING_AFTER` seconds, PyCaret) while the daemon waits for data, then blocks until a batch
+    arrives, so a run starts warm.
     A run that takes longer than ``max_seconds`` (``None``: no limit) is terminated and fails with
     ``Timeout``.
     """
@@ -241,13 +245,24 @@ def _relay(stream, pid: int) -> None:
 
 
 def _warm_imports() -> None:
-    """Import what a run needs (MLflow, PyCaret: seconds) before the batch arrives."""
+    """Import what every run needs (MLflow, the chain: about two seconds) before the batch arrives."""
     import mlflow.sklearn  # noqa: F401
 
     from mlops_core import pipeline  # noqa: F401
+
+
+def _warm_training() -> None:
+    """Import PyCaret (seconds, and the bulk of a run's memory): only a drifted batch trains."""
     from mlops_core.training import import_pycaret_classification
 
     import_pycaret_classification()
+
+
+def _request_within(seconds: float) -> bool:
+    """True when the daemon has written a request (or closed stdin) within ``seconds``."""
+    import select
+
+    return bool(select.select([sys.stdin.buffer], [], [], seconds)[0])
 
 
 def main() -> int:
@@ -268,6 +283,8 @@ def main() -> int:
     result_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result
     _warm_imports()  # a spare child does this while the daemon still waits for a batch
+    if not _request_within(WARM_TRAINING_AFTER):  # an idle spare gets PyCaret ready too; a busy daemon's
+        _warm_training()  # runs start at once, and import it only if they train
     try:
         request = pickle.load(sys.stdin.buffer)
     except EOFError:  # a spare that was never used: the daemon stopped or died

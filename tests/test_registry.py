@@ -71,3 +71,18 @@ def test_an_empty_registry_has_no_aliases_and_no_versions(tmp_path):
     assert registry.aliases() == {} and registry.versions() == []
     with pytest.raises(RegistryError, match="no Production version to sync"):
         registry.sync()
+
+
+@pytest.mark.parametrize("outside", [None, "http://127.0.0.1:1/unused"])
+def test_the_registry_leaves_mlflows_process_wide_uri_as_it_found_it(bootstrapped, monkeypatch, outside):
+    """MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI to every child started later: a process that used
+    a Registry (the bench, a test, the CLI) would hand its registry to the servers and daemons it starts."""
+    import os
+
+    if outside is not None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", outside)
+    registry = Registry(bootstrapped)
+    registry.load_model("1")
+    registry.aliases()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == outside
+    assert os.environ.get("MLFLOW_REGISTRY_URI") is None
