@@ -61,6 +61,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     fastpath: str = "compiled"  # serving: "compiled" (verified accelerated kernels) or "pipeline"
     batch_wait_ms: str = "1"  # serving: micro-batching wait per worker in milliseconds, or "off"
+    preload_libraries: bool = True  # serving: gunicorn's master imports the serving libraries before forking
     # live A/B evidence (mlops_core.ab): the prediction store, its writer, the statistics, live promotion
     ab_store_url: str = ""  # default: sqlite:///<home>/predictions.db; any SQLAlchemy URL
     ab_log: bool = True  # record every prediction (off: answers still carry request ids)

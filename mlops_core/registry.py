@@ -20,8 +20,9 @@ import pandas as pd
 from .config import Settings, redact
 from .drift import ReferenceProfile
 from .errors import RegistryError, first_line
+from .registry_reader import COMPILED, COMPILED_MANIFEST, COMPILED_TAG
 
-__all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel"]
+__all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel", "COMPILED_TAG"]
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,7 @@ LIFECYCLE = "lifecycle"
 _HISTORY = "mlops.production_history"
 _PROFILE = "reference/profile.json"
 _TRAINING_DATA = "reference/training_data.parquet"
-_COMPILED = "compiled/predictor.pkl"
-_COMPILED_MANIFEST = "compiled/manifest.json"
-#: version tag: "true" when the run holds a compiled form, else why not (mlops_core.inference.artifact)
-COMPILED_TAG = "mlops.compiled"
+
 
 
 def _mlflow():
@@ -243,11 +241,11 @@ class Registry:
         if COMPILED_TAG not in info["tags"]:  # registered before versions carried their compiled form
             return None, None, info
         with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading the compiled form of version {version}"):
-            manifest = json.loads(Path(self.client.download_artifacts(info["run_id"], _COMPILED_MANIFEST, tmp))
+            manifest = json.loads(Path(self.client.download_artifacts(info["run_id"], COMPILED_MANIFEST, tmp))
                                   .read_text())
             if not manifest.get("compiled"):
                 return None, manifest, info
-            data = Path(self.client.download_artifacts(info["run_id"], _COMPILED, tmp)).read_bytes()
+            data = Path(self.client.download_artifacts(info["run_id"], COMPILED, tmp)).read_bytes()
         return data, manifest, info
 
     def register(self, model_uri: str, tags: dict[str, str]) -> str:

@@ -55,6 +55,21 @@ def on_starting(server):
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+def when_ready(server):
+    """Import the serving libraries once, in the master, before any worker is forked: every worker inherits
+    them, so their pages are shared (counted once in PSS) and no worker spends seconds importing them."""
+    import gc
+
+    from mlops_core.config import Settings
+    from server.inference.warm import import_serving_libraries
+
+    if not Settings.from_env().preload_libraries:  # MLOPS_PRELOAD_LIBRARIES=false: each worker imports its own
+        return
+    import_serving_libraries()
+    gc.collect()
+    gc.freeze()  # the collector never walks (and so never copies) these inherited objects in a worker
+
+
 def post_worker_init(worker):
     """Load the models in this worker, then start its refresh scheduler, before it serves."""
     logging.getLogger("apscheduler").setLevel(logging.WARNING)

@@ -75,10 +75,10 @@ class ModelStore:
     # -- registry access ---------------------------------------------------------
     @property
     def registry(self):
-        if self._registry is None:
-            from mlops_core.registry import Registry  # imports mlflow lazily
+        if self._registry is None:  # reads aliases and compiled artifacts without importing MLflow
+            from mlops_core.registry_reader import RegistryReader
 
-            self._registry = Registry(self.settings)
+            self._registry = RegistryReader(self.settings)
         return self._registry
 
     # -- refresh -------------------------------------------------------------------
