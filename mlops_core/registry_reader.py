@@ -77,7 +77,7 @@ class RegistryReader:
                 rows = self._sql("SELECT run_id FROM model_versions WHERE name = :name AND version = :version",
                                  name=self.name, version=int(version))
                 if not rows:
-                    raise RegistryError(f"no version {version} of {self.name!r}")
+                    raise RegistryError(f"reading version {version} of {self.name!r}: no such version")
                 tags = dict(self._sql("SELECT key, value FROM model_version_tags WHERE name = :name AND "
                                       "version = :version", name=self.name, version=int(version)))
                 return {"version": str(version), "run_id": rows[0][0], "tags": tags}

@@ -87,6 +87,10 @@ def test_drop_drifted_batch_is_trained_promoted_and_served_then_no_drift_changes
         odd = requests.post(server.url + "/predict", json={"user_id": 3, "features": ROW}, timeout=10).json()
         assert (even["stage"], even["version"]) == ("Production", aliases["production"])
         assert (odd["stage"], odd["version"]) == ("Staging", aliases["staging"])
+        # the workers read both versions' compiled artifacts through the server's REST and artifact APIs
+        models = requests.get(server.url + "/models", timeout=10).json()
+        assert [models[arm]["inference"]["source"] for arm in ("production", "staging")] == ["artifact"] * 2, models
+        assert models["worker_imports"]["mlflow"] is False and models["worker_imports"]["pycaret"] is False
 
         # 2. a batch like Production's own training data: no drift, nothing changes
         _, reference = registry.load_reference(aliases["production"])
