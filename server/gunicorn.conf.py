@@ -76,7 +76,7 @@ def post_worker_init(worker):
     store = worker.wsgi.extensions["mlops_store"]
     worker.notify()
     store.start()
-    store.freeze_heap()  # full collections would walk every library and model object: stalls of ~230 ms
+    store.freeze_heap()  # full collections would walk every library and model object, stalling the worker
     if "mlops_ab" in worker.wsgi.extensions:
         worker.wsgi.extensions["mlops_ab"].start()  # this worker's prediction log (writer on first record)
     snapshot = store.snapshot

@@ -107,12 +107,11 @@ class ModelStore:
     def freeze_heap(self) -> None:
         """Move everything alive now (libraries, loaded models) out of the cyclic collector's way.
 
-        A worker holds about 420,000 long-lived objects, nearly all of them library code;
-        without this, every full collection walks them all (220 ms on the bench machine,
-        a few times a minute under load: the worker stalls, and the p99 with it). Frozen
-        objects are still freed by reference counting, but not their reference cycles, and
-        a replaced model has some (about 200 objects, holding its arrays). So after a model
-        change a later tick unfreezes, collects and freezes again: one such pause per
+        Nearly all of a worker's long-lived objects are library code; without this, every full
+        collection walks all of them and the worker stalls meanwhile (the p99 outliers under load;
+        figures in the README). Frozen objects are still freed by reference counting, but not
+        their reference cycles, and a replaced model has some (holding its arrays). So after a
+        model change a later tick unfreezes, collects and freezes again: one such pause per
         change, at most one every :data:`REFREEZE_SECONDS`.
         """
         gc.collect()

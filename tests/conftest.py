@@ -66,3 +66,18 @@ def fresh(bootstrapped, tmp_path) -> Settings:
     dst = tmp_path / "copy"
     shutil.copytree(bootstrapped.home, dst)
     return Settings(home=dst, **FAST)
+
+
+@pytest.fixture(scope="session")
+def ab_home(bootstrapped, tmp_path_factory) -> Settings:
+    """A home whose registry holds Production v1 and Staging v2 (a drifted batch's challenger); read-only."""
+    from mlops_core.data import make_datasets
+    from mlops_core.pipeline import run
+
+    dst = tmp_path_factory.mktemp("ab") / "home"
+    shutil.copytree(bootstrapped.home, dst)
+    s = bootstrapped.replace(home=dst, tracking_uri="")
+    make_datasets(s, seed=5, drift=0.5, write_train=False)
+    result = run(s.replace(min_improvement=1.0))
+    assert (result.production, result.staging) == ("1", "2")
+    return s

@@ -332,3 +332,34 @@ def test_no_request_is_lost_or_stuck_when_threads_keep_arriving(wait):
         t.join(timeout=60)
     assert sorted(done) == list(range(8)), "a request never got its answer"
     assert not wrong
+
+
+@pytest.mark.slow
+def test_a_categorical_with_many_levels_is_target_encoded_and_compiled(tmp_path):
+    """PyCaret target-encodes a categorical of more than 25 levels: that step compiles too (issue 19), on a data
+    set that is not the demo one (42 levels, missing values), and answers as the pipeline on unseen levels."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from mlops_core.inference.compile import rows_of
+    from mlops_core.training import train
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    city = rng.choice([f"city-{i}" for i in range(42)], n).astype(object)
+    x = rng.normal(size=n)
+    y = ((x + np.array([int(c[-1]) % 3 for c in city]) + rng.normal(size=n)) > 1).astype(int)
+    city[rng.choice(n, 60, replace=False)] = None
+    frame = pd.DataFrame({"x": x, "city": city, "y": y})
+    settings = Settings(home=tmp_path, models=("lr",), fold=2, features=("x", "city"), target="y",
+                        drift_features=("x",))
+    result = train(frame, settings)
+    assert "TargetEncoder" in [type(getattr(s, "transformer", s)).__name__ for _, s in result.model.steps]
+    schema = infer_signature(frame[["x", "city"]].head(5)).inputs
+    model = LoadedModel(version="t", run_id="", model=result.model, columns=list(schema.input_names()),
+                        dtypes={c.name: c.type.name for c in schema.inputs})
+    rows = rows_of(frame.head(400), model)
+    predictor = build_predictor(model, probe=probe_rows(model, rows))
+    assert predictor.compiled, predictor.reason
+    unseen = [{"x": 0.3, "city": "a city never seen"}, {"x": -1.0, "city": None}, {"x": 2.0, "city": ""}]
+    _assert_same(predictor, model, rows + unseen)

@@ -73,7 +73,7 @@ def _scaler(t, include: list[str]):
 def _encoder(t, include: list[str]):
     """A per-column category encoder as lookup tables, read off the fitted encoder on every category it knows."""
     import pandas as pd
-    from category_encoders import OneHotEncoder, OrdinalEncoder
+    from category_encoders import OneHotEncoder, OrdinalEncoder, TargetEncoder
 
     if type(t) is OrdinalEncoder:
         known = {s["col"]: list(s["mapping"].index) for s in t.mapping}
@@ -81,6 +81,9 @@ def _encoder(t, include: list[str]):
     elif type(t) is OneHotEncoder:
         known = {s["col"]: list(s["mapping"].index) for s in t.ordinal_encoder.mapping}
         outputs = {s["col"]: list(s["mapping"].columns) for s in t.mapping}
+    elif type(t) is TargetEncoder:  # PyCaret's encoder of categoricals with many levels: one smoothed mean each
+        known = {s["col"]: list(s["mapping"].index) for s in t.ordinal_encoder.mapping}
+        outputs = {col: [col] for col in known}
     else:
         raise Unsupported(f"encoder {type(t).__name__}")
     if list(t.feature_names_in_) != include or set(known) != set(include) or t.drop_invariant:
