@@ -120,10 +120,11 @@ def test_one_run_at_a_time(fresh):
 def test_logged_model_has_explicit_requirements_and_signature(bootstrapped, tmp_path):
     client = MlflowClient(bootstrapped.tracking_uri)
     mv = client.get_model_version(bootstrapped.model_name, "1")
-    import mlflow
+    from mlops_core.registry import _fluent
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{bootstrapped.model_name}/1",
-                                                dst_path=str(tmp_path), tracking_uri=bootstrapped.tracking_uri)
+    with _fluent(bootstrapped.tracking_uri) as mlflow:  # models:/ URIs resolve through the process-wide URIs
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{bootstrapped.model_name}/1",
+                                                    dst_path=str(tmp_path))
     reqs = (tmp_path / "requirements.txt").read_text() if (tmp_path / "requirements.txt").exists() else \
         open(f"{local}/requirements.txt").read()
     assert "pycaret==3.3.2" in reqs and "pytest" not in reqs
@@ -132,7 +133,7 @@ def test_logged_model_has_explicit_requirements_and_signature(bootstrapped, tmp_
     assert loaded.dtypes["age"] == "double" and loaded.dtypes["sex"] == "string"
 
 
-def test_stages_one_by_one_refuse_to_decide_when_production_moved_meanwhile(fresh):
+def test_steps_one_by_one_refuse_to_decide_when_production_moved_meanwhile(fresh):
     """The Airflow path: stages in separate calls; another trainer's promotion in between is caught."""
     from mlops_core.errors import RegistryError
     from mlops_core.pipeline import begin, decide, register_candidate, train_candidate
