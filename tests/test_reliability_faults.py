@@ -103,7 +103,7 @@ def _three_versions(settings) -> Registry:
     reg = Registry(settings)
     v1 = reg.client.get_model_version(reg.name, "1")
     for _ in range(2):
-        reg.client.create_model_version(reg.name, source=v1.source, run_id=v1.run_id)
+        reg.register(v1.source, tags={})  # another version of the same logged model
     assert [v["version"] for v in reg.versions()] == ["1", "2", "3"]
     return reg
 
