@@ -20,7 +20,7 @@ import pandas as pd
 from .config import Settings, redact
 from .drift import ReferenceProfile
 from .errors import RegistryError, first_line
-from .registry_reader import COMPILED, COMPILED_MANIFEST, COMPILED_TAG
+from .registry_reader import COMPILED, COMPILED_MANIFEST, COMPILED_TAG, RegistryReader
 
 __all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel", "COMPILED_TAG"]
 
@@ -100,13 +100,22 @@ class Registry:
     def __init__(self, settings: Settings, client=None):
         self.settings = settings
         self.name = settings.model_name
-        mlflow = _mlflow()
-        self.client = client or mlflow.MlflowClient(tracking_uri=settings.tracking_uri,
-                                                    registry_uri=settings.tracking_uri)
+        self._client = client
+        self.reader = RegistryReader(settings)  # the reads a run needs before it writes, without MLflow
+
+    @property
+    def client(self):
+        """MLflow's client, created (importing MLflow: about a second) when first needed."""
+        if self._client is None:
+            self._client = _mlflow().MlflowClient(tracking_uri=self.settings.tracking_uri,
+                                                  registry_uri=self.settings.tracking_uri)
+        return self._client
 
     # -- reading ---------------------------------------------------------------
     def aliases(self) -> dict[str, str]:
         """Both aliases in one call: ``{"production": "3", "staging": "4"}`` (absent ones left out)."""
+        if self.reader.direct:
+            return self.reader.aliases()
         with registry_errors(f"reading aliases of {self.name!r}"):
             try:
                 model = self.client.get_registered_model(self.name)
@@ -350,6 +359,14 @@ class Registry:
 
     def load_reference(self, version: str, *, with_data: bool = True) -> tuple[ReferenceProfile, pd.DataFrame | None]:
         """The reference profile (and training data) stored with ``version``'s run."""
+        if self.reader.direct:  # validating a batch needs the profile: no MLflow for a batch that is refused
+            run_id = self.reader.describe(version)["run_id"]
+            profile_bytes = self.reader.run_artifact(run_id, _PROFILE)
+            data_bytes = self.reader.run_artifact(run_id, _TRAINING_DATA) if with_data else b""
+            if profile_bytes is not None and data_bytes is not None:
+                with registry_errors(f"loading the reference of version {version}"):
+                    return (ReferenceProfile.from_dict(json.loads(profile_bytes)),
+                            pd.read_parquet(io.BytesIO(data_bytes)) if with_data else None)
         run_id = self.describe(version)["run_id"]
         with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading the reference of version {version}"):
             profile = ReferenceProfile.load(Path(self.client.download_artifacts(run_id, _PROFILE, tmp)))

@@ -43,6 +43,10 @@ class _NotHere(Exception):
     """This reader cannot reach it without MLflow: the caller uses the full client."""
 
 
+class _NoRegistry(Exception):
+    """The embedded registry's database does not exist yet (or has no tables): nothing is registered."""
+
+
 class RegistryReader:
     """Aliases, versions and small artifacts of the settings' registered model; the pipeline through MLflow."""
 
@@ -57,12 +61,20 @@ class RegistryReader:
         self._full = None
 
     # -- what the store and Serving call ----------------------------------------------------------------
+    @property
+    def direct(self) -> bool:
+        """True when this reader reaches the registry itself (a database or an MLflow server)."""
+        return self.kind in ("sql", "http")
+
     def aliases(self) -> dict[str, str]:
         """Both aliases in one read: ``{"production": "3", "staging": "4"}`` (absent ones left out)."""
         with _errors(f"reading aliases of {self.name!r}"):
             if self.kind == "sql":
-                rows = self._sql("SELECT alias, version FROM registered_model_aliases WHERE name = :name",
-                                 name=self.name)
+                try:
+                    rows = self._sql("SELECT alias, version FROM registered_model_aliases WHERE name = :name",
+                                     name=self.name)
+                except _NoRegistry:
+                    return {}
                 return {alias: str(version) for alias, version in rows}
             if self.kind == "http":
                 found = self._rest("registered-models/get", name=self.name, missing_ok=True)
@@ -100,6 +112,14 @@ class RegistryReader:
                 return self._artifact(info["run_id"], COMPILED), manifest, info
         except _NotHere:
             return self.full.load_compiled(version)
+
+    def run_artifact(self, run_id: str, path: str) -> bytes | None:
+        """The bytes of one artifact of a run; None when only MLflow's client can reach the artifact store."""
+        try:
+            with _errors(f"reading {path} of run {run_id}"):
+                return self._artifact(run_id, path)
+        except _NotHere:
+            return None
 
     def load_model(self, version: str):
         """The version's pipeline, through MLflow (which imports the AutoML library to unpickle it)."""
@@ -143,9 +163,17 @@ class RegistryReader:
 
     def _sql(self, query: str, **params) -> list[tuple]:
         from sqlalchemy import text
+        from sqlalchemy.exc import OperationalError
 
-        with self._engine.get().connect() as conn:
-            return [tuple(row) for row in conn.execute(text(query), params)]
+        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists():
+            raise _NoRegistry(self.uri)  # never create the file: MLflow does, with its tables, when it first writes
+        try:
+            with self._engine.get().connect() as conn:
+                return [tuple(row) for row in conn.execute(text(query), params)]
+        except OperationalError as err:
+            if "no such table" in str(err):
+                raise _NoRegistry(self.uri) from err
+            raise
 
     def _rest(self, endpoint: str, *, missing_ok: bool = False, **params) -> dict | None:
         try:
@@ -189,4 +217,6 @@ class _errors:
     def __exit__(self, kind, err, tb):
         if err is None or isinstance(err, RegistryError | _NotHere):
             return False
+        if isinstance(err, _NoRegistry):
+            raise RegistryError(f"{self.action}: nothing registered yet ({redact(str(err))} has no tables)") from err
         raise RegistryError(f"{self.action}: {redact(first_line(err, 1000))}") from err

@@ -2,10 +2,10 @@
 
 The protocol: the parent writes the pickled request (settings, the batch's private copy, the log style) to the
 child's stdin and keeps stdin open for the whole run (EOF tells the child its parent died); the child writes one
-JSON outcome to stdout and its log lines to stderr, which the parent relays. A spare child imports MLflow and
-the chain while the daemon waits for data, and PyCaret too once it has been idle a while, so a run starts
-warm (and a run that arrives at once imports PyCaret only if it trains); a shutdown or a run past its wall
-time stops the child (SIGTERM, then SIGKILL).
+JSON outcome to stdout and its log lines to stderr, which the parent relays. A spare child imports the chain
+while the daemon waits for data, then MLflow and PyCaret once it has been idle a while, so a run starts warm
+(and a run that arrives at once imports MLflow only if its batch is valid, PyCaret only if it trains); a
+shutdown or a run past its wall time stops the child (SIGTERM, then SIGKILL).
 
     python -m mlops_watcher.child    # started by ChildRunner only
 """
@@ -37,8 +37,8 @@ __all__ = ["Outcome", "ChildRunner", "main", "TERM_GRACE", "MAX_REASON", "MAX_RE
 
 log = logging.getLogger("watcher")
 
-#: a spare child still idle after this many seconds imports PyCaret as well, so a drifted batch starts warm
-WARM_TRAINING_AFTER = 2.0
+#: a spare child still idle after these many seconds imports MLflow, then PyCaret, so any batch starts warm
+WARM_REGISTRY_AFTER, WARM_TRAINING_AFTER = 0.5, 2.0
 #: how long a run gets to stop after SIGTERM before it is killed
 TERM_GRACE = 5.0
 #: the longest reason a run reports (log line, state file): validation reasons quote cell values
@@ -105,9 +105,8 @@ class _Collector:
 class ChildRunner:
     """Run ``pipeline.run(settings)`` in a child Python process that a shutdown can stop.
 
-    A spare child is started ahead of time: it imports MLflow and the chain (and, once idle for
-    :data:`WARM_TRAINING_AFTER` seconds, PyCaret) while the daemon waits for data, then blocks until a batch
-    arrives, so a run starts warm.
+    A spare child is started ahead of time: it imports the chain (then, once idle long enough, MLflow and
+    PyCaret) while the daemon waits for data, then blocks until a batch arrives, so a run starts warm.
     A run that takes longer than ``max_seconds`` (``None``: no limit) is terminated and fails with
     ``Timeout``.
     """
@@ -244,11 +243,16 @@ def _relay(stream, pid: int) -> None:
             stream.close()
 
 
-def _warm_imports() -> None:
-    """Import what every run needs (MLflow, the chain: about two seconds) before the batch arrives."""
-    import mlflow.sklearn  # noqa: F401
+def _warm_validation() -> None:
+    """Import what every run needs first: the chain and its validation (pandas), the registry reader."""
+    import sqlalchemy  # noqa: F401
 
     from mlops_core import pipeline  # noqa: F401
+
+
+def _warm_registry() -> None:
+    """Import MLflow (about two seconds): a batch that passes validation records a run."""
+    import mlflow.sklearn  # noqa: F401
 
 
 def _warm_training() -> None:
@@ -282,9 +286,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_term)
     result_fd = os.dup(1)
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result
-    _warm_imports()  # a spare child does this while the daemon still waits for a batch
-    if not _request_within(WARM_TRAINING_AFTER):  # an idle spare gets PyCaret ready too; a busy daemon's
-        _warm_training()  # runs start at once, and import it only if they train
+    # a spare child gets ready while the daemon waits for a batch, each step once idle that long: a batch that
+    # arrives at once starts at once, and imports MLflow only if it is valid and PyCaret only if it trains
+    for idle, warm in ((0.0, _warm_validation), (WARM_REGISTRY_AFTER, _warm_registry),
+                       (WARM_TRAINING_AFTER, _warm_training)):
+        if idle and _request_within(idle):
+            break
+        warm()
     try:
         request = pickle.load(sys.stdin.buffer)
     except EOFError:  # a spare that was never used: the daemon stopped or died
@@ -310,6 +318,7 @@ def main() -> int:
         log.debug("run failed", exc_info=True)
         answer = {"outcome": "failed", "error": type(err).__name__, "reason": first_line(err, MAX_REASON)}
     answer["reason"] = shorten(answer.get("reason") or "", MAX_REASON)  # a reason may quote a cell of any size
+    answer["imported"] = [name for name in ("mlflow", "pycaret") if name in sys.modules]  # what the run cost
     data = json.dumps(answer, default=str).encode()
     with contextlib.suppress(BrokenPipeError):  # the parent is gone: nobody to tell
         while data:

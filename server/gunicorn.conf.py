@@ -63,7 +63,11 @@ def when_ready(server):
     from mlops_core.config import Settings
     from server.inference.warm import import_serving_libraries
 
-    if not Settings.from_env().preload_libraries:  # MLOPS_PRELOAD_LIBRARIES=false: each worker imports its own
+    try:
+        wanted = Settings.from_env().preload_libraries  # MLOPS_PRELOAD_LIBRARIES=false: each worker imports its own
+    except ValueError:  # invalid settings: the workers name the problem when they build the app
+        return
+    if not wanted:
         return
     import_serving_libraries()
     gc.collect()

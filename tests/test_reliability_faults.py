@@ -21,7 +21,7 @@ from _watching import assert_registry_consistent
 from mlops_core.data import make_datasets
 from mlops_core.errors import RegistryError
 from mlops_core.pipeline import run
-from mlops_core.registry import PRODUCTION, STAGING, Registry
+from mlops_core.registry import COMPILED_TAG, PRODUCTION, STAGING, Registry
 from tests._services import REFRESH, Gunicorn, Load, free_port, start_mlflow_server, stop_group
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,8 @@ def _three_versions(settings) -> Registry:
     reg = Registry(settings)
     v1 = reg.client.get_model_version(reg.name, "1")
     for _ in range(2):
-        reg.register(v1.source, tags={})  # another version of the same logged model
+        # another version of the same logged model and run: it carries the same compiled form
+        reg.register(v1.source, tags={COMPILED_TAG: v1.tags[COMPILED_TAG]})
     assert [v["version"] for v in reg.versions()] == ["1", "2", "3"]
     return reg
 
