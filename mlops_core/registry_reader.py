@@ -68,7 +68,7 @@ class RegistryReader:
 
     def aliases(self) -> dict[str, str]:
         """Both aliases in one read: ``{"production": "3", "staging": "4"}`` (absent ones left out)."""
-        with _errors(f"reading aliases of {self.name!r}"):
+        with self._errors(f"reading aliases of {self.name!r}"):
             if self.kind == "sql":
                 try:
                     rows = self._sql("SELECT alias, version FROM registered_model_aliases WHERE name = :name",
@@ -84,7 +84,7 @@ class RegistryReader:
 
     def describe(self, version: str) -> dict[str, Any]:
         """``{"version", "run_id", "tags"}`` of one version."""
-        with _errors(f"reading version {version} of {self.name!r}"):
+        with self._errors(f"reading version {version} of {self.name!r}"):
             if self.kind == "sql":
                 rows = self._sql("SELECT run_id FROM model_versions WHERE name = :name AND version = :version",
                                  name=self.name, version=int(version))
@@ -105,7 +105,7 @@ class RegistryReader:
         if COMPILED_TAG not in info["tags"]:  # registered before versions carried their compiled form
             return None, None, info
         try:
-            with _errors(f"loading the compiled form of version {version}"):
+            with self._errors(f"loading the compiled form of version {version}"):
                 manifest = json.loads(self._artifact(info["run_id"], COMPILED_MANIFEST))
                 if not manifest.get("compiled"):
                     return None, manifest, info
@@ -116,7 +116,7 @@ class RegistryReader:
     def run_artifact(self, run_id: str, path: str) -> bytes | None:
         """The bytes of one artifact of a run; None when only MLflow's client can reach the artifact store."""
         try:
-            with _errors(f"reading {path} of run {run_id}"):
+            with self._errors(f"reading {path} of run {run_id}"):
                 return self._artifact(run_id, path)
         except _NotHere:
             return None
@@ -133,6 +133,10 @@ class RegistryReader:
 
             self._full = Registry(self.settings)
         return self._full
+
+    def _errors(self, action: str) -> _errors:
+        """Failures as one RegistryError naming the action, and the server (credentials hidden) over HTTP."""
+        return _errors(f"{action} at {redact(self.uri)}" if self.kind == "http" else action)
 
     # -- artifacts ---------------------------------------------------------------------------------------
     def _artifact(self, run_id: str, path: str) -> bytes:
