@@ -89,9 +89,13 @@ def outputs(model, frame: pd.DataFrame, settings: Settings, kinds: dict) -> tupl
     """Predicted labels (and P(class 1) when the promotion metric needs it) of ``model`` on normalised rows."""
     if not len(frame):
         return np.empty(0, dtype=int), np.empty(0) if settings.promotion_metric == "auc" else None
-    X = normalise(frame[list(settings.features)], kinds)
+    # a fresh index: PyCaret's transformers re-join columns on the index, so a repeated label (rows gathered
+    # from several frames) would multiply rows instead of scoring each once
+    X = normalise(frame[list(settings.features)], kinds).reset_index(drop=True)
     pred = np.asarray(model.predict(X)).astype(int)
     proba = model.predict_proba(X)[:, 1] if settings.promotion_metric == "auc" else None
+    if len(pred) != len(X):
+        raise RuntimeError(f"the model gave {len(pred)} predictions for {len(X)} rows")
     return pred, proba
 
 
@@ -378,7 +382,8 @@ def register_candidate(settings: Settings, run_id: str, result=None, *, registry
     result = result or TrainResult.load(folder, n_train=len(training))
     digest = registry.run_tags(run_id).get("mlops.batch_sha256", "")
     with steps("register"):
-        return _register(settings, registry, run_id, result, training, kinds, regime=pd.concat([fit_rows, holdout]),
+        regime = pd.concat([fit_rows, holdout], ignore_index=True)
+        return _register(settings, registry, run_id, result, training, kinds, regime=regime,
                          tags={"mlops.source": "drift", "mlops.batch_sha256": digest})
 
 

@@ -173,3 +173,19 @@ def test_a_drifted_batch_with_a_single_row_of_a_class_is_refused_and_nothing_cha
     assert "{0: 1, 1: " in result.reason and "at least 2 rows of each class" in result.reason
     assert [v["version"] for v in _versions(s)] == ["1"]
     assert Registry(s).aliases() == {"production": "1", "staging": "1"}
+
+
+def test_outputs_score_each_row_once_when_index_labels_repeat(bootstrapped):
+    """Rows gathered from several frames repeat index labels; PyCaret re-joins columns on the index, so without
+    a fresh index 100 rows came back as thousands of predictions."""
+    from mlops_core.data import infer_kinds, read_csv
+    from mlops_core.pipeline import outputs
+
+    model = Registry(bootstrapped).load_model("1").model
+    frame = read_csv(bootstrapped.current_csv).head(50)
+    kinds = infer_kinds(frame, bootstrapped.features)
+    repeated = pd.concat([frame, frame])
+    assert repeated.index.duplicated().sum() == 50
+    labels, _ = outputs(model, repeated, bootstrapped, kinds)
+    once, _ = outputs(model, frame, bootstrapped, kinds)
+    assert len(labels) == 100 and list(labels) == list(once) * 2
