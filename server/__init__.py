@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from flask import Flask
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "leave_start_to_gunicorn_hooks"]
+
+_hooks_start_workers = False
+
+
+def leave_start_to_gunicorn_hooks() -> None:
+    """Called by ``server/gunicorn.conf.py`` in gunicorn's master, before it builds the app or forks: its
+    ``post_worker_init`` hook starts each worker's model store and prediction log after the fork, so
+    :func:`create_app` must not (with ``--preload`` it runs in the master, whose threads no worker inherits).
+    The flag lives in this process and the workers it forks, nowhere else."""
+    global _hooks_start_workers
+    _hooks_start_workers = True
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -16,7 +26,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     ``config`` keys beyond Flask's: ``MLOPS_SETTINGS`` (a Settings; default
     ``Settings.from_env()``), ``MLOPS_REGISTRY`` (an object with ``aliases()`` and
     ``load_model(version)``; default: mlops_core's Registry) and ``MLOPS_AUTOSTART`` (load the models and start the
-    refresh scheduler now; default: yes, unless gunicorn's hooks do it after fork).
+    refresh scheduler now; default: yes, unless gunicorn's hooks do it after the fork, see
+    :func:`leave_start_to_gunicorn_hooks`).
     """
     from mlops_core.config import Settings
     from mlops_core.runtime import prepare_process
@@ -28,7 +39,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from .store import ModelStore
 
     app = Flask(__name__)
-    app.config.from_mapping(MLOPS_AUTOSTART=os.environ.get("MLOPS_SERVER_HOOKS") != "gunicorn",
+    app.config.from_mapping(MLOPS_AUTOSTART=not _hooks_start_workers,
                             JSON_SORT_KEYS=False)
     if config:
         app.config.update(config)

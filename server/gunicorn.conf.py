@@ -31,7 +31,10 @@ if os.environ.get("_MLOPS_METRICS_WIPED") != str(os.getpid()):
     for _path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(_path)
     os.environ["_MLOPS_METRICS_WIPED"] = str(os.getpid())
-os.environ["MLOPS_SERVER_HOOKS"] = "gunicorn"  # create_app leaves the scheduler to post_worker_init
+
+import server  # noqa: E402  (after PROMETHEUS_MULTIPROC_DIR: it imports Flask only)
+
+server.leave_start_to_gunicorn_hooks()  # post_worker_init starts each worker's store, after the fork
 
 bind = [os.environ.get("MLOPS_BIND") or os.environ.get("GUNICORN_BIND") or "127.0.0.1:8000"]
 workers = int(os.environ.get("MLOPS_WORKERS", "2"))

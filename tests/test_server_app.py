@@ -227,7 +227,9 @@ def test_no_model_is_503_with_a_clear_message(tmp_path):
 
 
 def test_create_app_leaves_the_scheduler_to_gunicorn_hooks(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLOPS_SERVER_HOOKS", "gunicorn")
+    import server
+
+    monkeypatch.setattr(server, "_hooks_start_workers", True)  # what server/gunicorn.conf.py sets in the master
     app = create_app({"TESTING": True, "MLOPS_SETTINGS": Settings(home=tmp_path),
                       "MLOPS_REGISTRY": FakeRegistry(None, {})})
     assert app.extensions["mlops_store"].running is False
