@@ -74,6 +74,17 @@ def test_compiled_path_agrees_on_every_titanic_row_nulls_and_unseen_categories(l
         _assert_same(predictor, model, [row])
 
 
+@pytest.mark.parametrize("kind", MODEL_TYPES)
+def test_the_pipeline_served_in_one_pass_answers_as_its_own_methods(loaded, kind):
+    """The fallback path transforms once for labels and probabilities: equal, bit for bit, to the pipeline's
+    own predict and predict_proba, which transform twice."""
+    model = loaded[kind]
+    rows = probe_rows(model)
+    predictor = PipelinePredictor(model)
+    (p1, q1), (p0, q0) = predictor.served(rows), predictor.raw(rows)
+    assert list(p1) == list(p0) and np.array_equal(q1, q0)
+
+
 class _AddOne(BaseEstimator, TransformerMixin):
     """A step the compiler does not know."""
 

@@ -59,13 +59,29 @@ class PipelinePredictor:
     def __init__(self, model, reason: str = ""):
         self.model = model
         self.reason = reason
+        pipeline = model.model
+        steps = getattr(pipeline, "steps", None)
+        # predict and predict_proba each run every preprocessing step; serving runs them once for both
+        self._once = (pipeline[:-1], steps[-1][1]) if (
+            steps and len(steps) > 1 and hasattr(pipeline, "inverse_transform")) else None
 
     def raw(self, rows: list[dict[str, Any]]):
+        """The pipeline's own ``predict`` and ``predict_proba`` (the reference every other path is checked on)."""
         frame = to_frame(rows, self.model)
         return self.model.model.predict(frame), self.model.model.predict_proba(frame)
 
+    def served(self, rows: list[dict[str, Any]]):
+        """What :meth:`raw` gives, with the preprocessing run once: the steps' transform, then the estimator's
+        ``predict`` (through the pipeline's ``inverse_transform`` of labels) and ``predict_proba`` on it, which
+        is how the pipeline's own methods are written (PyCaret's and imblearn's)."""
+        if self._once is None:
+            return self.raw(rows)
+        preprocess, estimator = self._once
+        features = preprocess.transform(to_frame(rows, self.model))
+        return self.model.model.inverse_transform(estimator.predict(features)), estimator.predict_proba(features)
+
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
-        predictions, proba = self.raw(rows)
+        predictions, proba = self.served(rows)
         return _answer(predictions, proba, positive_index(self.model.model, proba.shape[1]))
 
 
