@@ -238,7 +238,12 @@ class DriftReport:
     def _draw(self, Figure, names, scores, path: Path) -> Path:
         cols = 1 if len(names) <= 2 else 2
         rows = -(-len(names) // cols)
-        fig = Figure(figsize=(6.5 * cols, 3.0 * rows), layout="constrained")
+        fig = Figure(figsize=(6.5 * cols, 3.0 * rows))
+        # fixed margins in inches (room for the suptitle, the rotated bin labels and the titles): a layout
+        # engine measured every text first and took twice as long as the drawing itself
+        height = 3.0 * rows
+        fig.subplots_adjust(left=0.8 / (6.5 * cols), right=1 - 0.15 / (6.5 * cols), top=1 - 0.75 / height,
+                            bottom=0.9 / height, hspace=1.1 / 2.1, wspace=0.25)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax in axes[len(names):]:
             ax.set_visible(False)

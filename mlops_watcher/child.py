@@ -251,7 +251,10 @@ def _warm_validation() -> None:
 
 
 def _warm_registry() -> None:
-    """Import MLflow (about two seconds): a batch that passes validation records a run."""
+    """Import MLflow (about two seconds) and matplotlib: a batch that passes validation records a run, with
+    its drift report drawn."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
     import mlflow.sklearn  # noqa: F401
 
 
