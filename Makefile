@@ -15,9 +15,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
 
-test: $(STAMP)  ## run the whole test suite (installs first when needed)
+test: $(STAMP)  ## run the whole test suite, one process per CPU (installs first when needed)
 	scripts/ensure-postgres
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)
 	$(BIN)/mlops up

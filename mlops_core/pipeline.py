@@ -257,7 +257,8 @@ def _log_compiled(settings, registry, run_id, model, example, rows) -> str:
     if data is None:
         log.info("not compiled (served through its pipeline): %s", manifest["reason"])
         return shorten(f"no: {manifest['reason']}", 250)
-    log.info("compiled (%s kernel), verified on %d rows", manifest["kernel"], manifest["probe_rows"])
+    log.info("compiled (%s kernel), verified on %d rows: %s", manifest["kernel"], manifest["probe_rows"],
+             manifest["kernel_reason"])
     return "true"
 
 

@@ -15,7 +15,8 @@ __all__ = ["bp"]
 
 bp = Blueprint("health", __name__)
 
-HEAVY_MODULES = ("pycaret", "mlflow", "sklearn", "lightgbm", "pandas", "category_encoders", "scipy")
+HEAVY_MODULES = ("pycaret", "mlflow", "sklearn", "lightgbm", "pandas", "category_encoders", "scipy", "onnxruntime",
+                 "skl2onnx")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -29,12 +30,19 @@ def _arm(model: LoadedModel | None) -> dict | None:
     inference = None if predictor is None else {
         "path": "compiled" if predictor.compiled else "pipeline",
         "kernel": predictor.kernel.__name__ if predictor.compiled else None,
+        # why that kernel (onnx, a hand kernel or the estimator's own methods): the candidates' times, rejections
+        "kernel_reason": _kernel_reason(predictor),
         "reason": predictor.reason or None,  # why the pipeline answers, when it does
         "source": getattr(model, "source", None),  # artifact: loaded without the AutoML library
         "note": getattr(model, "note", "") or None}  # why the compiled artifact was not used
     return {"version": model.version, "run_id": model.run_id, "loaded_at": _iso(model.loaded_at),
             "loaded_at_epoch": model.loaded_at, "columns": list(model.columns), "dtypes": dict(model.dtypes),
             "inference": inference}
+
+
+def _kernel_reason(predictor) -> str | None:
+    choice = getattr(predictor, "kernel_choice", None) if predictor.compiled else None
+    return getattr(choice, "reason", None)
 
 
 @bp.get("/health")

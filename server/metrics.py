@@ -47,6 +47,10 @@ class _Instruments:
         self.compiled = Gauge("mlops_model_compiled", "1 when the arm's version answers through the compiled path, "
                               "0 through its pipeline (the reason is in /models), per worker.", ["arm"], registry=r,
                               multiprocess_mode="liveall")
+        self.kernel = Gauge("mlops_model_kernel", "1 for the kernel answering the arm's version (onnx, a hand "
+                            "kernel's name, generic; pipeline when not compiled), per worker; why is in /models.",
+                            ["arm", "kernel"], registry=r, multiprocess_mode="liveall")
+        self.kernels: dict[str, str] = {}  # arm -> the kernel label last set to 1
         self.refreshes = Counter("mlops_refresh", "Model refreshes attempted.", registry=r)
         self.refresh_failures = Counter("mlops_refresh_failures", "Model refreshes that failed "
                                         "(registry unreachable or a version that would not load).", registry=r)
@@ -84,6 +88,13 @@ class Metrics:
             m.loaded_at.labels(arm).set(model.loaded_at if model is not None else 0)
             predictor = getattr(model, "predictor", None)
             m.compiled.labels(arm).set(1 if predictor is not None and predictor.compiled else 0)
+            kernel = ("none" if model is None else "pipeline" if predictor is None or not predictor.compiled
+                      else predictor.kernel.__name__)
+            previous = m.kernels.get(arm)
+            if previous is not None and previous != kernel:
+                m.kernel.labels(arm, previous).set(0)  # a removed child would live on in multiprocess files
+            m.kernel.labels(arm, kernel).set(1)
+            m.kernels[arm] = kernel
 
     def observe_request(self, arm: str | None, status: int, seconds: float, rows: int) -> None:
         m = self._instruments.get()

@@ -20,12 +20,23 @@ def pytest_configure(config):
     prepare_process(None)
 
 
+#: the modules that take longest, longest first (``pytest --durations=0``, summed per module). ``make test``
+#: runs pytest-xdist with ``--dist loadfile``, which hands whole modules to its workers in collection order:
+#: starting the long ones first keeps one worker from finishing long after the other
+LONGEST_FIRST = ("test_reliability_watcher.py", "test_watcher.py", "test_decisions.py", "test_airflow_dag.py",
+                 "test_server_gunicorn.py", "test_scale_out.py", "test_end_to_end.py", "test_reliability_faults.py",
+                 "test_bad_data.py", "test_ab_gunicorn.py", "test_pipeline.py", "test_openapi.py",
+                 "test_inference.py", "test_kernels.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that needs trained models is slow (it trains, or shares a training): the session's
-    bootstrapped registry, or test_inference's ``loaded`` pipelines."""
+    bootstrapped registry, or test_inference's ``loaded`` pipelines. The longest modules run first."""
     for item in items:
         if {"bootstrapped", "loaded"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module keeps its own order
 
 
 @pytest.fixture(autouse=True)

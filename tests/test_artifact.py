@@ -57,7 +57,9 @@ def _same_as_pipeline(predictor, model, rows):
 def test_a_registered_version_carries_its_verified_compiled_form(stored, bootstrapped):
     registry, data, manifest, info, model, rows = stored
     assert info["tags"][COMPILED_TAG] == "true"
-    assert manifest["compiled"] and manifest["kernel"] in ("logistic", "decision_tree")
+    assert manifest["compiled"] and manifest["kernel"] in ("logistic", "decision_tree", "onnx")
+    assert manifest["kernel_reason"].startswith(f"{manifest['kernel_kind']} ({manifest['kernel']}) fastest verified")
+    assert {"onnx", "hand", "generic"} <= set(manifest["kernels"])  # every candidate, timed or rejected
     n_train = len(pd.read_csv(bootstrapped.train_csv))
     assert manifest["probe_rows"] > min(n_train, artifact.PROBE_ROWS)  # its own rows, then the edge rows
     assert "pycaret" not in manifest["modules"] and manifest["sha256"] == hashlib.sha256(data).hexdigest()
@@ -73,13 +75,24 @@ def test_a_compiled_version_loads_and_answers_in_a_process_without_pycaret(store
         "from server.inference.serving import Serving\n"
         f"served = Serving().load(Registry(Settings(home={str(bootstrapped.home)!r})), '1')\n"
         f"answer = served.predictor(json.loads({json.dumps(json.dumps(rows[:50]))}))\n"
-        "heavy = sorted(m for m in ('pycaret', 'category_encoders', 'lightgbm') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('pycaret', 'category_encoders', 'lightgbm', 'skl2onnx', 'onnx')"
+        " if m in sys.modules)\n"
         "print(json.dumps({'source': served.source, 'answer': answer, 'heavy': heavy}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["source"] == "artifact" and result["heavy"] == []
     assert tuple(result["answer"]) == tuple(PipelinePredictor(model)(rows[:50]))
+
+
+def test_an_artifact_of_another_format_is_refused_and_the_pipeline_serves(stored):
+    """Format 1 (before the ONNX graph and the kernels' ranking were stored): compiled again from the pipeline."""
+    registry, data, manifest, info, model, rows = stored
+    old = Tampered(registry, manifest={**manifest, "format": 1})
+    served = Serving().load(old, "1")
+    assert served.source == "pipeline" and f"format 1, this server reads {artifact.FORMAT}" in served.note
+    assert served.predictor.compiled and old.pipeline_loads == 1
+    _same_as_pipeline(served.predictor, model, rows)
 
 
 def test_a_damaged_artifact_is_refused_and_the_pipeline_serves(stored):

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from mlops_core.config import Settings
 from mlops_core.inference import compile as compiler
-from mlops_core.inference import libraries
+from mlops_core.inference import kernels, libraries
 from mlops_core.inference.compile import build_predictor, probe_rows
 from mlops_core.inference.predictors import PipelinePredictor, to_frame
 from mlops_core.registry import LoadedModel
@@ -52,11 +52,19 @@ def _edge_rows(model: LoadedModel) -> list[dict]:
 
 
 def _assert_same(predictor, model: LoadedModel, rows: list[dict]) -> None:
+    """Labels equal, probabilities within 1e-9 (1e-6 through ONNX Runtime); the API's answers equal (one unit of
+    their 6th place apart at most through ONNX Runtime)."""
     reference = PipelinePredictor(model)
+    tolerance = getattr(getattr(predictor, "kernel", None), "tolerance", 1e-9)
     (p1, q1), (p0, q0) = predictor.raw(rows), reference.raw(rows)
     assert list(p1) == list(p0)
-    np.testing.assert_allclose(q1, q0, rtol=0, atol=1e-9)
-    assert predictor(rows) == reference(rows)  # the answers the API gives, rounding included
+    np.testing.assert_allclose(q1, q0, rtol=0, atol=tolerance)
+    if tolerance == 1e-9:
+        assert predictor(rows) == reference(rows)  # the answers the API gives, rounding included
+    else:
+        (labels, probabilities), (labels0, probabilities0) = predictor(rows), reference(rows)
+        assert labels == labels0
+        np.testing.assert_allclose(probabilities, probabilities0, rtol=0, atol=1e-6 + tolerance + 1e-12)
 
 
 @pytest.mark.parametrize("kind", MODEL_TYPES)
@@ -64,7 +72,10 @@ def test_compiled_path_agrees_on_every_titanic_row_nulls_and_unseen_categories(l
     model = loaded[kind]
     predictor = build_predictor(model)
     assert predictor.compiled, predictor.reason
-    assert predictor.kernel.__name__ == SPECIAL_KERNELS[kind]  # not the estimator's own methods
+    # the hand kernel or ONNX Runtime (LightGBM has no converter here), not the estimator's own methods
+    report = predictor.kernel_choice.report
+    assert "rejected" not in report["hand"] and report["hand"]["name"] == SPECIAL_KERNELS[kind]
+    assert predictor.kernel.__name__ in (SPECIAL_KERNELS[kind], "onnx"), predictor.kernel_choice.reason
     titanic = compiler._titanic_rows(model)
     assert len(titanic) == 1309
     _assert_same(predictor, model, titanic)
@@ -129,13 +140,14 @@ def test_a_mismatch_on_probe_rows_falls_back(loaded, monkeypatch):
     _assert_same(predictor, loaded["lightgbm"], _edge_rows(loaded["lightgbm"]))
 
 
-def test_a_wrong_special_kernel_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
+def test_a_wrong_special_kernel_is_not_used(loaded, monkeypatch):
     def skewed(estimator):
         return lambda x: (estimator.predict(x), estimator.predict_proba(x) + 1e-7)
 
-    monkeypatch.setattr(compiler, "special_kernel", skewed)
+    monkeypatch.setattr(kernels, "special_kernel", skewed)
     predictor = build_predictor(loaded["rf"])
-    assert predictor.compiled
+    assert predictor.compiled and predictor.kernel.__name__ in ("onnx", "generic")
+    assert predictor.kernel_choice.report["hand"]["rejected"].startswith("the compiled probabilities differ")
     _assert_same(predictor, loaded["rf"], _edge_rows(loaded["rf"]))
 
 
@@ -192,14 +204,17 @@ def test_lightgbm_single_rows_from_threads_each_get_their_own_answer(loaded):
 @pytest.mark.parametrize("library", ["scikit-learn", "lightgbm"])
 def test_an_untested_library_version_serves_through_its_public_api(loaded, monkeypatch, library):
     """The special kernels read private attributes: with a version they were not written for, they are not
-    tried, and the estimator's own predict_proba answers (still compiled preprocessing, still verified)."""
+    tried, and ONNX Runtime or the estimator's own predict_proba answers (still compiled preprocessing, still
+    verified)."""
     monkeypatch.setitem(libraries.TESTED, library, "0.0.")
     libraries.untested.cache_clear()
     try:
         assert library in libraries.untested(library) and "is not the tested 0.0.x" in libraries.untested(library)
         model = loaded["lightgbm" if library == "lightgbm" else "rf"]
         predictor = build_predictor(model)
-        assert predictor.compiled and predictor.kernel.__name__ == "generic"
+        assert predictor.compiled and predictor.kernel_choice.report["hand"]["rejected"] == "none for this estimator"
+        # a random forest through ONNX Runtime (its converter is skl2onnx's public API); LightGBM has no converter
+        assert predictor.kernel.__name__ == ("generic" if library == "lightgbm" else "onnx")
         _assert_same(predictor, model, _edge_rows(model))
     finally:
         libraries.untested.cache_clear()

@@ -244,9 +244,11 @@ def test_ready_models_and_metrics(client, ab_home):
     assert models["production"]["version"] == "1" and models["staging"]["version"] == "2"
     assert models["production"]["run_id"] and models["production"]["loaded_at"]
     assert models["production"]["columns"] == list(ROW)
-    # which predictor answers: lr and dt (the test model list) compile to their special kernels
-    assert models["production"]["inference"]["path"] == "compiled", models["production"]["inference"]
-    assert models["production"]["inference"]["kernel"] in ("logistic", "decision_tree")
+    # which predictor answers: lr and dt (the test model list) compile to their hand kernels or ONNX Runtime
+    inference = models["production"]["inference"]
+    assert inference["path"] == "compiled", inference
+    assert inference["kernel"] in ("logistic", "decision_tree", "onnx")
+    assert " fastest verified: " in inference["kernel_reason"] and "at registration: " in inference["kernel_reason"]
     assert models["refresh"]["ok"] is True and models["refresh"]["error"] is None
     _post(client, {"user_id": 3, "features": ROW})
     _post(client, {"user_id": "x", "features": ROW})
@@ -257,6 +259,29 @@ def test_ready_models_and_metrics(client, ab_home):
     assert 'mlops_model_version{arm="Production"} 1.0' in text
     assert 'mlops_model_version{arm="Staging"} 2.0' in text
     assert 'mlops_model_compiled{arm="Production"} 1.0' in text
+    assert f'mlops_model_kernel{{arm="Production",kernel="{inference["kernel"]}"}} 1.0' in text
+
+
+def test_the_kernel_metric_names_the_kernel_each_arm_answers_with():
+    from types import SimpleNamespace
+
+    from server.metrics import Metrics
+    from server.store import Snapshot
+
+    def arm(version, kernel=None):
+        predictor = SimpleNamespace(compiled=kernel is not None, kernel=SimpleNamespace(__name__=kernel))
+        return SimpleNamespace(version=version, loaded_at=1.0, predictor=predictor)
+
+    metrics = Metrics()
+    metrics.observe_refresh(Snapshot(production=arm("1", "onnx"), staging=arm("2")), ok=True)
+    text = metrics.render()[0].decode()
+    assert 'mlops_model_kernel{arm="Production",kernel="onnx"} 1.0' in text
+    assert 'mlops_model_kernel{arm="Staging",kernel="pipeline"} 1.0' in text
+    metrics.observe_refresh(Snapshot(production=arm("3", "forest")), ok=True)
+    text = metrics.render()[0].decode()
+    assert 'mlops_model_kernel{arm="Production",kernel="onnx"} 0.0' in text
+    assert 'mlops_model_kernel{arm="Production",kernel="forest"} 1.0' in text
+    assert 'mlops_model_kernel{arm="Staging",kernel="none"} 1.0' in text
 
 
 def test_models_never_shows_credentials(tmp_path):

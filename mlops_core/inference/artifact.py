@@ -2,13 +2,16 @@
 
 At registration (:func:`export`) the chain compiles the pipeline, verifies it against the pipeline on rows of
 the version's own training data plus edge rows, and stores one pickle: the compiled operations, the final
-estimator, those probe rows and the pipeline's outputs on them; beside it a manifest with the pickle's
-SHA-256, the kernel, and every module the pickle imports. A pickle that would import PyCaret is not stored.
+estimator, its ONNX graph (bytes, when skl2onnx converts it), the kernels ranked fastest first, those probe
+rows and the pipeline's outputs on them; beside it a manifest with the pickle's SHA-256, the kernel chosen and
+why (each candidate's time a call, or why it was rejected), and every module the pickle imports. A pickle that
+would import PyCaret is not stored.
 
 A server (:func:`load`) checks the manifest's format and hash and the pickle's modules before unpickling,
-rebuilds the fastest kernel that reproduces the stored outputs on every probe row (in one batch, and in the
-request sizes its kernel treats differently), and only then serves it. Any failure raises
-:class:`ArtifactError` naming it; the caller falls back to the pipeline.
+rebuilds the kernels in the registration's ranking until one reproduces the stored outputs on every probe row
+(in one batch, and in the request sizes its kernel treats differently), and only then serves it; an ONNX graph
+is loaded by ONNX Runtime alone (no skl2onnx, no onnx). Any failure raises :class:`ArtifactError` naming it;
+the caller falls back to the pipeline.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from .compile import build_predictor, check_outputs, probe_rows, rows_of
-from .libraries import TESTED, special_kernel
-from .predictors import CompiledPredictor, PipelinePredictor, generic_kernel
+from .kernels import candidates, choose_kernel
+from .libraries import TESTED
+from .predictors import CompiledPredictor, PipelinePredictor
 
 __all__ = ["export", "load", "ArtifactError", "pickle_modules", "FORMAT", "PROBE_ROWS", "FORBIDDEN"]
 
-FORMAT = 1
+FORMAT = 2  # 2: the ONNX graph and the kernels' ranking in the payload; the choice in the manifest
 #: rows of the version's training data it is verified on (the edge rows come on top)
 PROBE_ROWS = 1000
 #: top-level packages a served artifact must not import (the point of it is to serve without them)
@@ -73,9 +77,12 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
     if not predictor.compiled:
         return None, {"format": FORMAT, "compiled": False, "reason": predictor.reason}
     predictions, probabilities = PipelinePredictor(model).raw(probe)
+    choice = predictor.kernel_choice
     payload = {"format": FORMAT, "columns": predictor.columns, "dtypes": predictor.dtypes, "ops": predictor.ops,
                "layout": predictor.layout, "dtype": predictor.dtype.str, "estimator": predictor.estimator,
-               "kernel": predictor.kernel.__name__, "probe": probe, "predictions": list(np.asarray(predictions)),
+               "onnx": predictor.onnx if "onnx" in choice.ranking else None,  # a rejected graph is not stored
+               "kernels": choice.ranking, "probe": probe,
+               "predictions": list(np.asarray(predictions)),
                "probabilities": np.asarray(probabilities, dtype=np.float64)}
     try:
         data = pickle.dumps(payload, protocol=5)
@@ -87,7 +94,8 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
         return None, {"format": FORMAT, "compiled": False,
                       "reason": f"the compiled form would import {needs[0]} to load"}
     return data, {"format": FORMAT, "compiled": True, "sha256": hashlib.sha256(data).hexdigest(),
-                  "kernel": predictor.kernel.__name__, "probe_rows": len(probe), "columns": predictor.columns,
+                  "kernel": predictor.kernel.__name__, "kernel_kind": choice.kind, "kernel_reason": choice.reason,
+                  "kernels": choice.report, "probe_rows": len(probe), "columns": predictor.columns,
                   "dtypes": predictor.dtypes, "modules": sorted({m.split(".")[0] for m in modules}),
                   "libraries": {name: _version(name) for name in sorted(TESTED)}}
 
@@ -110,21 +118,18 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
         compiled = CompiledPredictor(payload["columns"], payload["dtypes"], payload["ops"], payload["layout"],
                                      payload["dtype"], payload["estimator"], fallback=fallback)
         probe, p0, q0 = payload["probe"], payload["predictions"], payload["probabilities"]
+        compiled.onnx, ranking = payload["onnx"], payload["kernels"]
     except Exception as err:
         raise ArtifactError(f"unreadable: {type(err).__name__}: {err}") from err
-    problem = "no kernel"
-    for make in (special_kernel, generic_kernel):
-        try:
-            kernel = make(compiled.estimator)
-            if kernel is None:
-                continue
-            compiled.kernel = kernel
-            problem = check_outputs(compiled, probe, p0, q0)
-        except Exception as err:  # a kernel that fails here is not used
-            problem = f"the {make.__name__.removesuffix('_kernel')} kernel failed: {type(err).__name__}: {err}"
-        if problem is None:
-            return compiled
-    raise ArtifactError(f"does not reproduce the pipeline's outputs on its {len(probe)} probe rows: {problem}")
+    makers = candidates(compiled.estimator, compiled.onnx)
+    choice = choose_kernel(compiled, lambda c: check_outputs(c, probe, p0, q0), makers, order=ranking)
+    if choice.kind is None:
+        raise ArtifactError(f"does not reproduce the pipeline's outputs on its {len(probe)} probe rows: "
+                            f"{choice.reason}")
+    if manifest.get("kernel_reason"):
+        choice.reason = f"{choice.reason}; at registration: {manifest['kernel_reason']}"
+    compiled.kernel_choice = choice
+    return compiled
 
 
 def _version(distribution: str) -> str | None:

@@ -1,13 +1,14 @@
 """The compiler: a fitted PyCaret pipeline's known steps as plain list operations, verified against the pipeline.
 
 :func:`build_predictor` walks the pipeline's preprocessing steps. Each step it knows (scikit-learn's
-``SimpleImputer``, ``StandardScaler`` and ``MinMaxScaler``, category_encoders' ``OrdinalEncoder`` and
-``OneHotEncoder``) becomes an operation on Python lists, the encoders as lookup tables read off the fitted
-encoder itself. The result feeds the final estimator as one numpy matrix, through the fastest kernel that
-answers exactly as the estimator (:mod:`.libraries`' special kernels, else its own methods). The compiled
-path is then run beside the pipeline on probe rows (nulls, unseen categories, extreme numbers): the matrix
-must be identical, the predictions equal and the probabilities within 1e-9. Any unknown step, any difference,
-any error: the predictor is the pipeline itself, with the reason.
+``SimpleImputer``, ``StandardScaler`` and ``MinMaxScaler``, category_encoders' ``OrdinalEncoder``,
+``OneHotEncoder`` and ``TargetEncoder``, PyCaret's ``CleanColumnNames``) becomes an operation on Python lists,
+the encoders as lookup tables read off the fitted encoder itself. The result feeds the final estimator as one
+numpy matrix, through the fastest kernel that answers as the estimator (:mod:`.kernels`: its ONNX graph, a
+hand kernel of :mod:`.libraries`, else its own methods). The compiled path is then run beside the pipeline on
+probe rows (nulls, unseen categories, extreme numbers): the matrix must be identical, the predictions equal and
+the probabilities within 1e-9 (1e-6 through ONNX Runtime). Any unknown step, any difference, any error: the
+predictor is the pipeline itself, with the reason.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .libraries import pycaret_step, special_kernel
-from .ops import Encode, Impute, MinMax, Standardise
+from .kernels import candidates, choose_kernel, convert_onnx
+from .libraries import pycaret_renames, pycaret_step
+from .ops import Encode, Impute, MinMax, Rename, Standardise
 from .predictors import (
     NUMERIC_TYPES,
     UNSEEN,
     CompiledPredictor,
     PipelinePredictor,
-    generic_kernel,
     missing,
     to_frame,
 )
 
-__all__ = ["build_predictor", "compile_pipeline", "verify", "check_outputs", "probe_rows", "rows_of", "Unsupported"]
+__all__ = ["build_predictor", "compile_pipeline", "verify", "check_features", "check_outputs", "probe_rows", "rows_of",
+           "Unsupported"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,17 @@ def _encoder(t, include: list[str]):
     return Encode(tables, {col: outputs[col] for col in include})
 
 
+def _renamer(t, include: list[str]):
+    """The new name of each column whose name changes, read off the step itself (on a frame without rows)."""
+    import pandas as pd
+
+    renamed = [str(c) for c in t.transform(pd.DataFrame(columns=include)).columns]
+    if len(renamed) != len(include) or len(set(renamed)) != len(renamed):
+        raise Unsupported("a column renaming that merges columns")
+    names = {old: new for old, new in zip(include, renamed, strict=True) if old != new}
+    return Rename(names) if names else None
+
+
 def _compile_step(step):
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
@@ -112,6 +125,8 @@ def _compile_step(step):
     include, t = wrapped
     if not include:
         return None
+    if pycaret_renames(t):
+        return _renamer(t, include)
     if type(t).__name__ == "SimpleImputer":
         return _imputer(t, include)
     if type(t) in (StandardScaler, MinMaxScaler):
@@ -147,20 +162,30 @@ def compile_pipeline(model) -> CompiledPredictor:
 
 def verify(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
     """None when the compiled path answers exactly as the pipeline on ``rows``; else what differed."""
+    problem = check_features(compiled, fallback, rows)
+    if problem is not None:
+        return problem
+    p0, q0 = fallback.raw(rows)
+    return check_outputs(compiled, rows, p0, q0)
+
+
+def check_features(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
+    """None when the compiled operations give the feature matrix the pipeline's steps give on ``rows``."""
     model = fallback.model
     expected = model.model[:-1].transform(to_frame(rows, model)).to_numpy(dtype=compiled.dtype)
     got = compiled.matrix(rows)
     if got.shape != expected.shape or not np.array_equal(got, expected, equal_nan=True):
         return "the compiled features differ from the pipeline's"
-    p0, q0 = fallback.raw(rows)
-    return check_outputs(compiled, rows, p0, q0)
+    return None
 
 
 def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], p0, q0) -> str | None:
     """None when the compiled path gives predictions ``p0`` and probabilities ``q0`` (the pipeline's) on
-    ``rows``, in one batch and in the request sizes its kernel treats differently; else what differed."""
+    ``rows``, in one batch and in the request sizes its kernel treats differently; else what differed.
+    Probabilities may differ by the kernel's ``tolerance`` (ONNX Runtime's: 1e-6), else by 1e-9."""
+    tolerance = getattr(compiled.kernel, "tolerance", _TOLERANCE)
     p1, q1 = compiled.raw(rows)
-    problem = _compare(p1, q1, np.asarray(p0), np.asarray(q0), "")
+    problem = _compare(p1, q1, np.asarray(p0), np.asarray(q0), "", tolerance)
     if problem is not None:
         return problem
     # small requests may take another path through the kernel: check them too, in the sizes served
@@ -171,17 +196,17 @@ def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], p0, q
             chunk = rows[start:start + size]
             p2, q2 = compiled.raw(chunk)
             problem = _compare(p2, q2, p0[start:start + len(chunk)], q0[start:start + len(chunk)],
-                               f" (a request of {len(chunk)} rows)")
+                               f" (a request of {len(chunk)} rows)", tolerance)
             if problem is not None:
                 return problem
     return None
 
 
-def _compare(p1, q1, p0, q0, where: str) -> str | None:
+def _compare(p1, q1, p0, q0, where: str, tolerance: float) -> str | None:
     if q1.shape != q0.shape or list(p1) != list(p0):
         return f"the compiled predictions differ from the pipeline's{where}"
     worst = float(np.max(np.abs(q1 - q0))) if q0.size else 0.0
-    if not worst <= _TOLERANCE:
+    if not worst <= tolerance:
         return f"the compiled probabilities differ from the pipeline's by {worst:.3g}{where}"
     return None
 
@@ -234,34 +259,38 @@ def rows_of(frame, model) -> list[dict[str, Any]]:
 def build_predictor(model, *, probe: list[dict[str, Any]] | None = None):
     """The compiled predictor when it answers exactly as the pipeline on the probe rows, else the pipeline.
 
-    The estimator's special kernel is tried first, then its plain ``predict``/``predict_proba``.
+    Its kernel is the fastest that verifies (:func:`~.kernels.choose_kernel`) of the estimator converted to
+    ONNX, its hand kernel and its own ``predict``/``predict_proba``; ``kernel_choice`` says which and why, and
+    ``onnx`` holds the converted graph (stored with the artifact).
     """
     fallback = PipelinePredictor(model)
     version = getattr(model, "version", "?")
     try:
         compiled = compile_pipeline(model)
         rows = probe if probe is not None else probe_rows(model)
-        problem = "no kernel"
-        for make in (special_kernel, generic_kernel):
-            try:
-                kernel = make(compiled.estimator)
-                if kernel is None:
-                    continue
-                compiled.kernel = kernel
-                problem = verify(compiled, fallback, rows)
-            except Exception as err:  # e.g. a library without the private API a special kernel uses
-                log.warning("version %s: the %s kernel failed: %s: %s", version, make.__name__.removesuffix("_kernel"),
-                            type(err).__name__, err)
-                problem = f"the {make.__name__.removesuffix('_kernel')} kernel failed: {type(err).__name__}: {err}"
-            if problem is None:
-                break
+        problem = check_features(compiled, fallback, rows)
+        if problem is None:
+            p0, q0 = fallback.raw(rows)
+
+            def convert():
+                compiled.onnx = convert_onnx(compiled.estimator, width=len(compiled.layout), dtype=compiled.dtype)
+                return compiled.onnx
+
+            timing = ([compiled.matrix([row]) for row in rows[:8]], compiled.matrix(rows[:32]))
+            choice = choose_kernel(compiled, lambda c: check_outputs(c, rows, p0, q0),
+                                   candidates(compiled.estimator, convert), timing=timing)
+            problem = None if choice.kind else choice.reason
+            compiled.kernel_choice = choice
+            for kind, entry in choice.report.items():
+                if "rejected" in entry and kind != "onnx" and entry["rejected"].startswith("failed"):
+                    log.warning("version %s: the %s kernel %s", version, kind, entry["rejected"])
     except Unsupported as err:
         problem = f"not compiled: {err}"
     except Exception as err:  # a compiler bug must never stop a model from serving
         log.exception("compiling version %s failed", version)
         problem = f"compiling failed: {type(err).__name__}: {err}"
     if problem is None:
-        log.info("version %s: compiled inference path verified", version)
+        log.info("version %s: compiled inference path verified; kernel %s", version, choice.reason)
         return compiled
     log.warning("version %s: serving through the pipeline (%s)", version, problem)
     fallback.reason = problem

@@ -1,11 +1,12 @@
 """Every use of a library's private API in serving, in one place, behind a version check.
 
 The compiled path reads fitted objects the libraries do not document as API: PyCaret's ``TransformerWrapper``
-columns, scikit-learn's tree arrays, LightGBM's inner predictor and its C single-row call. Each was checked
-against the versions in :data:`TESTED`; with any other version installed, :func:`untested` names it and the
-callers fall back cleanly (a step is not compiled, a special kernel is not used: the pipeline, or the
-estimator's own public ``predict_proba``, answers instead). Verification against the pipeline still guards
-every version that is used.
+columns and ``CleanColumnNames``, scikit-learn's tree arrays (decision trees, random and extra-trees forests,
+SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, the prior DummyClassifier),
+LightGBM's inner predictor and its C single-row call. Each was checked against the versions in :data:`TESTED`;
+with any other version installed, :func:`untested` names it and the callers fall back cleanly (a step is not
+compiled, a special kernel is not used: the pipeline, ONNX Runtime or the estimator's own public
+``predict_proba`` answers instead). Verification against the pipeline still guards every version that is used.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from importlib import metadata
 
 import numpy as np
 
-__all__ = ["TESTED", "untested", "pycaret_step", "special_kernel", "SINGLE_ROWS"]
+__all__ = ["TESTED", "untested", "pycaret_step", "pycaret_renames", "special_kernel", "SINGLE_ROWS"]
 
 #: distribution -> the version prefix whose private API this module was written and verified against
 TESTED = {"pycaret": "3.3.", "scikit-learn": "1.4.", "lightgbm": "4."}
@@ -48,6 +49,14 @@ def pycaret_step(step) -> tuple[list[str], object] | None:
     return list(step._include), step.transformer
 
 
+def pycaret_renames(transformer) -> bool:
+    """Whether ``transformer`` (what :func:`pycaret_step` found) is PyCaret's ``CleanColumnNames``, which
+    only renames columns (setup adds it when a column name has a character outside ``[A-Za-z0-9_]``)."""
+    from pycaret.internal.preprocess.transformers import CleanColumnNames
+
+    return type(transformer) is CleanColumnNames
+
+
 def special_kernel(estimator):
     """A cheaper kernel doing what the estimator's own ``predict``/``predict_proba`` do (scikit-learn
     1.4, LightGBM 4), minus their per-call input validation, which costs more than the model on
@@ -56,9 +65,12 @@ def special_kernel(estimator):
     """
     if untested("scikit-learn"):
         return None
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import AdaBoostClassifier
     from sklearn.ensemble._forest import ForestClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
     kind = type(estimator)
     if kind is DecisionTreeClassifier and estimator.n_outputs_ == 1:
@@ -69,7 +81,7 @@ def special_kernel(estimator):
             return classes.take(np.argmax(raw, axis=1), axis=0), raw[:, :n]
         return decision_tree
     if isinstance(estimator, ForestClassifier) and estimator.n_outputs_ == 1 and all(
-            type(e) is DecisionTreeClassifier for e in estimator.estimators_):
+            type(e) in (DecisionTreeClassifier, ExtraTreeClassifier) for e in estimator.estimators_):
         trees = [(e.tree_, e.n_classes_) for e in estimator.estimators_]
         n, classes = estimator.n_classes_, estimator.classes_
 
@@ -81,8 +93,20 @@ def special_kernel(estimator):
             proba /= len(trees)
             return classes.take(np.argmax(proba, axis=1), axis=0), proba
         return forest
-    if kind is LogisticRegression and estimator.classes_.size == 2 and (
-            estimator.multi_class in ("ovr", "warn", "auto")):  # binary: predict_proba is the ovr expit
+    if kind is DummyClassifier and estimator.strategy == "prior" and estimator.n_outputs_ == 1 and not (
+            estimator.sparse_output_):
+        label, prior = estimator.classes_[estimator.class_prior_.argmax()], estimator.class_prior_
+
+        def prior_class(x):  # predict: the most likely class a priori; predict_proba: the priors (X not read)
+            return np.tile([label], [len(x), 1]).ravel(), np.ones((len(x), 1)) * prior
+        return prior_class
+    if (kind is AdaBoostClassifier and estimator.algorithm == "SAMME.R" and estimator.n_classes_ == 2
+            and all(type(e) is DecisionTreeClassifier and e.n_outputs_ == 1 for e in estimator.estimators_)):
+        return _adaboost(estimator)
+    # binary LogisticRegression (predict_proba: the ovr expit) and binary LDA (predict_proba: the expit of its
+    # decision_function): both are LinearClassifierMixin's decision and predict
+    if np.size(getattr(estimator, "classes_", ())) == 2 and (kind is LinearDiscriminantAnalysis or (
+            kind is LogisticRegression and estimator.multi_class in ("ovr", "warn", "auto"))):
         from scipy.special import expit
 
         coef, intercept, classes = estimator.coef_.T, estimator.intercept_, estimator.classes_
@@ -98,6 +122,32 @@ def special_kernel(estimator):
             and not callable(estimator.objective) and not untested("lightgbm")):
         return _lightgbm(estimator)
     return None
+
+
+def _adaboost(estimator):
+    """Binary SAMME.R AdaBoost over decision trees: AdaBoostClassifier's decision_function, predict and
+    predict_proba in scikit-learn 1.4's order of operations, one ``tree_.predict`` a tree (its own
+    predict_proba validates the input once for each of them, which is most of its cost)."""
+    trees = [(e.tree_, e.n_classes_) for e in estimator.estimators_]
+    classes, total = estimator.classes_, estimator.estimator_weights_.sum()
+    eps = np.finfo(np.float64).eps
+
+    def adaboost(x):
+        x32 = _float32(x)
+        proba = np.stack([tree.predict(x32)[:, :k] for tree, k in trees])  # each tree's predict_proba
+        np.clip(proba, eps, None, out=proba)  # _samme_proba of each tree, n_classes 2, all at once
+        log_proba = np.log(proba)
+        terms = (2 - 1) * (log_proba - (1.0 / 2) * log_proba.sum(axis=2)[:, :, np.newaxis])
+        pred = np.add.reduce(terms, axis=0)  # their sum(), tree after tree (an outer axis: no pairwise sum)
+        pred /= total
+        pred[:, 0] *= -1
+        decision = pred.sum(axis=1)
+        proba = np.vstack([-decision, decision]).T / 2  # _compute_proba_from_decision: softmax of that
+        proba -= proba.max(axis=1).reshape((-1, 1))
+        np.exp(proba, out=proba)
+        proba /= proba.sum(axis=1).reshape((-1, 1))
+        return classes.take(decision > 0, axis=0), proba
+    return adaboost
 
 
 def _float32(x: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["Impute", "Standardise", "MinMax", "Encode", "missing"]
+__all__ = ["Impute", "Standardise", "MinMax", "Encode", "Rename", "missing"]
 
 
 def missing(value: Any) -> bool:
@@ -63,3 +63,14 @@ class Encode:
             coded = [when_missing if missing(v) else table.get(v, when_unseen) for v in cols.pop(col)]
             for j, name in enumerate(self.outputs[col]):
                 cols[name] = [c[j] for c in coded]
+
+
+class Rename:
+    """PyCaret's ``CleanColumnNames``: columns renamed (the characters some estimators refuse removed)."""
+
+    def __init__(self, names: dict[str, str]):
+        self.names = names  # old name -> new name, for the columns whose name changes
+
+    def __call__(self, cols: dict[str, list]) -> None:
+        moved = {new: cols.pop(old) for old, new in self.names.items()}
+        cols.update(moved)

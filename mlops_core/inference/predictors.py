@@ -115,6 +115,8 @@ class CompiledPredictor:
         self.dtype = np.dtype(dtype)
         self.estimator = estimator
         self.kernel = kernel or generic_kernel(estimator)
+        self.kernel_choice = None  # a kernels.Choice: which kind of kernel serves, and why
+        self.onnx: tuple[bytes, str] | None = None  # the estimator as an ONNX graph, and the dtype it reads
         self.fallback = fallback
         numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
         self._numeric = [c for c in self.columns if c in numeric]

@@ -8,9 +8,9 @@ __all__ = ["import_serving_libraries", "SERVING_LIBRARIES"]
 
 #: what a worker imports to serve compiled artifacts: the registry reader, the estimators' libraries, the app.
 #: Neither MLflow nor PyCaret: a worker imports them only for a version that must be served through its pipeline.
-SERVING_LIBRARIES = ("sqlalchemy", "sklearn.linear_model", "sklearn.tree", "sklearn.ensemble", "lightgbm", "flask",
-                     "prometheus_client", "apscheduler.schedulers.background", "server", "server.predict",
-                     "server.store", "mlops_core.inference.artifact", "mlops_core.registry_reader")
+SERVING_LIBRARIES = ("sqlalchemy", "sklearn.linear_model", "sklearn.tree", "sklearn.ensemble", "lightgbm",
+                     "onnxruntime", "flask", "prometheus_client", "apscheduler.schedulers.background", "server",
+                     "server.predict", "server.store", "mlops_core.inference.artifact", "mlops_core.registry_reader")
 
 
 def import_serving_libraries() -> list[str]:

@@ -1,0 +1,209 @@
+"""Kernels: the final estimator on a feature matrix, and the choice of the one that serves a version.
+
+A kernel is a function ``x -> (predicted labels, predict_proba matrix)``. Three kinds compete for each version:
+
+- ``onnx``: the estimator converted by skl2onnx at registration (:func:`convert_onnx`) and run by ONNX Runtime
+  (:func:`onnx_kernel`, which needs neither skl2onnx nor onnx: a serving worker stays light);
+- ``hand``: the hand-written kernel of :mod:`.libraries` (``special_kernel``), which reads private attributes;
+- ``generic``: the estimator's own ``predict`` and ``predict_proba``.
+
+No converted graph and no hand kernel is trusted: each must reproduce the pipeline's outputs on the probe rows
+(labels equal, probabilities within the kernel's ``tolerance``). :func:`choose_kernel` does that for the
+registration (every candidate verified, the verified ones timed, the fastest kept) and for the server (the
+registration's ranking tried in order, the first that reproduces the stored outputs kept).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import first_line
+from .libraries import special_kernel
+from .predictors import generic_kernel
+
+__all__ = ["KINDS", "ONNX_TOLERANCE", "HAND_PENALTY", "Choice", "candidates", "choose_kernel", "convert_onnx",
+           "onnx_kernel"]
+
+#: the candidates, in the order preferred when they are as fast: the maintained runtime first
+KINDS = ("onnx", "hand", "generic")
+#: ONNX Runtime computes in its own order (and trees in float32): equal to the pipeline within this, not bit for bit
+ONNX_TOLERANCE = 1e-6
+#: a hand kernel is chosen over a verified ONNX graph only when it is this many times faster on one row
+HAND_PENALTY = 1.5
+_BATCH = 32  # the batch size timed beside one row
+
+
+def convert_onnx(estimator, *, width: int, dtype) -> tuple[bytes, str]:
+    """``estimator`` as an ONNX graph reading a matrix of ``width`` columns (its bytes), and the dtype it reads:
+    float32 for scikit-learn's trees (which compare float32 features), else ``dtype``. Needs skl2onnx;
+    raises what it raises when it has no converter."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
+
+    reads = np.dtype(np.float32) if _tree_based(estimator) else np.dtype(dtype)
+    tensor = {np.dtype(np.float32): FloatTensorType, np.dtype(np.float64): DoubleTensorType}.get(reads)
+    if tensor is None:
+        raise TypeError(f"expected float32 or float64 features, got {reads}")
+    graph = convert_sklearn(estimator, initial_types=[("x", tensor([None, width]))],
+                            options={id(estimator): {"zipmap": False}})  # probabilities as a matrix
+    return graph.SerializeToString(), reads.str
+
+
+def _tree_based(estimator) -> bool:
+    from sklearn.tree import BaseDecisionTree
+
+    if isinstance(estimator, BaseDecisionTree):
+        return True
+    members = getattr(estimator, "estimators_", None)
+    if members is None or len(members) == 0:
+        return False
+    return all(isinstance(m, BaseDecisionTree) for m in np.asarray(members, dtype=object).ravel())
+
+
+def onnx_kernel(graph: bytes, dtype: str):
+    """The kernel of an ONNX graph made by :func:`convert_onnx`: one ONNX Runtime session on one thread (a
+    serving worker is a process, one per core), run sequentially. Non-finite features raise, as the
+    estimator's own input check would."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+    if len(inputs) != 1 or len(outputs) != 2:
+        raise ValueError(f"expected one input and two outputs (label, probabilities), got {len(inputs)} and "
+                         f"{outputs}")
+    name, reads, run = inputs[0].name, np.dtype(dtype), session.run
+
+    def onnx(x):
+        x = np.ascontiguousarray(x, dtype=reads)
+        if not np.isfinite(x).all():
+            raise ValueError("non-finite features")
+        labels, proba = run(outputs, {name: x})
+        return labels, proba.astype(np.float64)
+    onnx.tolerance = ONNX_TOLERANCE
+    onnx.session = session  # held with the kernel, for whoever inspects it
+    return onnx
+
+
+def candidates(estimator, graph: tuple[bytes, str] | None | Callable[[], tuple[bytes, str]],
+               ) -> dict[str, Callable[[], Any]]:
+    """The makers of each kind of kernel for ``estimator``: ``graph`` is the stored ONNX graph and its dtype,
+    None (none was stored), or a function converting it (at registration). A maker returns None when its kind
+    does not apply, and raises when it fails."""
+
+    def make_onnx():
+        stored = graph() if callable(graph) else graph
+        return None if stored is None else onnx_kernel(*stored)
+
+    return {"onnx": make_onnx, "hand": lambda: special_kernel(estimator), "generic": lambda: generic_kernel(estimator)}
+
+
+@dataclass
+class Choice:
+    """The outcome of :func:`choose_kernel`: the kind chosen (None: no candidate verified), why, and per kind
+    what happened (``name``: the kernel's name, ``us_1``/``us_32``: its time a call, ``rejected``: why not)."""
+
+    kind: str | None
+    reason: str
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> list[str]:
+        """The kinds that verified, best first: the order a server tries them in."""
+        return [k for k, r in self.report.items() if "rejected" not in r]
+
+
+def choose_kernel(compiled, check: Callable[[Any], str | None], makers: dict[str, Callable[[], Any]], *,
+                  timing: list | None = None, order: list[str] | None = None, measure=None) -> Choice:
+    """Set ``compiled.kernel`` to the best candidate that ``check(compiled)`` (None: reproduces the pipeline)
+    accepts, and say which, and why.
+
+    With ``timing`` (the feature matrices to time on: one row each, then a batch), every candidate is built,
+    checked and the verified ones timed (``measure(kernel, inputs)``: seconds a call, default the best of a few
+    rounds); the one fastest on one row serves (the common request), a hand kernel counted :data:`HAND_PENALTY`
+    times slower than it is. Without, the kinds in ``order`` (default :data:`KINDS`) are tried in that order, then
+    the generic one if it was not among them, and the first that verifies serves.
+    """
+    measure = measure or _per_call
+    kinds = [k for k in (order or KINDS) if k in makers and k != "generic"]
+    if "generic" in makers:
+        kinds.append("generic")  # the estimator's own methods: the last resort, always tried
+    report: dict[str, dict[str, Any]] = {}
+    kernels = {}
+    for kind in kinds:
+        entry = report[kind] = {}
+        try:
+            kernel = makers[kind]()
+            if kernel is None:
+                entry["rejected"] = "none for this estimator"
+                continue
+            entry["name"] = kernel.__name__
+            compiled.kernel = kernel
+            problem = check(compiled)
+        except Exception as err:  # e.g. no converter, a graph that does not load, a missing private API
+            problem = f"failed: {type(err).__name__}: {first_line(err, 200)}"
+        if problem is not None:
+            entry["rejected"] = problem
+            continue
+        kernels[kind] = kernel
+        if timing is None:
+            break
+        singles, batch = timing
+        entry["us_1"] = round(measure(kernel, singles) * 1e6, 1)
+        entry["us_32"] = round(measure(kernel, [batch]) * 1e6, 1)
+    if not kernels:
+        reasons = "; ".join(f"{k}: {r['rejected']}" for k, r in report.items())
+        return Choice(None, f"no kernel reproduces the pipeline ({reasons})", report)
+    if timing is None:
+        kind = next(iter(kernels))
+        rejected = [f"{k}: {r['rejected']}" for k, r in report.items() if k != kind]
+        reason = f"{kind} verified" + (f" (rejected: {'; '.join(rejected)})" if rejected else "")
+    else:
+        def score(k):
+            return report[k]["us_1"] * (HAND_PENALTY if k == "hand" else 1.0)
+        ranked = sorted(kernels, key=lambda k: (score(k), KINDS.index(k)))
+        kind = ranked[0]
+        report = {k: report[k] for k in [*ranked, *(k for k in report if k not in kernels)]}
+        reason = _why(kind, report)
+    compiled.kernel = kernels[kind]
+    return Choice(kind, reason, report)
+
+
+def _why(kind: str, report: dict[str, dict[str, Any]]) -> str:
+    chosen = report[kind]
+    text = (f"{kind} ({chosen['name']}) fastest verified: {chosen['us_1']:g} us a call on 1 row, "
+            f"{chosen['us_32']:g} us on {_BATCH}")
+    timed = [k for k, r in report.items() if k != kind and "rejected" not in r]
+    if timed:
+        text += "; then " + ", ".join(f"{k} ({report[k]['name']}) {report[k]['us_1']:g} us" for k in timed)
+    if "hand" in timed and report["hand"]["us_1"] < chosen["us_1"]:
+        text += f" (a hand kernel serves only when {HAND_PENALTY:g}x faster)"
+    rejected = [f"{k}: {r['rejected']}" for k, r in report.items() if "rejected" in r]
+    if rejected:
+        text += "; rejected: " + "; ".join(rejected)
+    return text
+
+
+def _per_call(kernel, inputs: list, *, budget: float = 0.02) -> float:
+    """The best mean time (seconds) of one call of ``kernel`` over ``inputs``, in at least 3 rounds and about
+    ``budget`` seconds (at most 10x that for a slow kernel)."""
+    kernel(inputs[0])  # a first call may set things up
+    best, spent, rounds = float("inf"), 0.0, 0
+    while rounds < 3 or spent < budget:
+        started = time.perf_counter()
+        for x in inputs:
+            kernel(x)
+        elapsed = time.perf_counter() - started
+        best, spent, rounds = min(best, elapsed / len(inputs)), spent + elapsed, rounds + 1
+        if spent > 10 * budget:
+            break
+    return best
+
