@@ -1,4 +1,6 @@
 # Everything is installed into ./.venv from nothing; the constraints file pins the resolved set.
+# --no-compile: Python compiles a module's bytecode when it is first imported; compiling every file of every
+# package up front (Airflow's and MLflow's included) took most of the install's time.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (PyCaret 3.3 supports Python <= 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,airflow,postgres]"
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[test,airflow,postgres]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
