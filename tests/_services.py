@@ -144,6 +144,9 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+STOP_WAIT = 60  # seconds a stopped master may take (its workers exit in about a second)
+
+
 class Gunicorn:
     """One gunicorn master serving ``server:create_app()`` from a scratch working directory."""
 
@@ -162,8 +165,9 @@ class Gunicorn:
         env = base_env(MLOPS_HOME=str(self.home), MLOPS_REFRESH_SECONDS=str(REFRESH), MLOPS_WORKERS="2",
                        MLOPS_BIND=f"127.0.0.1:{self.port}", PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
                        **self.extra)
+        # no forced kill at the end of the graceful shutdown: a worker that cannot exit keeps the master up (stop)
         args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), *(["--preload"] if self.preload else []),
-                "server:create_app()"]
+                "--graceful-timeout", "300", "server:create_app()"]
         self.log = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -202,9 +206,23 @@ class Gunicorn:
             return "\n".join(self.log_path.read_text().splitlines()[-n:])
         return ""
 
-    def stop(self) -> None:
-        stop(self.proc)
+    def stop(self) -> list[str]:
+        """Stop the master: TERM, a bounded wait, then KILL. Returns what shows that a worker did not exit by
+        itself (a signal gunicorn reported, a C++ runtime's abort, a master still waiting for its workers at
+        the end of the wait), for a caller to assert on."""
+        problems = []
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                problems.append(f"the master still waited for a worker {STOP_WAIT} s after SIGTERM")
+                stop(self.proc)
         self.log.close()
+        with contextlib.suppress(OSError):
+            problems += [line for line in self.log_path.read_text().splitlines()
+                         if re.search(r"was sent SIG|terminate called", line)]
+        return problems
 
 
 class Load(threading.Thread):

@@ -51,7 +51,10 @@ def served(abc_home, tmp_path_factory):
         server_.wait_ready()
         yield server_
     finally:
-        server_.stop()
+        abnormal = server_.stop()
+    # after a module of requests, SIGTERM lets every worker exit by itself (ONNX Runtime imported before the
+    # fork made them abort or hang until gunicorn killed them)
+    assert not abnormal, abnormal
 
 
 def _post(url, user_id, features):

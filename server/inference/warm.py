@@ -8,8 +8,10 @@ __all__ = ["import_serving_libraries", "SERVING_LIBRARIES"]
 
 #: what a worker imports to serve compiled artifacts: the registry reader, the estimators' libraries, the app.
 #: Neither MLflow nor PyCaret: a worker imports them only for a version that must be served through its pipeline.
+#: Nor ONNX Runtime: imported before the fork, it left the workers' exit hanging until gunicorn killed them
+#: (graceful_timeout, 20 s) or aborting ("std::system_error: Invalid argument"); each worker imports its own.
 SERVING_LIBRARIES = ("sqlalchemy", "sklearn.linear_model", "sklearn.tree", "sklearn.ensemble", "lightgbm",
-                     "onnxruntime", "flask", "prometheus_client", "apscheduler.schedulers.background", "server",
+                     "flask", "prometheus_client", "apscheduler.schedulers.background", "server",
                      "server.predict", "server.store", "mlops_core.inference.artifact", "mlops_core.registry_reader")
 
 
