@@ -136,6 +136,15 @@ def wait_for(predicate, timeout: float, step: float = 0.1):
     return predicate()
 
 
+def python_json(code: str, timeout: float = 120) -> dict:
+    """Run ``code`` in a fresh Python process (this interpreter) and return the JSON it printed last."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MLOPS_") and k not in ("MLFLOW_TRACKING_URI", "PROMETHEUS_MULTIPROC_DIR")}

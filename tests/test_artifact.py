@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -17,6 +15,8 @@ from mlops_core.inference.compile import rows_of
 from mlops_core.inference.predictors import PipelinePredictor
 from mlops_core.registry import COMPILED_TAG, Registry
 from server.inference.serving import Serving
+
+from _services import python_json
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,7 @@ def test_a_compiled_version_loads_and_answers_in_a_process_without_pycaret(store
         "heavy = sorted(m for m in ('pycaret', 'category_encoders', 'lightgbm', 'skl2onnx', 'onnx')"
         " if m in sys.modules)\n"
         "print(json.dumps({'source': served.source, 'answer': answer, 'heavy': heavy}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = python_json(code)
     assert result["source"] == "artifact" and result["heavy"] == []
     assert tuple(result["answer"]) == tuple(PipelinePredictor(model)(rows[:50]))
 

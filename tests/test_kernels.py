@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,6 +17,8 @@ from mlops_core.inference import artifact, kernels
 from mlops_core.inference.compile import probe_rows, rows_of
 from mlops_core.inference.predictors import PipelinePredictor
 from mlops_core.registry import LoadedModel
+
+from _services import python_json
 
 FEATURES = ("x-a", "x b", "count", "flag", "colour", "home city")
 # every PyCaret model id with predict_proba, less: gpc and rbfsvm (a Gaussian process and an RBF SVC with
@@ -181,9 +181,7 @@ def test_an_onnx_kernel_loads_with_onnx_runtime_alone_on_one_thread(registered, 
         "print(json.dumps({'kernel': predictor.kernel.__name__, 'answer': answer, 'heavy': heavy,"
         " 'threads': [options.intra_op_num_threads, options.inter_op_num_threads],"
         " 'mode': str(options.execution_mode)}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = python_json(code)
     assert result["kernel"] == "onnx" and result["heavy"] == [], result["heavy"]
     assert result["threads"] == [1, 1] and result["mode"].endswith("ORT_SEQUENTIAL")
     labels, probabilities = PipelinePredictor(model)(rows)
