@@ -21,8 +21,9 @@ def pytest_configure(config):
 
 
 #: the modules that take longest, longest first (``pytest --durations=0``, summed per module). ``make test``
-#: runs pytest-xdist with ``--dist loadfile``, which hands whole modules to its workers in collection order:
-#: starting the long ones first keeps one worker from finishing long after the other
+#: runs pytest-xdist with ``--dist loadfile --no-loadscope-reorder``, which hands whole modules to its workers in
+#: collection order (by default it would order them by their number of tests): starting the long ones first
+#: keeps one worker from finishing long after the other
 LONGEST_FIRST = ("test_reliability_watcher.py", "test_watcher.py", "test_decisions.py", "test_airflow_dag.py",
                  "test_server_gunicorn.py", "test_scale_out.py", "test_end_to_end.py", "test_reliability_faults.py",
                  "test_bad_data.py", "test_ab_gunicorn.py", "test_pipeline.py", "test_openapi.py",
