@@ -36,7 +36,7 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
     """
     from .errors import BusyError
     from .pipeline import pipeline_lock
-    from .registry import LIFECYCLE, PRODUCTION, STAGING, Registry, dumps
+    from .registry import PRODUCTION, STAGING, Registry, dumps
 
     promote = settings.ab_promote if promote is None else promote
     retire = settings.ab_retire if retire is None else retire
@@ -75,8 +75,7 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
                 if action == "promote":
                     registry.promote(staging)
                 else:
-                    registry.sync()
-                    registry.tag_version(staging, {LIFECYCLE: "retired"})
+                    registry.sync(lifecycle="retired")
                 after = registry.aliases()
                 out = {**out, "status": status, "version": staging, "production": after.get(PRODUCTION),
                        "staging": after.get(STAGING), "run_id": run_id}

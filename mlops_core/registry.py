@@ -312,16 +312,17 @@ class Registry:
         self._set_history([*history, version])
         return {"production": version, "staging": version, "archived": old_prod if old_prod != version else None}
 
-    def sync(self) -> dict:
-        """Point ``staging`` at the Production version (the seed's sync_staging_with_production)."""
+    def sync(self, *, lifecycle: str = "archived") -> dict:
+        """Point ``staging`` at the Production version (the seed's sync_staging_with_production); the challenger
+        it unaliases is tagged ``lifecycle`` first, so whoever sees the alias moved sees its final tag."""
         aliases = self.aliases()
         prod = aliases.get(PRODUCTION)
         if prod is None:
             raise RegistryError(f"{self.name!r} has no Production version to sync Staging to")
         old = aliases.get(STAGING)
-        self.set_alias(STAGING, prod)
         if old and old != prod:
-            self.tag_version(old, {LIFECYCLE: "archived"})
+            self.tag_version(old, {LIFECYCLE: lifecycle})
+        self.set_alias(STAGING, prod)
         return {"production": prod, "staging": prod}
 
     def rollback(self) -> dict:
