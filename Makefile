@@ -19,7 +19,9 @@ install: $(STAMP)  ## create .venv and install the project with its pinned depen
 
 test: $(STAMP)  ## run the whole test suite, one process per CPU (installs first when needed)
 	scripts/ensure-postgres
-	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=25
+	@# bytecode is compiled on first import (install --no-compile) and must be kept: PYTHONDONTWRITEBYTECODE, set
+	@# on some machines, would make every test process compile every module it imports again
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)
 	$(BIN)/mlops up
