@@ -82,7 +82,12 @@ def when_ready(server):
 
 def post_worker_init(worker):
     """Load the models in this worker, then start its refresh scheduler, before it serves."""
+    from server.worker_exit import close_idle_connections_on_exit
+
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if not close_idle_connections_on_exit(worker):
+        worker.log.warning("this gunicorn's worker has changed: a stopping worker waits up to graceful_timeout "
+                           "for clients that keep idle connections open")
     store = worker.wsgi.extensions["mlops_store"]
     worker.notify()
     store.start()

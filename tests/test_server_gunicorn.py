@@ -174,6 +174,30 @@ def test_with_preload_every_worker_refreshes(abc_home, tmp_path):
         srv.stop()
 
 
+def test_a_stopping_worker_closes_idle_client_connections(abc_home, tmp_path):
+    """Clients that keep their connection open between requests (an HTTP session, a load balancer) must not
+    hold a stopping worker: each worker exits by itself. The test servers run with a graceful timeout of 300 s,
+    so a worker waiting on such a connection shows as a master still waiting."""
+    import socket
+
+    srv = Gunicorn(abc_home.home, tmp_path / "cwd")
+    idle: list[socket.socket] = []
+    try:
+        srv.wait_ready()
+        request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode()
+        for _ in range(8):  # kept alive after an answer, spread over both workers
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "no answer to a keep-alive request"
+            idle.append(sock)
+    finally:
+        abnormal = srv.stop()
+        for sock in idle:
+            sock.close()
+    assert not abnormal, abnormal
+    assert srv.tail(60).count("Worker exiting") == 2, srv.tail(60)
+
+
 # -- a real registry server that goes away ---------------------------------------------------------
 class MlflowServer:
     def __init__(self, db: Path, port: int, log_path: Path):
