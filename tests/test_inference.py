@@ -360,6 +360,42 @@ def test_no_request_is_lost_or_stuck_when_threads_keep_arriving(wait):
     assert not wrong
 
 
+def test_a_version_served_by_its_pipeline_batches_every_waiting_request(loaded):
+    """The fallback path (a version nothing compiles): 32 concurrent requests, more than a worker's threads by
+    default, share pipeline calls; each gets the pipeline's own answer for its row."""
+    from mlops_core.data import load_titanic
+    from mlops_core.inference.compile import rows_of
+    from mlops_core.inference.predictors import ServedModel
+
+    model = loaded["lr"]
+    pipeline, sizes = PipelinePredictor(model, "not compiled"), []
+
+    def counted(rows):
+        sizes.append(len(rows))
+        return pipeline(rows)
+
+    served = ServedModel.of(model, counted)
+    serving = Serving(compiled=False, batch_wait=0.0015)
+    rows = rows_of(load_titanic().head(32 * 8), model)
+    answers: dict[int, tuple] = {}
+
+    def client(c):
+        for i in range(c, len(rows), 32):
+            answers[i] = serving(served, [rows[i]])
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(answers) == len(rows), "a request never got its answer"
+    expected_labels, expected_probabilities = pipeline(rows)
+    assert [answers[i][0][0] for i in range(len(rows))] == expected_labels
+    assert [answers[i][1][0] for i in range(len(rows))] == pytest.approx(expected_probabilities, abs=1.1e-6)
+    assert sum(sizes) == len(rows) and len(sizes) < len(rows) / 4, sizes  # calls were shared
+    assert max(sizes) > 16, sizes  # a batch gathered more requests than a worker has threads
+
+
 @pytest.mark.slow
 def test_a_categorical_with_many_levels_is_target_encoded_and_compiled(tmp_path):
     """PyCaret target-encodes a categorical of more than 25 levels: that step compiles too (issue 19), on a data

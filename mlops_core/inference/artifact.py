@@ -3,7 +3,8 @@
 At registration (:func:`export`) the chain compiles the pipeline, verifies it against the pipeline on rows of
 the version's own training data plus edge rows, and stores one pickle: the compiled operations, the final
 estimator, its ONNX graph (bytes, when skl2onnx converts it), the kernels ranked fastest first, those probe
-rows and the pipeline's outputs on them; beside it a manifest with the pickle's SHA-256, the kernel chosen and
+rows and the pipeline's outputs on them (in one call, and on each row alone when a row-wise kernel was checked on
+them); beside it a manifest with the pickle's SHA-256, the kernel chosen and
 why (each candidate's time a call, or why it was rejected), and every module the pickle imports. A pickle that
 would import PyCaret is not stored.
 
@@ -22,12 +23,10 @@ import pickletools
 from importlib import metadata
 from typing import Any
 
-import numpy as np
-
-from .compile import build_predictor, check_outputs, probe_rows, rows_of
+from .compile import Expected, build_predictor, check_outputs, probe_rows, rows_of
 from .kernels import candidates, choose_kernel
 from .libraries import TESTED
-from .predictors import CompiledPredictor, PipelinePredictor
+from .predictors import CompiledPredictor
 
 __all__ = ["export", "load", "ArtifactError", "pickle_modules", "FORMAT", "PROBE_ROWS", "FORBIDDEN"]
 
@@ -76,14 +75,13 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
     predictor = build_predictor(model, probe=probe)
     if not predictor.compiled:
         return None, {"format": FORMAT, "compiled": False, "reason": predictor.reason}
-    predictions, probabilities = PipelinePredictor(model).raw(probe)
-    choice = predictor.kernel_choice
+    choice, expected = predictor.kernel_choice, predictor.expected
     payload = {"format": FORMAT, "columns": predictor.columns, "dtypes": predictor.dtypes, "ops": predictor.ops,
                "layout": predictor.layout, "dtype": predictor.dtype.str, "estimator": predictor.estimator,
                "onnx": predictor.onnx if "onnx" in choice.ranking else None,  # a rejected graph is not stored
                "kernels": choice.ranking, "probe": probe,
-               "predictions": list(np.asarray(predictions)),
-               "probabilities": np.asarray(probabilities, dtype=np.float64)}
+               "predictions": list(expected.predictions), "probabilities": expected.probabilities,
+               "alone": expected.alone_computed}  # computed when a row-wise kernel was checked
     try:
         data = pickle.dumps(payload, protocol=5)
     except Exception as err:  # e.g. an op that is a closure
@@ -117,12 +115,13 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
         payload = pickle.loads(data)
         compiled = CompiledPredictor(payload["columns"], payload["dtypes"], payload["ops"], payload["layout"],
                                      payload["dtype"], payload["estimator"], fallback=fallback)
-        probe, p0, q0 = payload["probe"], payload["predictions"], payload["probabilities"]
+        probe = payload["probe"]
+        expected = Expected(payload["predictions"], payload["probabilities"], payload.get("alone"))
         compiled.onnx, ranking = payload["onnx"], payload["kernels"]
     except Exception as err:
         raise ArtifactError(f"unreadable: {type(err).__name__}: {err}") from err
     makers = candidates(compiled.estimator, compiled.onnx)
-    choice = choose_kernel(compiled, lambda c: check_outputs(c, probe, p0, q0), makers, order=ranking)
+    choice = choose_kernel(compiled, lambda c: check_outputs(c, probe, expected), makers, order=ranking)
     if choice.kind is None:
         raise ArtifactError(f"does not reproduce the pipeline's outputs on its {len(probe)} probe rows: "
                             f"{choice.reason}")

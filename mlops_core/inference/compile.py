@@ -30,8 +30,8 @@ from .predictors import (
     to_frame,
 )
 
-__all__ = ["build_predictor", "compile_pipeline", "verify", "check_features", "check_outputs", "probe_rows", "rows_of",
-           "Unsupported"]
+__all__ = ["build_predictor", "compile_pipeline", "Expected", "check_features", "check_outputs", "probe_rows",
+           "rows_of", "Unsupported"]
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,27 @@ def compile_pipeline(model) -> CompiledPredictor:
                              fallback=PipelinePredictor(model))
 
 
-def verify(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
-    """None when the compiled path answers exactly as the pipeline on ``rows``; else what differed."""
-    problem = check_features(compiled, fallback, rows)
-    if problem is not None:
-        return problem
-    p0, q0 = fallback.raw(rows)
-    return check_outputs(compiled, rows, p0, q0)
+class Expected:
+    """The pipeline's answers on the probe rows, which a kernel must reproduce: on all of them in one call
+    (``predictions``, ``probabilities``) and on each row as a request of its own (:meth:`alone`), which a
+    ``row_wise`` kernel is checked on instead (one that answers each row as the estimator answers it alone, for an
+    estimator whose answer on a row moves with the rows beside it). ``alone`` is the pair, a function computing
+    it (at registration, called only when a row-wise kernel asks), or None (not stored)."""
+
+    def __init__(self, predictions, probabilities, alone=None):
+        self.predictions, self.probabilities = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
+        self._alone = alone
+
+    def alone(self):
+        if callable(self._alone):
+            predictions, probabilities = self._alone()
+            self._alone = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
+        return self._alone
+
+    @property
+    def alone_computed(self):
+        """The answers row by row when they were computed (or stored), else None."""
+        return None if callable(self._alone) else self._alone
 
 
 def check_features(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
@@ -179,13 +193,20 @@ def check_features(compiled: CompiledPredictor, fallback: PipelinePredictor, row
     return None
 
 
-def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], p0, q0) -> str | None:
-    """None when the compiled path gives predictions ``p0`` and probabilities ``q0`` (the pipeline's) on
-    ``rows``, in one batch and in the request sizes its kernel treats differently; else what differed.
-    Probabilities may differ by the kernel's ``tolerance`` (ONNX Runtime's: 1e-6), else by 1e-9."""
+def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], expected: Expected) -> str | None:
+    """None when the compiled path gives the pipeline's answers (``expected``) on ``rows``, in one batch and in
+    the request sizes its kernel treats differently; else what differed. Probabilities may differ by the kernel's
+    ``tolerance`` (ONNX Runtime's: 1e-6), else by 1e-9. A ``row_wise`` kernel is checked on the pipeline's
+    answers on each row alone."""
     tolerance = getattr(compiled.kernel, "tolerance", _TOLERANCE)
+    if getattr(compiled.kernel, "row_wise", False):
+        if expected.alone() is None:
+            return "the pipeline's answers on each row alone were not stored"
+        p0, q0 = expected.alone()
+    else:
+        p0, q0 = expected.predictions, expected.probabilities
     p1, q1 = compiled.raw(rows)
-    problem = _compare(p1, q1, np.asarray(p0), np.asarray(q0), "", tolerance)
+    problem = _compare(p1, q1, p0, q0, "", tolerance)
     if problem is not None:
         return problem
     # small requests may take another path through the kernel: check them too, in the sizes served
@@ -270,14 +291,14 @@ def build_predictor(model, *, probe: list[dict[str, Any]] | None = None):
         rows = probe if probe is not None else probe_rows(model)
         problem = check_features(compiled, fallback, rows)
         if problem is None:
-            p0, q0 = fallback.raw(rows)
+            compiled.expected = Expected(*fallback.raw(rows), alone=lambda: fallback.alone(rows))
 
             def convert():
                 compiled.onnx = convert_onnx(compiled.estimator, width=len(compiled.layout), dtype=compiled.dtype)
                 return compiled.onnx
 
             timing = ([compiled.matrix([row]) for row in rows[:8]], compiled.matrix(rows[:32]))
-            choice = choose_kernel(compiled, lambda c: check_outputs(c, rows, p0, q0),
+            choice = choose_kernel(compiled, lambda c: check_outputs(c, rows, compiled.expected),
                                    candidates(compiled.estimator, convert), timing=timing)
             problem = None if choice.kind else choice.reason
             compiled.kernel_choice = choice

@@ -2,7 +2,7 @@
 
 The compiled path reads fitted objects the libraries do not document as API: PyCaret's ``TransformerWrapper``
 columns and ``CleanColumnNames``, scikit-learn's tree arrays (decision trees, random and extra-trees forests,
-SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, the prior DummyClassifier),
+SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, QDA, the prior DummyClassifier),
 LightGBM's inner predictor and its C single-row call. Each was checked against the versions in :data:`TESTED`;
 with any other version installed, :func:`untested` names it and the callers fall back cleanly (a step is not
 compiled, a special kernel is not used: the pipeline, ONNX Runtime or the estimator's own public
@@ -65,7 +65,7 @@ def special_kernel(estimator):
     """
     if untested("scikit-learn"):
         return None
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis, QuadraticDiscriminantAnalysis
     from sklearn.dummy import DummyClassifier
     from sklearn.ensemble import AdaBoostClassifier
     from sklearn.ensemble._forest import ForestClassifier
@@ -103,6 +103,8 @@ def special_kernel(estimator):
     if (kind is AdaBoostClassifier and estimator.algorithm == "SAMME.R" and estimator.n_classes_ == 2
             and all(type(e) is DecisionTreeClassifier and e.n_outputs_ == 1 for e in estimator.estimators_)):
         return _adaboost(estimator)
+    if kind is QuadraticDiscriminantAnalysis:
+        return _qda(estimator)
     # binary LogisticRegression (predict_proba: the ovr expit) and binary LDA (predict_proba: the expit of its
     # decision_function): both are LinearClassifierMixin's decision and predict
     if np.size(getattr(estimator, "classes_", ())) == 2 and (kind is LinearDiscriminantAnalysis or (
@@ -148,6 +150,32 @@ def _adaboost(estimator):
         proba /= proba.sum(axis=1).reshape((-1, 1))
         return classes.take(decision > 0, axis=0), proba
     return adaboost
+
+
+def _qda(estimator):
+    """QuadraticDiscriminantAnalysis's predict and predict_proba, in scikit-learn 1.4's order of operations, one
+    row at a time. With near-singular covariances (one-hot columns summing to one, a constant column in a class)
+    its answer on a row moves with the other rows of the call (by up to 0.6 on a probability): row by row, a
+    request gets what the estimator answers on that row alone, whatever is batched with it (``row_wise``: it is
+    verified against the pipeline's answers on each row alone)."""
+    classes, means, log_priors = estimator.classes_, estimator.means_, np.log(estimator.priors_)
+    weights = [rotation * (scaling ** (-0.5)) for rotation, scaling in zip(estimator.rotations_,
+                                                                          estimator.scalings_, strict=True)]
+    u = np.asarray([np.sum(np.log(scaling)) for scaling in estimator.scalings_])
+
+    def qda(x):
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("non-finite features")
+        values = np.empty((len(x), len(classes)))
+        for r in range(len(x)):  # _decision_function on the row alone
+            row = x[r:r + 1]
+            norm2 = np.array([np.sum(np.dot(row - means[i], weights[i]) ** 2, axis=1) for i in range(len(classes))]).T
+            values[r] = (-0.5 * (norm2 + u) + log_priors)[0]
+        likelihood = np.exp(values - values.max(axis=1)[:, np.newaxis])  # predict_proba
+        return classes.take(values.argmax(1)), likelihood / likelihood.sum(axis=1)[:, np.newaxis]
+    qda.row_wise = True
+    return qda
 
 
 def _float32(x: np.ndarray) -> np.ndarray:

@@ -80,6 +80,23 @@ class PipelinePredictor:
         features = preprocess.transform(to_frame(rows, self.model))
         return self.model.model.inverse_transform(estimator.predict(features)), estimator.predict_proba(features)
 
+    def alone(self, rows: list[dict[str, Any]]):
+        """What :meth:`raw` gives on each row as a request of its own. The steps transform each row by itself,
+        so they run once on all the rows; the estimator then answers row by row (a numerically sensitive one,
+        such as QDA with near-singular covariances, answers a row otherwise within a larger call)."""
+        if self._once is None:
+            answers = [self.raw([row]) for row in rows]
+            return np.concatenate([p for p, _ in answers]), np.vstack([q for _, q in answers])
+        preprocess, estimator = self._once
+        features = preprocess.transform(to_frame(rows, self.model))
+        take = features.iloc if hasattr(features, "iloc") else features
+        labels, proba = [], []
+        for i in range(len(rows)):
+            row = take[i:i + 1]
+            labels.append(estimator.predict(row))
+            proba.append(estimator.predict_proba(row))
+        return self.model.model.inverse_transform(np.concatenate(labels)), np.vstack(proba)
+
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
         predictions, proba = self.served(rows)
         return _answer(predictions, proba, positive_index(self.model.model, proba.shape[1]))
@@ -116,6 +133,7 @@ class CompiledPredictor:
         self.estimator = estimator
         self.kernel = kernel or generic_kernel(estimator)
         self.kernel_choice = None  # a kernels.Choice: which kind of kernel serves, and why
+        self.expected = None  # the pipeline's answers it was verified on (a compile.Expected)
         self.onnx: tuple[bytes, str] | None = None  # the estimator as an ONNX graph, and the dtype it reads
         self.fallback = fallback
         numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
