@@ -33,6 +33,8 @@ def _arm(model: LoadedModel | None) -> dict | None:
         # why that kernel (onnx, a hand kernel or the estimator's own methods): the candidates' times, rejections
         "kernel_reason": _kernel_reason(predictor),
         "reason": predictor.reason or None,  # why the pipeline answers, when it does
+        # compiled steps the compiler has no operation for, run by their own fitted transformer
+        "own_transformers": getattr(predictor, "own_transformers", None) or None,
         "source": getattr(model, "source", None),  # artifact: loaded without the AutoML library
         "note": getattr(model, "note", "") or None}  # why the compiled artifact was not used
     return {"version": model.version, "run_id": model.run_id, "loaded_at": _iso(model.loaded_at),

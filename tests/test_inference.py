@@ -106,19 +106,65 @@ class _AddOne(BaseEstimator, TransformerMixin):
         return X.assign(fare=X["fare"] + 1.0)
 
 
-def test_an_unknown_step_falls_back_to_the_pipeline(loaded):
-    model = copy.copy(loaded["lr"])
-    pipeline = copy.deepcopy(model.model)
-    pipeline.steps.insert(len(pipeline.steps) - 1, ("add_one", _AddOne()))
-    model.model = pipeline
+class _Sparse(BaseEstimator, TransformerMixin):
+    """A step the compiler does not know, that answers a sparse matrix (no columns to put back)."""
+
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X, y=None):
+        from scipy import sparse
+
+        return sparse.csr_matrix(X.to_numpy(dtype=float))
+
+
+def _with_step(model: LoadedModel, name: str, step, at: int = -1) -> LoadedModel:
+    model = copy.copy(model)
+    model.model = copy.deepcopy(model.model)
+    model.model.steps.insert(len(model.model.steps) + at if at < 0 else at, (name, step))
+    return model
+
+
+def test_an_unknown_step_runs_its_own_transformer_inside_the_compiled_path(loaded):
+    """A plain step the compiler has no operation for runs as the pipeline runs it, on every column, between the
+    compiled operations: the version stays compiled and answers as its pipeline."""
+    model = _with_step(loaded["lr"], "add_one", _AddOne())
     predictor = build_predictor(model)
-    assert not predictor.compiled and "_AddOne" in predictor.reason
+    assert predictor.compiled, predictor.reason
+    assert predictor.own_transformers == ["add_one (_AddOne)"]
+    rows = compiler._titanic_rows(model)[:300] + _edge_rows(model)
+    _assert_same(predictor, model, rows)
+    assert predictor(rows)[1] != PipelinePredictor(loaded["lr"])(rows)[1]  # the extra step really changes answers
+
+
+def test_an_unknown_transformer_in_pycarets_wrapper_runs_on_the_columns_it_includes(loaded):
+    """What setup options outside our settings would add (here scikit-learn's PowerTransformer on two columns,
+    as ``transformation=True`` does), wrapped as PyCaret wraps its steps: compiled around it, answers equal."""
+    from pycaret.internal.preprocess.transformers import TransformerWrapper
+    from sklearn.preprocessing import PowerTransformer
+
+    from mlops_core.data import load_titanic
+
+    base = loaded["lr"]
+    frame = to_frame(compiler.rows_of(load_titanic(), base), base)
+    at = len(base.model.steps) - 1
+    wrapper = TransformerWrapper(PowerTransformer(), include=["age", "fare"]).fit(base.model[:-1].transform(frame))
+    model = _with_step(base, "power", wrapper)
+    predictor = build_predictor(model)
+    assert predictor.compiled, predictor.reason
+    assert predictor.own_transformers == ["power (PowerTransformer)"] and len(model.model.steps) == at + 2
+    _assert_same(predictor, model, compiler._titanic_rows(model)[:300] + _edge_rows(model))
+
+
+def test_an_unknown_step_that_cannot_run_alone_falls_back_to_the_pipeline(loaded):
+    model = _with_step(loaded["lr"], "sparse", _Sparse())
+    predictor = build_predictor(model)
+    assert not predictor.compiled and "_Sparse" in predictor.reason
     rows = compiler._titanic_rows(model)[:300] + _edge_rows(model)
     predictions, probabilities = predictor(rows)
     frame = to_frame(rows, model)
-    assert predictions == [int(p) for p in pipeline.predict(frame)]
-    assert probabilities == [round(float(p), 6) for p in pipeline.predict_proba(frame)[:, 1]]
-    assert probabilities != PipelinePredictor(loaded["lr"])(rows)[1]  # the extra step really changes answers
+    assert predictions == [int(p) for p in model.model.predict(frame)]
+    assert probabilities == [round(float(p), 6) for p in model.model.predict_proba(frame)[:, 1]]
 
 
 def test_a_mismatch_on_probe_rows_falls_back(loaded, monkeypatch):

@@ -27,7 +27,7 @@ KINDS = ("lr", "knn", "nb", "dt", "rf", "qda", "ada", "gbc", "lda", "et", "light
 SKIPPED = {"gpc", "rbfsvm", "xgboost", "catboost"}
 # the candidates that reproduce each pipeline on this data set; the one serving is the fastest of them
 VERIFIED = {
-    "lr": {"onnx", "hand", "generic"}, "knn": {"generic"}, "nb": {"onnx", "generic"},
+    "lr": {"onnx", "hand", "generic"}, "knn": {"hand", "generic"}, "nb": {"onnx", "generic"},
     "dt": {"onnx", "hand", "generic"}, "rf": {"onnx", "hand", "generic"}, "ada": {"hand", "generic"},
     "gbc": {"onnx", "generic"}, "lda": {"hand", "generic"}, "et": {"onnx", "hand", "generic"},
     "lightgbm": {"hand", "generic"}, "mlp": {"onnx", "generic"}, "dummy": {"hand", "generic"}, "qda": {"hand"},
@@ -40,7 +40,7 @@ REJECTED = {
     ("lightgbm", "onnx"): "failed: MissingShapeCalculator",  # no converter without onnxmltools
     ("dummy", "onnx"): "failed: MissingShapeCalculator",  # no converter
     ("qda", "generic"): "the compiled pr",  # predictions or probabilities, on a row alone: see the QDA test below
-    **{(kind, "hand"): "none for this estimator" for kind in ("knn", "nb", "gbc", "mlp")},
+    **{(kind, "hand"): "none for this estimator" for kind in ("nb", "gbc", "mlp")},
 }
 
 
@@ -276,3 +276,27 @@ def test_at_load_the_stored_ranking_is_tried_in_order_and_the_generic_kernel_las
                                timed=False)  # only what verified at registration, then the generic kernel
     assert choice.kind == "generic" and list(choice.report) == ["onnx", "generic"]
     assert choice.reason.startswith("generic verified (rejected: onnx: the compiled")
+
+
+def test_the_knn_kernel_leaves_a_tie_at_the_kth_neighbour_to_the_estimator():
+    """Rows on a grid: many training rows as far from a query as its k-th nearest, of both classes. Which of them
+    count is the library's choice: those rows are answered by the estimator's own methods, the others counted."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from mlops_core.inference import libraries
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(300, 2)).astype(float)
+    estimator = KNeighborsClassifier(n_neighbors=5).fit(x, rng.integers(0, 2, size=300))
+    queries = np.vstack([x[:20], rng.normal(1.0, 2.0, size=(30, 2))])  # on the grid (ties), and off it
+    kernel = libraries.special_kernel(estimator)
+    assert kernel.__name__ == "knn"
+    labels, proba = kernel(queries)
+    assert list(labels) == list(estimator.predict(queries))
+    assert np.array_equal(proba, estimator.predict_proba(queries))
+    for i in range(len(queries)):
+        assert np.array_equal(kernel(queries[i:i + 1])[1], proba[i:i + 1])
+    # the premise: counting any k of the rows tied at the k-th distance would answer otherwise on some rows
+    naive = np.array([np.bincount(estimator._y[np.argsort(((x - q) ** 2).sum(axis=1), kind="stable")[:5]],
+                                  minlength=2) / 5 for q in queries])
+    assert not np.array_equal(naive, proba)

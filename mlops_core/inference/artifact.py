@@ -81,7 +81,8 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
                "onnx": predictor.onnx if "onnx" in choice.ranking else None,  # a rejected graph is not stored
                "kernels": choice.ranking, "probe": probe,
                "predictions": list(expected.predictions), "probabilities": expected.probabilities,
-               "alone": expected.alone_computed}  # computed when a row-wise kernel was checked
+               "alone": expected.alone_computed,  # computed when a row-wise kernel was checked
+               "own_transformers": predictor.own_transformers}
     try:
         data = pickle.dumps(payload, protocol=5)
     except Exception as err:  # e.g. an op that is a closure
@@ -93,7 +94,8 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
                       "reason": f"the compiled form would import {needs[0]} to load"}
     return data, {"format": FORMAT, "compiled": True, "sha256": hashlib.sha256(data).hexdigest(),
                   "kernel": predictor.kernel.__name__, "kernel_kind": choice.kind, "kernel_reason": choice.reason,
-                  "kernels": choice.report, "probe_rows": len(probe), "columns": predictor.columns,
+                  "kernels": choice.report, "own_transformers": predictor.own_transformers,
+                  "probe_rows": len(probe), "columns": predictor.columns,
                   "dtypes": predictor.dtypes, "modules": sorted({m.split(".")[0] for m in modules}),
                   "libraries": {name: _version(name) for name in sorted(TESTED)}}
 
@@ -114,7 +116,8 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
     try:
         payload = pickle.loads(data)
         compiled = CompiledPredictor(payload["columns"], payload["dtypes"], payload["ops"], payload["layout"],
-                                     payload["dtype"], payload["estimator"], fallback=fallback)
+                                     payload["dtype"], payload["estimator"], fallback=fallback,
+                                     own_transformers=payload.get("own_transformers"))
         probe = payload["probe"]
         expected = Expected(payload["predictions"], payload["probabilities"], payload.get("alone"))
         compiled.onnx, ranking = payload["onnx"], payload["kernels"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from .kernels import candidates, choose_kernel, convert_onnx
 from .libraries import pycaret_renames, pycaret_step
-from .ops import Encode, Impute, MinMax, Rename, Standardise
+from .ops import Encode, Impute, MinMax, Rename, Standardise, Transform
 from .predictors import (
     NUMERIC_TYPES,
     UNSEEN,
@@ -142,14 +142,19 @@ def compile_pipeline(model) -> CompiledPredictor:
         raise Unsupported("not a pipeline ending in a classifier")
     if any(model.dtypes.get(c, "") not in NUMERIC_TYPES | {"string"} for c in model.columns):
         raise Unsupported(f"column types {sorted(set(model.dtypes.values()))}")
-    ops = []
-    for _, step in steps[:-1]:
+    ops, own = [], []
+    probe = to_frame(probe_rows(model)[:5], model)
+    for i, (name, step) in enumerate(steps[:-1]):
         if step is None or step == "passthrough" or getattr(step, "_train_only", False):
             continue
-        op = _compile_step(step)
+        try:
+            op = _compile_step(step)
+        except Unsupported as err:  # no operation for it: run its own fitted transformer, when it can be alone
+            op = _own_transformer(step, pipeline[:i].transform(probe) if i else probe, err)
+            own.append(f"{name} ({type(op.transformer).__name__})")
         if op is not None:
             ops.append(op)
-    sample = pipeline[:-1].transform(to_frame(probe_rows(model)[:5], model))
+    sample = pipeline[:-1].transform(probe)
     kinds = set(sample.dtypes.map(lambda d: d.kind))
     if not kinds <= {"f", "i", "u", "b"}:
         raise Unsupported(f"the estimator receives non-numeric columns ({sample.dtypes.to_dict()})")
@@ -157,7 +162,38 @@ def compile_pipeline(model) -> CompiledPredictor:
     if any(d != dtype and d.kind == "f" and d.itemsize < dtype.itemsize for d in sample.dtypes):
         raise Unsupported("mixed float widths")
     return CompiledPredictor(model.columns, model.dtypes, ops, list(sample.columns), dtype, steps[-1][1],
-                             fallback=PipelinePredictor(model))
+                             fallback=PipelinePredictor(model), own_transformers=own)
+
+
+def _own_transformer(step, before, unknown: Unsupported) -> Transform:
+    """A step the compiler has no operation for, as a :class:`~.ops.Transform` of its fitted transformer: what
+    PyCaret's wrapper gives it (the columns it includes) or, for a plain step, every column. ``before``: the
+    pipeline's frame as the step receives it (a few probe rows). Raises ``unknown`` when the step cannot run
+    alone: a wrapper this PyCaret version does not let us read, a transformer of PyCaret's own (serving it would
+    import PyCaret), a transformer that drops or adds rows, or answers an array whose columns it does not name."""
+    import pandas as pd
+
+    wrapped = pycaret_step(step)
+    include, transformer = wrapped if wrapped is not None else (list(before.columns), step)
+    if type(transformer).__module__.split(".")[0] == "pycaret" or not hasattr(transformer, "transform"):
+        raise unknown
+    out = transformer.transform(before[include])
+    if isinstance(out, pd.DataFrame):
+        names, produced = None, [str(c) for c in out.columns]
+    elif isinstance(out, np.ndarray) and out.ndim == 2:
+        if hasattr(transformer, "get_feature_names_out"):  # how PyCaret's wrapper names an array's columns
+            names = [str(c) for c in transformer.get_feature_names_out()]
+        elif out.shape[1] == len(include):
+            names = list(include)
+        else:
+            raise unknown
+        produced = names
+    else:
+        raise unknown
+    kept = [c for c in before.columns if c not in include]
+    if len(out) != len(before) or len(produced) != out.shape[1] or set(produced) & set(kept):
+        raise unknown
+    return Transform(transformer, include, {c: str(before[c].dtype) for c in include}, names)
 
 
 class Expected:

@@ -2,11 +2,12 @@
 
 The compiled path reads fitted objects the libraries do not document as API: PyCaret's ``TransformerWrapper``
 columns and ``CleanColumnNames``, scikit-learn's tree arrays (decision trees, random and extra-trees forests,
-SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, QDA, the prior DummyClassifier),
-LightGBM's inner predictor and its C single-row call. Each was checked against the versions in :data:`TESTED`;
-with any other version installed, :func:`untested` names it and the callers fall back cleanly (a step is not
-compiled, a special kernel is not used: the pipeline, ONNX Runtime or the estimator's own public
-``predict_proba`` answers instead). Verification against the pipeline still guards every version that is used.
+SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, QDA, the training rows of k nearest
+neighbours, the prior DummyClassifier), LightGBM's inner predictor and its C single-row call. Each was checked
+against the versions in :data:`TESTED`; with any other version installed, :func:`untested` names it and the
+callers fall back cleanly (a step is not compiled, a special kernel is not used: the pipeline, ONNX Runtime or
+the estimator's own public ``predict_proba`` answers instead). Verification against the pipeline still guards
+every version that is used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from functools import cache
 from importlib import metadata
 
 import numpy as np
+
+from .predictors import generic_kernel
 
 __all__ = ["TESTED", "untested", "pycaret_step", "pycaret_renames", "special_kernel", "SINGLE_ROWS"]
 
@@ -70,6 +73,7 @@ def special_kernel(estimator):
     from sklearn.ensemble import AdaBoostClassifier
     from sklearn.ensemble._forest import ForestClassifier
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
     kind = type(estimator)
@@ -105,6 +109,10 @@ def special_kernel(estimator):
         return _adaboost(estimator)
     if kind is QuadraticDiscriminantAnalysis:
         return _qda(estimator)
+    if kind is KNeighborsClassifier and estimator.weights == "uniform" and estimator.effective_metric_ == "euclidean" \
+            and not estimator.outputs_2d_ and isinstance(estimator._fit_X, np.ndarray) \
+            and estimator.n_neighbors < len(estimator._fit_X):
+        return _knn(estimator)
     # binary LogisticRegression (predict_proba: the ovr expit) and binary LDA (predict_proba: the expit of its
     # decision_function): both are LinearClassifierMixin's decision and predict
     if np.size(getattr(estimator, "classes_", ())) == 2 and (kind is LinearDiscriminantAnalysis or (
@@ -176,6 +184,34 @@ def _qda(estimator):
         return classes.take(values.argmax(1)), likelihood / likelihood.sum(axis=1)[:, np.newaxis]
     qda.row_wise = True
     return qda
+
+
+def _knn(estimator):
+    """KNeighborsClassifier with uniform weights and the euclidean metric: the classes of the k training rows
+    nearest each row, counted (predict_proba: the counts over k; predict: the first most frequent class, as
+    scipy's mode gives). The distances are computed here, not as scikit-learn computes them (a tree, or blocks of
+    dot products), so a row whose k-th and next nearest rows are as far (within 1e-9) and of different classes,
+    where the choice between them is the library's, is answered by the estimator's own methods."""
+    fit_x, codes = np.asarray(estimator._fit_X, dtype=np.float64), np.asarray(estimator._y)
+    classes, k = estimator.classes_, estimator.n_neighbors
+    own = generic_kernel(estimator)
+
+    def knn(x):
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("non-finite features")
+        proba = np.empty((len(x), len(classes)))
+        for r in range(len(x)):
+            d = np.einsum("ij,ij->i", diff := fit_x - x[r], diff)  # squared distances
+            nearest = np.argpartition(d, k - 1)[:k]
+            kth = d[nearest].max()
+            edge = np.abs(d - kth) <= 1e-9 * max(kth, 1e-12)  # rows as far as the k-th
+            if np.count_nonzero(edge) > np.count_nonzero(edge[nearest]) and np.unique(codes[edge]).size > 1:
+                proba[r] = own(x[r:r + 1])[1][0]
+                continue
+            proba[r] = np.bincount(codes[nearest], minlength=len(classes)) / k
+        return classes.take(proba.argmax(axis=1)), proba
+    return knn
 
 
 def _float32(x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Each operation changes ``cols`` (column name → list of values, one per row) in place, exactly as the fitted
 transformer it was read from would (checked against the pipeline on probe rows). They hold numbers, strings
-and tuples only, so a compiled predictor pickles without the library that fitted them.
+and tuples only, so a compiled predictor pickles without the library that fitted them; but :class:`Transform`,
+which holds a fitted transformer the compiler has no operation for and runs it as the pipeline would.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["Impute", "Standardise", "MinMax", "Encode", "Rename", "missing"]
+__all__ = ["Impute", "Standardise", "MinMax", "Encode", "Rename", "Transform", "missing"]
 
 
 def missing(value: Any) -> bool:
@@ -74,3 +75,24 @@ class Rename:
     def __call__(self, cols: dict[str, list]) -> None:
         moved = {new: cols.pop(old) for old, new in self.names.items()}
         cols.update(moved)
+
+
+class Transform:
+    """A fitted transformer the compiler has no operation for, run as the pipeline runs it: on a DataFrame of the
+    columns it reads (in the pipeline's order, with the pipeline's dtypes there); its output columns replace them.
+    ``names``: its output columns when it answers an array (None: it answers a DataFrame, whose names are kept)."""
+
+    def __init__(self, transformer, reads: list[str], dtypes: dict[str, str], names: list[str] | None):
+        self.transformer, self.reads, self.dtypes, self.names = transformer, reads, dtypes, names
+
+    def __call__(self, cols: dict[str, list]) -> None:
+        import pandas as pd
+
+        frame = pd.DataFrame({c: pd.Series(cols.pop(c), dtype=self.dtypes[c]) for c in self.reads})
+        out = self.transformer.transform(frame)
+        if isinstance(out, pd.DataFrame):
+            for name in out.columns:
+                cols[name] = out[name].tolist()
+        else:
+            for j, name in enumerate(self.names):
+                cols[name] = out[:, j].tolist()

@@ -125,7 +125,7 @@ class CompiledPredictor:
     reason = ""
 
     def __init__(self, columns: list[str], dtypes: dict[str, str], ops: list, layout: list[str], dtype, estimator,
-                 kernel=None, fallback=None):
+                 kernel=None, fallback=None, own_transformers: list[str] | None = None):
         self.columns, self.dtypes = list(columns), dict(dtypes)
         self.ops = ops
         self.layout = layout  # the estimator's input columns, in the pipeline's order
@@ -134,6 +134,7 @@ class CompiledPredictor:
         self.kernel = kernel or generic_kernel(estimator)
         self.kernel_choice = None  # a kernels.Choice: which kind of kernel serves, and why
         self.expected = None  # the pipeline's answers it was verified on (a compile.Expected)
+        self.own_transformers = list(own_transformers or [])  # steps run by their fitted transformer (ops.Transform)
         self.onnx: tuple[bytes, str] | None = None  # the estimator as an ONNX graph, and the dtype it reads
         self.fallback = fallback
         numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
