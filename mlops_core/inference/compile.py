@@ -7,8 +7,9 @@ the encoders as lookup tables read off the fitted encoder itself. The result fee
 numpy matrix, through the fastest kernel that answers as the estimator (:mod:`.kernels`: its ONNX graph, a
 hand kernel of :mod:`.libraries`, else its own methods). The compiled path is then run beside the pipeline on
 probe rows (nulls, unseen categories, extreme numbers): the matrix must be identical, the predictions equal and
-the probabilities within 1e-9 (1e-6 through ONNX Runtime). Any unknown step, any difference, any error: the
-predictor is the pipeline itself, with the reason.
+the probabilities within 1e-9 (1e-6 through ONNX Runtime). A step it has no operation for runs its own fitted
+transformer between the operations (:class:`~.ops.Transform`) when it can run alone. A step that cannot, any
+difference, any error: the predictor is the pipeline itself, with the reason.
 """
 
 from __future__ import annotations
