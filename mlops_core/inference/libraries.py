@@ -190,8 +190,9 @@ def _knn(estimator):
     """KNeighborsClassifier with uniform weights and the euclidean metric: the classes of the k training rows
     nearest each row, counted (predict_proba: the counts over k; predict: the first most frequent class, as
     scipy's mode gives). The distances are computed here, not as scikit-learn computes them (a tree, or blocks of
-    dot products), so a row whose k-th and next nearest rows are as far (within 1e-9) and of different classes,
-    where the choice between them is the library's, is answered by the estimator's own methods."""
+    dot products), so a row whose k-th and next nearest rows are as far (within the rounding of either
+    computation) and of different classes, where the choice between them is the library's, is answered by the
+    estimator's own methods."""
     fit_x, codes = np.asarray(estimator._fit_X, dtype=np.float64), np.asarray(estimator._y)
     classes, k = estimator.classes_, estimator.n_neighbors
     norms = np.einsum("ij,ij->i", fit_x, fit_x)
