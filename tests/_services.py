@@ -136,11 +136,12 @@ def wait_for(predicate, timeout: float, step: float = 0.1):
     return predicate()
 
 
-def python_json(code: str, timeout: float = 120) -> dict:
-    """Run ``code`` in a fresh Python process (this interpreter) and return the JSON it printed last."""
+def python_json(code: str, timeout: float = 120, env: dict[str, str] | None = None) -> dict:
+    """Run ``code`` in a fresh Python process (this interpreter; ``env``, default this one's) and return the JSON
+    it printed last."""
     import json
 
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

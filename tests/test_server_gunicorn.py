@@ -21,7 +21,7 @@ from mlops_core.registry import Registry
 
 pytestmark = pytest.mark.slow
 
-from _services import CONF, REFRESH, ROW, Gunicorn, Load, base_env, free_port, stop, wait_for  # noqa: E402
+from _services import CONF, REFRESH, ROW, Gunicorn, Load, base_env, free_port, python_json, stop, wait_for  # noqa: E402
 
 OUTAGE = float(os.environ.get("MLOPS_TEST_OUTAGE_SECONDS", "10"))  # ten refreshes fail meanwhile
 
@@ -119,8 +119,6 @@ def test_no_logs_log_in_the_working_directory(served):
 def test_workers_get_one_blas_and_openmp_thread_each_unless_told_otherwise(tmp_path):
     """Workers are processes, one per core: a thread pool per core in each would fight over the cores. The master
     reads the config before anything loads numpy (whose BLAS reads the setting once, when loaded)."""
-    import json
-
     pools = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     code = (f"import json, runpy; runpy.run_path({str(CONF)!r})\n"
             "import numpy, threadpoolctl\n"
@@ -129,9 +127,7 @@ def test_workers_get_one_blas_and_openmp_thread_each_unless_told_otherwise(tmp_p
     def blas_threads(**extra):
         env = {k: v for k, v in base_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path), **extra).items()
                if k not in pools or k in extra}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return python_json(code, env=env)
 
     assert blas_threads()["openblas"] == 1
     assert blas_threads(OPENBLAS_NUM_THREADS="2")["openblas"] == 2  # an operator's own setting is kept

@@ -196,6 +196,7 @@ def _knn(estimator):
     fit_x, codes = np.asarray(estimator._fit_X, dtype=np.float64), np.asarray(estimator._y)
     classes, k = estimator.classes_, estimator.n_neighbors
     norms = np.einsum("ij,ij->i", fit_x, fit_x)
+    largest = float(norms.max()) + 1e-12
     own = generic_kernel(estimator)
 
     def knn(x):
@@ -205,12 +206,11 @@ def _knn(estimator):
         proba = np.empty((len(x), len(classes)))
         for r in range(len(x)):
             row = x[r]
-            scale = float(row @ row)
             d = norms - 2.0 * (fit_x @ row)  # squared distances less |row|^2 (the same for every training row)
             nearest = np.argpartition(d, k - 1)[:k]
             kth = d[nearest].max()
             # rows as far as the k-th, within the rounding of either way of computing distances
-            edge = np.abs(d - kth) <= 1e-9 * (scale + norms.max() + 1e-12)
+            edge = np.abs(d - kth) <= 1e-9 * (float(row @ row) + largest)
             if np.count_nonzero(edge) > np.count_nonzero(edge[nearest]) and np.unique(codes[edge]).size > 1:
                 proba[r] = own(x[r:r + 1])[1][0]
                 continue
