@@ -6,132 +6,72 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .config import Settings, redact
+from .config import Settings
 from .drift import ReferenceProfile
-from .errors import RegistryError, first_line
-from .registry_reader import COMPILED, COMPILED_MANIFEST, COMPILED_TAG, RegistryReader
+from .errors import RegistryError
+from .mlflow_api import LoadedModel, connect, fluent
+from .registry_reader import COMPILED_TAG, LIFECYCLE, PRODUCTION, STAGING, RegistryReader, registry_errors
 
-__all__ = ["PRODUCTION", "STAGING", "Registry", "LoadedModel", "COMPILED_TAG"]
+__all__ = ["PRODUCTION", "STAGING", "LIFECYCLE", "Registry", "LoadedModel", "COMPILED_TAG", "registry_errors"]
 
 log = logging.getLogger(__name__)
 
-PRODUCTION, STAGING = "production", "staging"
-LIFECYCLE = "lifecycle"
 _HISTORY = "mlops.production_history"
 _PROFILE = "reference/profile.json"
 _TRAINING_DATA = "reference/training_data.parquet"
-
-
-
-def _mlflow():
-    import mlflow  # imported lazily: importing mlflow costs about a second
-
-    return mlflow
-
-
-@contextlib.contextmanager
-def _fluent(uri: str) -> Iterator[Any]:
-    """MLflow's module-level API (``start_run``, ``sklearn.log_model``, ``register_model``, ``models:/`` URIs),
-    pointed at ``uri`` for the duration only.
-
-    ``mlflow.set_tracking_uri`` is process-wide and exports ``MLFLOW_TRACKING_URI`` to every child process
-    started afterwards (a server or a daemon started by this process would use this registry instead of its
-    own settings); both are put back as they were on the way out.
-    """
-    mlflow = _mlflow()
-    before = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield mlflow
-    finally:
-        mlflow.set_tracking_uri(before[0])  # None: back to unset, and the variable removed
-        mlflow.set_registry_uri(before[1])
-        for name, value in zip(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"), before, strict=True):
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def registry_errors(action: str) -> Iterator[None]:
-    """Turn MLflow and transport failures into one RegistryError naming the action."""
-    try:
-        yield
-    except RegistryError:
-        raise
-    except Exception as err:  # MlflowException, requests' and SQLAlchemy's errors alike
-        message = redact(first_line(err, 1000))
-        raise RegistryError(f"{action}: {message}") from err
-
-
-def _is_missing(err: Exception) -> bool:
-    return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or \
-        "not found" in str(err).lower() or "does not exist" in str(err).lower()
-
-
-@dataclass
-class LoadedModel:
-    """A registered version in memory, with what serving needs to know about it."""
-
-    version: str
-    run_id: str
-    model: Any
-    columns: list[str]
-    dtypes: dict[str, str]  # MLflow schema types: double, long, string, boolean...
-    loaded_at: float = field(default_factory=time.time)
+_fluent = fluent  # the name tests/test_pipeline.py imports
 
 
 class Registry:
-    """The registered model named by the settings, through one MlflowClient."""
+    """The registered model named by the settings: its writes through one MlflowClient, its reads through
+    :class:`RegistryReader` (which reaches the embedded database or an MLflow server without MLflow)."""
 
     def __init__(self, settings: Settings, client=None):
         self.settings = settings
         self.name = settings.model_name
         self._client = client
-        self.reader = RegistryReader(settings)  # the reads a run needs before it writes, without MLflow
+        self.reader = RegistryReader(settings, client=lambda: self.client)
 
     @property
     def client(self):
         """MLflow's client, created (importing MLflow: about a second) when first needed."""
         if self._client is None:
-            self._client = _mlflow().MlflowClient(tracking_uri=self.settings.tracking_uri,
-                                                  registry_uri=self.settings.tracking_uri)
+            self._client = connect(self.settings)
         return self._client
 
     # -- reading ---------------------------------------------------------------
     def aliases(self) -> dict[str, str]:
         """Both aliases in one call: ``{"production": "3", "staging": "4"}`` (absent ones left out)."""
-        if self.reader.direct:
-            return self.reader.aliases()
-        with registry_errors(f"reading aliases of {self.name!r}"):
-            try:
-                model = self.client.get_registered_model(self.name)
-            except Exception as err:
-                if _is_missing(err):
-                    return {}
-                raise
-        return {k: str(v) for k, v in model.aliases.items() if k in (PRODUCTION, STAGING)}
+        return self.reader.aliases()
 
     def describe(self, version: str | int) -> dict:
-        """Version, run id, lifecycle, creation time and the recorded scores of a version."""
-        with registry_errors(f"reading version {version} of {self.name!r}"):
-            mv = self.client.get_model_version(self.name, str(version))
-        return {"version": str(mv.version), "run_id": mv.run_id, LIFECYCLE: mv.tags.get(LIFECYCLE),
-                "created": int(mv.creation_timestamp or 0) // 1000, "tags": dict(mv.tags),
-                "aliases": list(getattr(mv, "aliases", []) or [])}
+        """Version, run id, lifecycle, creation time, tags (the recorded scores among them) and aliases."""
+        return self.reader.describe(version)
+
+    def load_compiled(self, version: str) -> tuple[bytes | None, dict[str, Any] | None, dict[str, Any]]:
+        """``(artifact bytes, manifest, version info)``, as :meth:`RegistryReader.load_compiled`."""
+        return self.reader.load_compiled(version)
+
+    def load_model(self, version: str) -> LoadedModel:
+        """Download and unpickle one version (one download), with its input schema."""
+        return self.reader.load_model(version)
+
+    def load_reference(self, version: str, *, with_data: bool = True) -> tuple[ReferenceProfile, pd.DataFrame | None]:
+        """The reference profile (and training data) stored with ``version``'s run."""
+        run_id = self.describe(version)["run_id"]
+        profile = self.reader.run_artifact(run_id, _PROFILE)
+        data = self.reader.run_artifact(run_id, _TRAINING_DATA) if with_data else None
+        with registry_errors(f"loading the reference of version {version}"):
+            return (ReferenceProfile.from_dict(json.loads(profile)),
+                    pd.read_parquet(io.BytesIO(data)) if data is not None else None)
 
     def status(self) -> dict:
         aliases = self.aliases()
@@ -214,7 +154,7 @@ class Registry:
         """Log ``model`` to run ``run_id`` (signature, input example, explicit requirements)."""
         from mlflow.models import infer_signature
 
-        with registry_errors("logging the model"), _fluent(self.settings.tracking_uri) as mlflow:
+        with registry_errors("logging the model"), fluent(self.settings.tracking_uri) as mlflow:
             signature = infer_signature(example, model.predict(example))
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
@@ -243,25 +183,11 @@ class Registry:
                 (folder / "predictor.pkl").write_bytes(data)
             self.client.log_artifacts(run_id, str(folder), artifact_path="compiled")
 
-    def load_compiled(self, version: str) -> tuple[bytes | None, dict[str, Any] | None, dict[str, Any]]:
-        """``(artifact bytes, manifest, version info)``; (None, None, info) for a version registered without
-        one, (None, manifest, info) for one that could not be compiled. Imports nothing but MLflow's client."""
-        info = self.describe(version)
-        if COMPILED_TAG not in info["tags"]:  # registered before versions carried their compiled form
-            return None, None, info
-        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading the compiled form of version {version}"):
-            manifest = json.loads(Path(self.client.download_artifacts(info["run_id"], COMPILED_MANIFEST, tmp))
-                                  .read_text())
-            if not manifest.get("compiled"):
-                return None, manifest, info
-            data = Path(self.client.download_artifacts(info["run_id"], COMPILED, tmp)).read_bytes()
-        return data, manifest, info
-
     def register(self, model_uri: str, tags: dict[str, str]) -> str:
         """Create a new version of the logged model ``model_uri`` (no alias yet) and return its number."""
         chatter = io.StringIO()  # MLflow prints "Successfully registered model ..." to stderr: our log says it
         with registry_errors(f"registering a version of {self.name!r}"), contextlib.redirect_stderr(chatter), \
-                _fluent(self.settings.tracking_uri) as mlflow:
+                fluent(self.settings.tracking_uri) as mlflow:
             mv = mlflow.register_model(model_uri, self.name, tags={k: str(v) for k, v in tags.items()})
         log.debug("mlflow: %s", " ".join(chatter.getvalue().split()))
         log.info("registered version %s of %s", mv.version, self.name)
@@ -340,40 +266,6 @@ class Registry:
             self.tag_version(old, {LIFECYCLE: "archived"})
         self._set_history(history)
         return {"production": previous, "staging": previous, "archived": current}
-
-    # -- loading -----------------------------------------------------------------
-    def load_model(self, version: str) -> LoadedModel:
-        """Download and unpickle one version (one download), with its input schema."""
-        info = self.describe(version)
-        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading version {version}"), \
-                _fluent(self.settings.tracking_uri) as mlflow:  # a models:/ URI resolves through the registry URI
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}",
-                                                        dst_path=tmp)
-            meta = mlflow.models.Model.load(local)
-            model = mlflow.sklearn.load_model(local)
-        schema = meta.signature.inputs if meta.signature is not None else None
-        columns = list(schema.input_names()) if schema is not None else list(self.settings.features)
-        dtypes = ({c.name: str(c.type.name if hasattr(c.type, "name") else c.type) for c in schema.inputs}
-                  if schema is not None else {})
-        return LoadedModel(version=str(version), run_id=info["run_id"], model=model, columns=columns,
-                           dtypes=dtypes)
-
-    def load_reference(self, version: str, *, with_data: bool = True) -> tuple[ReferenceProfile, pd.DataFrame | None]:
-        """The reference profile (and training data) stored with ``version``'s run."""
-        if self.reader.direct:  # validating a batch needs the profile: no MLflow for a batch that is refused
-            run_id = self.reader.describe(version)["run_id"]
-            profile_bytes = self.reader.run_artifact(run_id, _PROFILE)
-            data_bytes = self.reader.run_artifact(run_id, _TRAINING_DATA) if with_data else b""
-            if profile_bytes is not None and data_bytes is not None:
-                with registry_errors(f"loading the reference of version {version}"):
-                    return (ReferenceProfile.from_dict(json.loads(profile_bytes)),
-                            pd.read_parquet(io.BytesIO(data_bytes)) if with_data else None)
-        run_id = self.describe(version)["run_id"]
-        with tempfile.TemporaryDirectory() as tmp, registry_errors(f"loading the reference of version {version}"):
-            profile = ReferenceProfile.load(Path(self.client.download_artifacts(run_id, _PROFILE, tmp)))
-            data = (pd.read_parquet(self.client.download_artifacts(run_id, _TRAINING_DATA, tmp))
-                    if with_data else None)
-        return profile, data
 
 
 def _requirements(model) -> list[str]:

@@ -12,6 +12,8 @@ from mlops_core.errors import RegistryError
 from mlops_core.registry import COMPILED_TAG, Registry
 from mlops_core.registry_reader import RegistryReader
 
+from _services import python_json
+
 
 def test_the_reader_sees_what_mlflows_client_sees(bootstrapped):
     reader, registry = RegistryReader(bootstrapped), Registry(bootstrapped)
@@ -45,7 +47,57 @@ def test_an_unreachable_registry_is_a_registry_error_naming_the_read_without_cre
         broken.aliases()
 
 
-def test_what_the_reader_cannot_reach_goes_through_mlflows_client(bootstrapped):
+def test_the_registry_reads_through_its_reader_and_the_reader_imports_neither_registry_nor_mlflow(bootstrapped):
+    """One read path: the Registry's reads are its reader's. The reader's module imports neither the Registry's
+    (no import cycle, lazy imports included) nor MLflow, and reading aliases and a compiled form imports no MLflow."""
+    import ast
+    import inspect
+
+    import mlops_core.registry_reader as module
+
+    registry = Registry(bootstrapped)
+    assert registry.describe("1") == registry.reader.describe("1")
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {node.module or "", *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    assert not {name for name in imported if name.split(".")[0] in ("registry", "mlflow")}, imported
+    code = (
+        "import json, sys\n"
+        "from mlops_core.config import Settings\n"
+        "from mlops_core.registry_reader import RegistryReader\n"
+        f"reader = RegistryReader(Settings(home={str(bootstrapped.home)!r}))\n"
+        "aliases = reader.aliases()\n"
+        "data, manifest, info = reader.load_compiled(aliases['production'])\n"
+        "print(json.dumps({'aliases': aliases, 'compiled': data is not None, 'run_id': info['run_id'],\n"
+        "                  'imported': sorted(m for m in ('mlflow', 'pycaret') if m in sys.modules)}))\n")
+    seen = python_json(code)
+    assert seen["aliases"] == {"production": "1", "staging": "1"} and seen["compiled"]
+    assert seen["run_id"] == registry.describe("1")["run_id"] and seen["imported"] == []
+
+
+def test_what_the_reader_cannot_reach_goes_through_mlflows_client(bootstrapped, tmp_path):
+    """A store the reader cannot reach itself (here: a file store's URI, as another scheme would be) is read
+    through the client it is given; the pipeline always loads through MLflow."""
     reader = RegistryReader(bootstrapped)
-    assert reader.load_model("1").version == "1"  # the pipeline: always MLflow's client
-    assert reader.full is reader.full  # created once
+    assert reader.load_model("1").version == "1"  # the pipeline: always MLflow's model API
+
+    class Client:  # what the reader asks of MLflow's client, answered from the embedded registry
+        calls: list[str] = []
+
+        def __init__(self):
+            self.real = Registry(bootstrapped).client
+
+        def __getattr__(self, name):
+            self.calls.append(name)
+            return getattr(self.real, name)
+
+    other = RegistryReader(bootstrapped.replace(tracking_uri="databricks://nowhere"), client=Client)
+    assert other.kind == "other" and not other.direct
+    assert other.aliases() == {"production": "1", "staging": "1"}
+    (data, manifest, info), (data2, manifest2, info2) = other.load_compiled("1"), reader.load_compiled("1")
+    assert (data, manifest) == (data2, manifest2) and info == info2
+    assert {"get_registered_model", "get_model_version", "download_artifacts"} <= set(Client.calls)
+    assert other.client is other.client  # created once

@@ -1,0 +1,86 @@
+"""MLflow's own API for one registry: its client, its module-level functions pointed at that registry, and a
+version's pipeline loaded through them.
+
+MLflow (about a second and 170 MB a process) is imported when one of these is first called, never on import:
+:mod:`mlops_core.registry_reader` reaches most registries without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings
+
+__all__ = ["LoadedModel", "mlflow", "connect", "fluent", "load_pipeline"]
+
+
+@dataclass
+class LoadedModel:
+    """A registered version in memory, with what serving needs to know about it."""
+
+    version: str
+    run_id: str
+    model: Any
+    columns: list[str]
+    dtypes: dict[str, str]  # MLflow schema types: double, long, string, boolean...
+    loaded_at: float = field(default_factory=time.time)
+
+
+def mlflow():
+    """The ``mlflow`` module, imported on first use."""
+    import mlflow
+
+    return mlflow
+
+
+def connect(settings: Settings):
+    """MLflow's client for the settings' tracking and registry URI."""
+    return mlflow().MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+@contextlib.contextmanager
+def fluent(uri: str) -> Iterator[Any]:
+    """MLflow's module-level API (``start_run``, ``sklearn.log_model``, ``register_model``, ``models:/`` URIs),
+    pointed at ``uri`` for the duration only.
+
+    ``mlflow.set_tracking_uri`` is process-wide and exports ``MLFLOW_TRACKING_URI`` to every child process
+    started afterwards (a server or a daemon started by this process would use this registry instead of its
+    own settings); both are put back as they were on the way out.
+    """
+    module = mlflow()
+    before = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
+    module.set_tracking_uri(uri)
+    module.set_registry_uri(uri)
+    try:
+        yield module
+    finally:
+        module.set_tracking_uri(before[0])  # None: back to unset, and the variable removed
+        module.set_registry_uri(before[1])
+        for name, value in zip(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"), before, strict=True):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def load_pipeline(settings: Settings, version: str, *, run_id: str) -> LoadedModel:
+    """Download and unpickle the pipeline of ``version`` (run ``run_id``), with its input schema: one download.
+
+    Unpickling imports the AutoML library the pipeline was built with (seconds, hundreds of MB).
+    """
+    with tempfile.TemporaryDirectory() as tmp, fluent(settings.tracking_uri) as module:
+        local = module.artifacts.download_artifacts(artifact_uri=f"models:/{settings.model_name}/{version}",
+                                                    dst_path=tmp)  # a models:/ URI resolves through the registry URI
+        meta = module.models.Model.load(local)
+        model = module.sklearn.load_model(local)
+    schema = meta.signature.inputs if meta.signature is not None else None
+    columns = list(schema.input_names()) if schema is not None else list(settings.features)
+    dtypes = ({c.name: str(c.type.name if hasattr(c.type, "name") else c.type) for c in schema.inputs}
+              if schema is not None else {})
+    return LoadedModel(version=str(version), run_id=run_id, model=model, columns=columns, dtypes=dtypes)
