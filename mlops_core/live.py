@@ -10,6 +10,10 @@ On the always-valid verdict of :func:`mlops_core.ab.compare`:
 - anything else: keep collecting.
 
 Every decision is an MLflow run with the live figures, and tags on the version.
+
+Labels that can move an alias must not come from anyone who can reach the server:
+:func:`feedback_refusal` says when ``POST /feedback`` refuses them (no ``MLOPS_FEEDBACK_TOKEN`` while
+promotion or retirement is on). The gate is where labels enter; a decision trusts the labels stored.
 """
 
 from __future__ import annotations
@@ -20,9 +24,21 @@ from .ab import report
 from .config import Settings
 from .predictions import PredictionStore
 
-__all__ = ["decide_live"]
+__all__ = ["decide_live", "feedback_refusal"]
 
 log = logging.getLogger(__name__)
+
+
+def feedback_refusal(settings: Settings) -> str | None:
+    """Why ``POST /feedback`` is refused under these settings (its labels can move an alias and no token
+    guards them), or None when it is accepted."""
+    switches = [name for name, on in (("MLOPS_AB_RETIRE", settings.ab_retire),
+                                      ("MLOPS_AB_PROMOTE", settings.ab_promote)) if on]
+    if settings.feedback_token or not switches:
+        return None
+    return (f"labels can move an alias ({' and '.join(switches)} {'is' if len(switches) == 1 else 'are'} on) "
+            "and no MLOPS_FEEDBACK_TOKEN is set: set MLOPS_FEEDBACK_TOKEN and send 'Authorization: Bearer "
+            "<token>', or set MLOPS_AB_RETIRE=false and MLOPS_AB_PROMOTE=false to collect labels that move nothing")
 
 
 def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool | None = None,
@@ -33,6 +49,10 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
     ``promote`` and ``retire`` override ``settings.ab_promote`` and ``settings.ab_retire``. Returns
     ``{"status": disabled | kept | promoted | retired | would_promote | would_retire | busy, ...}``.
     Runs under the pipeline lock, so it never interleaves with a chain run.
+
+    It does not look at ``settings.feedback_token``: this process's token says nothing about how the labels
+    already stored were posted (before a token was set, or while both switches were off), and the watcher
+    need not hold the server's secret. Anonymous labels are refused where they enter (:func:`feedback_refusal`).
     """
     from .errors import BusyError
     from .pipeline import pipeline_lock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
+from .live import feedback_refusal
 from .processes import terminate
 
 __all__ = ["Service", "services", "up"]
@@ -56,6 +58,20 @@ def _example(settings: Settings) -> str:
     return json.dumps({"user_id": 2, "features": values}).replace("'", "'\\''")  # inside '...' in a shell
 
 
+def _feedback_hint(settings: Settings, port: int, *, made_up: bool) -> str:
+    """How to post a label to this stack: with the token it made up (shown here only), the operator's own, or none."""
+    auth = ' -H "Authorization: Bearer $MLOPS_FEEDBACK_TOKEN"' if settings.feedback_token else ""
+    curl = (f"  curl -s -X POST http://127.0.0.1:{port}/feedback -H 'Content-Type: application/json'{auth} "
+            """-d '{"request_id": "<request_id of an answer>", "label": 1}'""")
+    if made_up:
+        return ("Feedback can move an alias (live retirement or promotion is on), so it needs a token; this run "
+                "made one up (a new one at every `mlops up`: set MLOPS_FEEDBACK_TOKEN to choose it). In another "
+                f"terminal:\n  export MLOPS_FEEDBACK_TOKEN={settings.feedback_token}\n{curl}")
+    if settings.feedback_token:
+        return f"Feedback needs your MLOPS_FEEDBACK_TOKEN:\n{curl}"
+    return f"Feedback moves no alias (MLOPS_AB_RETIRE and MLOPS_AB_PROMOTE are off) and needs no token:\n{curl}"
+
+
 def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = True) -> int:
     """Prepare data and Production, start every service, wait; Ctrl-C stops them all."""
     from .data import make_datasets
@@ -69,6 +85,10 @@ def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = 
     env = {**os.environ, "MLOPS_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.tracking_uri,
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")]))}
+    made_up = feedback_refusal(settings) is not None  # the server would refuse every label: one token for this run
+    if made_up:
+        settings = settings.replace(feedback_token=secrets.token_urlsafe(24))
+        env["MLOPS_FEEDBACK_TOKEN"] = settings.feedback_token  # the server requires it; the watcher shares it
     procs: list[tuple[Service, subprocess.Popen]] = []
     stopping = False
 
@@ -97,7 +117,8 @@ def up(settings: Settings, *, port: int = 8000, ui_port: int = 5000, ui: bool = 
         print(f"\nDrop a labelled batch at {settings.current_csv} (e.g. `mlops make-data --drift 0.5 --seed 1 "
               f"--no-train`) and watch it flow. Try:\n  curl -s -X POST http://127.0.0.1:{port}/predict "
               f"-H 'Content-Type: application/json' -d '{_example(settings)}'"
-              f"\n  curl -s http://127.0.0.1:{port}/models\nCtrl-C stops everything.", flush=True)
+              f"\n  curl -s http://127.0.0.1:{port}/models\n{_feedback_hint(settings, port, made_up=made_up)}"
+              "\nCtrl-C stops everything.", flush=True)
         while not stopping:
             for svc, proc in procs:
                 if proc.poll() is not None:

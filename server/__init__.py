@@ -60,6 +60,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi.bp)  # GET /openapi.json: the schema of POST /predict
     ab_log = ab.init_app(app, settings)  # POST /feedback, GET /ab/report, the prediction log
     register_error_handlers(app)
+    if not _hooks_start_workers:  # under gunicorn its master says it once (when_ready), not every worker
+        ab.warn_if_feedback_refused(settings)
 
     if app.config["MLOPS_AUTOSTART"]:
         store.start()

@@ -24,13 +24,14 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from mlops_core import ab
 from mlops_core.config import Settings
 from mlops_core.errors import first_line
+from mlops_core.live import feedback_refusal
 from mlops_core.predictions import Prediction, PredictionStore, UnknownRequestError
 
-from .errors import ValidationError
+from .errors import FeedbackRefusedError, ValidationError
 from .ids import new_request_id
 from .jsonbody import kind, read_json
 
-__all__ = ["bp", "PredictionLog", "init_app"]
+__all__ = ["bp", "PredictionLog", "init_app", "warn_if_feedback_refused"]
 
 log = logging.getLogger(__name__)
 
@@ -252,17 +253,25 @@ def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
     return [_item("", body)]
 
 
+def warn_if_feedback_refused(settings: Settings, logger: Any = log) -> None:
+    """Say at start-up that every POST /feedback will be refused, and why (once per server: see create_app)."""
+    refusal = feedback_refusal(settings)
+    if refusal:
+        logger.warning("POST /feedback will answer 403: %s", refusal)
+
+
 def _check_feedback_token(settings: Settings) -> None:
-    """Labels can drive a live promotion: with MLOPS_FEEDBACK_TOKEN set, require it as a bearer token;
-    without one, refuse feedback while live promotion (MLOPS_AB_PROMOTE) is on."""
+    """Labels can move an alias (live retirement, promotion): with MLOPS_FEEDBACK_TOKEN set, require it as a
+    bearer token; without one, refuse feedback while retirement or promotion is on."""
     token = settings.feedback_token
     if token:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise ValidationError("Authorization", "expected 'Bearer <MLOPS_FEEDBACK_TOKEN>'", status=401)
-    elif settings.ab_promote:
-        raise ValidationError("Authorization", "feedback can promote a model (MLOPS_AB_PROMOTE is on): "
-                                               "set MLOPS_FEEDBACK_TOKEN to accept it", status=403)
+        return
+    refusal = feedback_refusal(settings)
+    if refusal:
+        raise FeedbackRefusedError(f"feedback refused: {refusal}")
 
 
 @bp.post("/feedback")

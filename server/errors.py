@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from mlops_core.predictions import FeedbackError, UnknownRequestError
 
-__all__ = ["ValidationError", "NoModelError", "register_error_handlers"]
+__all__ = ["ValidationError", "NoModelError", "FeedbackRefusedError", "register_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,10 @@ class NoModelError(RuntimeError):
     """No Production model is loaded yet: the service cannot answer predictions."""
 
 
+class FeedbackRefusedError(PermissionError):
+    """Feedback that could move an alias while no token guards it: the settings, not the request, are at fault."""
+
+
 def _answer(status: int, error: str, message: str, field: str | None = None, **extra):
     body = {"error": error, "message": message, "status": status}
     if field is not None:
@@ -48,6 +52,10 @@ def _no_model(err: NoModelError):
     response = _answer(503, "no_model", str(err))
     response.headers["Retry-After"] = "5"
     return response
+
+
+def _feedback_refused(err: FeedbackRefusedError):
+    return _answer(403, "feedback_refused", str(err))
 
 
 def _http(err: HTTPException):
@@ -71,9 +79,10 @@ def _unexpected(err: Exception):
 
 
 def register_error_handlers(app: Flask) -> None:
-    """Answer every error as JSON: validation, no model, HTTP errors, anything else."""
+    """Answer every error as JSON: validation, no model, feedback, HTTP errors, anything else."""
     app.register_error_handler(ValidationError, _validation)
     app.register_error_handler(NoModelError, _no_model)
     app.register_error_handler(FeedbackError, _feedback)
+    app.register_error_handler(FeedbackRefusedError, _feedback_refused)
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(Exception, _unexpected)

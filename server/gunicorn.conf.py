@@ -66,18 +66,21 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Import the serving libraries once, in the master, before any worker is forked: every worker inherits
-    them, so their pages are shared (counted once in PSS) and no worker spends seconds importing them."""
+    """Say once if feedback will be refused. Import the serving libraries once, in the master, before any worker
+    is forked: every worker inherits them, so their pages are shared (counted once in PSS) and no worker spends
+    seconds importing them."""
     import gc
 
     from mlops_core.config import Settings
+    from server.ab import warn_if_feedback_refused
     from server.inference.warm import import_serving_libraries
 
     try:
-        wanted = Settings.from_env().preload_libraries  # MLOPS_PRELOAD_LIBRARIES=false: each worker imports its own
+        settings = Settings.from_env()
     except ValueError:  # invalid settings: the workers name the problem when they build the app
         return
-    if not wanted:
+    warn_if_feedback_refused(settings, server.log)
+    if not settings.preload_libraries:  # MLOPS_PRELOAD_LIBRARIES=false: each worker imports its own
         return
     import_serving_libraries()
     gc.collect()

@@ -22,7 +22,8 @@ _ERRORS = {
     "400": "the request breaks the schema (a missing or unknown field, a wrong type, a value out of range, a "
            "batch over its cap, malformed JSON); `field` names the offending part",
     "401": "MLOPS_FEEDBACK_TOKEN is set and the bearer token is missing or wrong",
-    "403": "live promotion is on and no feedback token is set: feedback is refused",
+    "403": "labels could move an alias (MLOPS_AB_RETIRE or MLOPS_AB_PROMOTE on) and no MLOPS_FEEDBACK_TOKEN is "
+           "set: feedback is refused (`feedback_refused`)",
     "404": "no logged prediction has this request id (`request_ids` lists them)",
     "409": "a request id already has a label (`request_ids` lists them)",
     "413": "the body is over MLOPS_MAX_BODY_BYTES",
@@ -136,8 +137,10 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
         },
         "components": {
             "schemas": {"Row": row, "Label": label, "Error": error, "Arm": arm, "Comparison": comparison},
-            "securitySchemes": {"feedbackToken": {"type": "http", "scheme": "bearer",
-                                                  "description": "MLOPS_FEEDBACK_TOKEN, when it is set"}},
+            "securitySchemes": {"feedbackToken": {
+                "type": "http", "scheme": "bearer",
+                "description": "MLOPS_FEEDBACK_TOKEN: required while labels can move an alias (live retirement, "
+                               "on by default, or promotion); with both off and no token, feedback needs none"}},
         },
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -24,6 +25,7 @@ COLUMNS = ["pclass", "sex", "age", "fare", "sibsp", "parch", "embarked"]
 DTYPES = {"pclass": "long", "sex": "string", "age": "double", "fare": "double", "sibsp": "long", "parch": "long",
           "embarked": "string"}
 ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
+TOKEN = "test-feedback-token"
 
 
 @pytest.fixture(autouse=True)
@@ -316,14 +318,36 @@ class FakeRegistry:
 
 
 @pytest.fixture
-def app(tmp_path):
-    settings = Settings(home=tmp_path, ab_feedback_wait=0.3, ab_min_labels=4)
-    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": FakeRegistry(),
-                      "MLOPS_AUTOSTART": False})
-    assert app.extensions["mlops_store"].refresh().error is None
-    app.extensions["mlops_ab"].start()
-    yield app
-    app.extensions["mlops_ab"].stop()
+def make_app(tmp_path):
+    """Apps on the fake registry, with this module's settings changed by keywords; their logs stopped after."""
+    made = []
+
+    def make(**changes):
+        settings = Settings(home=tmp_path, ab_feedback_wait=0.3, ab_min_labels=4).replace(**changes)
+        app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": FakeRegistry(),
+                          "MLOPS_AUTOSTART": False})
+        assert app.extensions["mlops_store"].refresh().error is None
+        app.extensions["mlops_ab"].start()
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["mlops_ab"].stop()
+
+
+@pytest.fixture
+def app(make_app):
+    """Retirement on (the default), so feedback needs the token."""
+    return make_app(feedback_token=TOKEN)
+
+
+def _client(app, token: str | None = TOKEN):
+    """A test client that sends ``Authorization: Bearer <token>`` with every request (none without a token)."""
+    client = app.test_client()
+    if token:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
 
 
 def _predict(client, user_id, features):
@@ -333,7 +357,7 @@ def _predict(client, user_id, features):
 
 
 def test_answers_carry_request_ids_and_feedback_joins_them(app):
-    client = app.test_client()
+    client = _client(app)
     one = _predict(client, 2, ROW)
     assert len(one["request_id"]) == 32 and int(one["request_id"], 16) >= 0 and "request_ids" not in one
     rows = [dict(ROW, sex=s) for s in ("male", "female", "female", "male")]
@@ -359,7 +383,7 @@ def test_answers_carry_request_ids_and_feedback_joins_them(app):
 
 
 def test_feedback_errors_are_json_4xx(app):
-    client = app.test_client()
+    client = _client(app)
     known = _predict(client, 2, ROW)["request_id"]
     assert client.post("/feedback", json={"request_id": known, "label": 1}).status_code == 201
     cases = [
@@ -389,6 +413,63 @@ def test_feedback_errors_are_json_4xx(app):
         assert response.status_code == status and response.get_json()["field"] == "body"
     response = client.post("/feedback", data="label=1", content_type="application/x-www-form-urlencoded")
     assert response.status_code == 415 and response.is_json
+
+
+def _labelled(client) -> tuple[int, int]:
+    """(requests, labelled rows) over every group of the report."""
+    groups = client.get("/ab/report").get_json()["groups"]
+    return sum(g["requests"] for g in groups), sum(g["labelled"] for g in groups)
+
+
+@pytest.mark.parametrize(("switches", "named"), [({}, "MLOPS_AB_RETIRE is on"),
+                                                 ({"ab_retire": False, "ab_promote": True}, "MLOPS_AB_PROMOTE is on"),
+                                                 ({"ab_promote": True}, "MLOPS_AB_RETIRE and MLOPS_AB_PROMOTE are on")])
+def test_feedback_that_can_move_an_alias_is_refused_without_a_token(make_app, caplog, switches, named):
+    """Default settings (retirement on) or promotion on, no token: 403 naming both ways out, nothing stored."""
+    with caplog.at_level(logging.WARNING, logger="server.ab"):
+        app = make_app(**switches)
+    warned = [r.getMessage() for r in caplog.records if r.name == "server.ab"]
+    assert len(warned) == 1 and "POST /feedback will answer 403" in warned[0] and named in warned[0], warned
+    client = _client(app, token=None)
+    known = _predict(client, 2, ROW)["request_id"]
+    for headers in ({}, {"Authorization": "Bearer guessed"}):
+        response = client.post("/feedback", json={"request_id": known, "label": 1}, headers=headers)
+        answer = response.get_json()
+        assert (response.status_code, answer["error"]) == (403, "feedback_refused"), answer
+        for way_out in ("set MLOPS_FEEDBACK_TOKEN", "MLOPS_AB_RETIRE=false and MLOPS_AB_PROMOTE=false", named):
+            assert way_out in answer["message"], answer["message"]
+    assert _labelled(client) == (1, 0)  # the prediction is logged, no label is
+
+
+def test_with_a_token_feedback_needs_it(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="server.ab"):
+        app = make_app(feedback_token=TOKEN, ab_promote=True)
+    assert not [r for r in caplog.records if r.name == "server.ab"]
+    client = _client(app, token=None)
+    known = _predict(client, 2, ROW)["request_id"]
+    body = {"request_id": known, "label": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}):
+        response = client.post("/feedback", json=body, headers=headers)
+        answer = response.get_json()
+        assert (response.status_code, answer["field"]) == (401, "Authorization"), (headers, answer)
+        assert TOKEN not in response.get_data(as_text=True)
+    assert _labelled(client) == (1, 0)
+    response = client.post("/feedback", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 201 and response.get_json()["accepted"] == 1
+    assert _labelled(client) == (1, 1)
+
+
+def test_with_retirement_and_promotion_off_feedback_needs_no_token(make_app, caplog):
+    """Labels that move nothing: collected from anyone, as before."""
+    with caplog.at_level(logging.WARNING, logger="server.ab"):
+        app = make_app(ab_retire=False, ab_promote=False)
+    assert not [r for r in caplog.records if r.name == "server.ab"]
+    client = _client(app, token=None)
+    known = _predict(client, 2, ROW)["request_id"]
+    response = client.post("/feedback", json={"request_id": known, "label": 1})
+    assert response.status_code == 201 and response.get_json()["accepted"] == 1
+    assert _labelled(client) == (1, 1)
 
 
 def test_errors_after_routing_count_for_the_arm(app):

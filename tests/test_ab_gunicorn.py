@@ -28,6 +28,8 @@ from _services import Gunicorn, wait_for
 pytestmark = pytest.mark.slow
 
 MIN_LABELS = 100
+TOKEN = "ab-gunicorn-feedback-token"  # retirement is on: feedback needs one
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _register_weak(settings: Settings) -> str:
@@ -64,7 +66,8 @@ def live_home(bootstrapped, tmp_path_factory) -> Settings:
 @pytest.fixture(scope="module")
 def served(live_home, tmp_path_factory):
     server = Gunicorn(live_home.home, tmp_path_factory.mktemp("cwd"),
-                      env={"MLOPS_AB_MIN_LABELS": str(MIN_LABELS), "MLOPS_AB_FEEDBACK_WAIT": "3"})
+                      env={"MLOPS_AB_MIN_LABELS": str(MIN_LABELS), "MLOPS_AB_FEEDBACK_WAIT": "3",
+                           "MLOPS_FEEDBACK_TOKEN": TOKEN})
     try:
         server.wait_ready()
         yield server
@@ -117,11 +120,11 @@ class Traffic:
         single, rest = labels[:10], labels[10:]
         for request_id, label in single:  # the single form, at once
             response = requests.post(self.url + "/feedback", json={"request_id": request_id, "label": label},
-                                     timeout=10)
+                                     headers=AUTH, timeout=10)
             assert response.status_code == 201, response.text
         for j in range(0, len(rest), 100):
             body = {"feedback": [{"request_id": i, "label": y} for i, y in rest[j:j + 100]]}
-            response = requests.post(self.url + "/feedback", json=body, timeout=30)
+            response = requests.post(self.url + "/feedback", json=body, headers=AUTH, timeout=30)
             assert response.status_code == 201, response.text
 
     def expected(self) -> dict[tuple[str, str], tuple[int, int]]:

@@ -18,13 +18,15 @@ pytestmark = pytest.mark.slow
 
 ST = Path(sys.executable).parent / "st"
 EXAMPLES = 40  # per operation and phase: enough to reach every status, small enough for CI
+TOKEN = "contract-feedback-token"  # retirement is on: without it every POST /feedback would be a 403
 
 
 @pytest.fixture(scope="module")
 def served(bootstrapped, tmp_path_factory):
     home = tmp_path_factory.mktemp("contract") / "home"
     shutil.copytree(bootstrapped.home, home)
-    server = Gunicorn(home, tmp_path_factory.mktemp("cwd"), env={"MLOPS_AB_FEEDBACK_WAIT": "0.05"})
+    server = Gunicorn(home, tmp_path_factory.mktemp("cwd"),
+                      env={"MLOPS_AB_FEEDBACK_WAIT": "0.05", "MLOPS_FEEDBACK_TOKEN": TOKEN})
     try:
         server.wait_ready()
         yield server
@@ -48,7 +50,8 @@ def test_schemathesis_finds_no_contract_break(served, tmp_path):
     out = subprocess.run(
         [str(ST), "run", f"{served.url}/openapi.json", "--checks", "all", "--phases", "coverage,fuzzing",
          "--seed", "1", "--max-examples", str(EXAMPLES), "--generation-database", "none", "--workers", "1",
-         "--no-color", "--output-truncate", "true", "--request-timeout", "10"],
+         "--no-color", "--output-truncate", "true", "--request-timeout", "10",
+         "--header", f"Authorization: Bearer {TOKEN}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     summary = re.search(r"(\d+) generated, (.*)", out.stdout)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]

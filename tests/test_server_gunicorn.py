@@ -111,6 +111,17 @@ def test_malformed_requests_under_gunicorn_are_4xx(served):
         assert 400 <= response.status_code < 500 and "field" in response.json(), (body[:30], response.text)
 
 
+def test_feedback_is_refused_without_a_token_and_the_master_says_why_once(served):
+    """Retirement is on by default and this server has no MLOPS_FEEDBACK_TOKEN: no label is taken from anyone."""
+    request_id = _post(served.url, 2, ROW).json()["request_id"]
+    response = requests.post(served.url + "/feedback", json={"request_id": request_id, "label": 1}, timeout=10)
+    answer = response.json()
+    assert (response.status_code, answer["error"]) == (403, "feedback_refused"), answer
+    assert "set MLOPS_FEEDBACK_TOKEN" in answer["message"] and "MLOPS_AB_RETIRE=false" in answer["message"]
+    said = [line for line in served.log_path.read_text().splitlines() if "POST /feedback will answer 403" in line]
+    assert len(said) == 1 and "WARNING" in said[0], said  # the master's, not one per worker
+
+
 def test_no_logs_log_in_the_working_directory(served):
     assert not (served.workdir / "logs.log").exists()
     assert sorted(p.name for p in served.workdir.iterdir() if p.name != "metrics") == ["gunicorn.log"]

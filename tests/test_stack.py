@@ -65,6 +65,20 @@ def test_mlops_up_serves_and_ctrl_c_stops_everything_it_started(bootstrapped, tm
         answer = requests.post(f"http://127.0.0.1:{port}/predict", timeout=10, json={"user_id": 2, "features": {
             "pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}}).json()
         assert answer["version"] == "1"
+        # retirement is on and no token was set: `mlops up` made one up for the server and the watcher, and said it
+        while not (made := re.search(r"export MLOPS_FEEDBACK_TOKEN=(\S+)", "".join(lines))):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)[-3000:]
+            lines.append(line)
+        token = made[1]
+        label = {"request_id": answer["request_id"], "label": 0}
+        assert requests.post(f"http://127.0.0.1:{port}/feedback", json=label, timeout=10).status_code == 401
+        response = requests.post(f"http://127.0.0.1:{port}/feedback", json=label, timeout=10,
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 201, response.text
+        # the watcher shares it (gunicorn's master rewrites its own environ block with its title: not read there)
+        environ = Path(f"/proc/{started['watcher']}/environ").read_bytes().split(b"\0")
+        assert f"MLOPS_FEEDBACK_TOKEN={token}".encode() in environ
         ours = _descendants(proc.pid)  # the watcher and its spare run child, gunicorn and its 2 workers
         assert set(started.values()) <= ours and len(ours) >= 5, ours
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
