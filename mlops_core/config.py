@@ -82,6 +82,7 @@ class Settings:
     log_format: str = "auto"  # watcher: text (key=value with a timestamp), journal, or auto (journal under journald)
     log_level: str = "INFO"  # watcher and server: DEBUG, INFO, WARNING or ERROR
     feedback_token: str = field(default="", repr=False)  # bearer token POST /feedback requires, if set
+    webhook_secret: str = field(default="", repr=False)  # MLflow webhooks' secret POST /hooks/mlflow checks; empty: off
 
     def __post_init__(self) -> None:
         home = Path(self.home).expanduser().resolve()

@@ -18,6 +18,7 @@ from .config import Settings
 from .drift import ReferenceProfile
 from .errors import RegistryError
 from .mlflow_api import LoadedModel, connect, fluent
+from .notices import announce
 from .registry_reader import COMPILED_TAG, LIFECYCLE, PRODUCTION, STAGING, RegistryReader, registry_errors
 
 __all__ = ["PRODUCTION", "STAGING", "LIFECYCLE", "Registry", "LoadedModel", "COMPILED_TAG", "registry_errors"]
@@ -199,8 +200,10 @@ class Registry:
                 self.client.set_model_version_tag(self.name, str(version), key, str(value))
 
     def set_alias(self, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``, then announce the move to the servers (mlops_core/notices.py)."""
         with registry_errors(f"pointing {alias!r} at version {version}"):
             self.client.set_registered_model_alias(self.name, alias, str(version))
+        announce(self.settings, alias=alias, version=str(version))
 
     def _history(self) -> list[str]:
         with registry_errors("reading the production history"):

@@ -32,7 +32,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from mlops_core.config import Settings
     from mlops_core.runtime import prepare_process
 
-    from . import ab, health, openapi, predict
+    from . import ab, health, hooks, openapi, predict
     from .errors import register_error_handlers
     from .inference import Serving
     from .metrics import Metrics
@@ -58,6 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(predict.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # GET /openapi.json: the schema of POST /predict
+    app.register_blueprint(hooks.bp)  # POST /hooks/mlflow: an MLflow server's webhooks refresh the models at once
     ab_log = ab.init_app(app, settings)  # POST /feedback, GET /ab/report, the prediction log
     register_error_handlers(app)
     if not _hooks_start_workers:  # under gunicorn its master says it once (when_ready), not every worker

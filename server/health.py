@@ -77,11 +77,13 @@ def models():
         # which heavy libraries this worker has imported (a worker serving compiled artifacts has no AutoML one)
         "worker_imports": {name: name in sys.modules for name in HEAVY_MODULES},
         "scheduler_running": store.running,
+        "notices_watched": store.watching,  # alias-move notices (mlops_core/notices.py) refresh at once
         "refresh_seconds": settings.refresh_seconds,
         "production": _arm(s.production),
         "staging": _arm(s.staging),
         "refresh": {
             "ok": s.attempted_at is not None and s.error is None,
+            "cause": s.cause,  # what started it: start, poll, notice or webhook
             "last_attempt_at": _iso(s.attempted_at),
             "last_success_at": _iso(s.refreshed_at),
             "last_success_epoch": s.refreshed_at,

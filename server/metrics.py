@@ -51,7 +51,9 @@ class _Instruments:
                             "kernel's name, generic; pipeline when not compiled), per worker; why is in /models.",
                             ["arm", "kernel"], registry=r, multiprocess_mode="liveall")
         self.kernels: dict[str, str] = {}  # arm -> the kernel label last set to 1
-        self.refreshes = Counter("mlops_refresh", "Model refreshes attempted.", registry=r)
+        self.refreshes = Counter("mlops_refresh", "Model refreshes attempted, by what started them: start, poll "
+                                 "(the periodic tick), notice (an alias-move notice file), webhook (MLflow's).",
+                                 ["cause"], registry=r)
         self.refresh_failures = Counter("mlops_refresh_failures", "Model refreshes that failed "
                                         "(registry unreachable or a version that would not load).", registry=r)
         self.last_refresh = Gauge("mlops_refresh_last_success_timestamp_seconds",
@@ -74,10 +76,10 @@ class Metrics:
     def init_app(self, app: Flask) -> None:
         app.extensions["mlops_metrics"] = self
 
-    def observe_refresh(self, snapshot: Snapshot, ok: bool) -> None:
-        """Record one refresh and the versions it left loaded."""
+    def observe_refresh(self, snapshot: Snapshot, ok: bool, cause: str = "poll") -> None:
+        """Record one refresh, what started it, and the versions it left loaded."""
         m = self._instruments.get()
-        m.refreshes.inc()
+        m.refreshes.labels(cause).inc()
         if not ok:
             m.refresh_failures.inc()
         if snapshot.refreshed_at is not None and ok:

@@ -1,4 +1,5 @@
-"""The model store: Production and Staging in memory, refreshed from the registry on a tick."""
+"""The model store: Production and Staging in memory, refreshed from the registry when told of an alias move
+(a notice file, a webhook) and on a tick that reconciles whatever was missed."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from typing import Any
 
 from mlops_core.config import Settings, redact
 from mlops_core.errors import first_line
+from mlops_core.notices import NoticeWatcher, notice_path
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
-__all__ = ["ModelStore", "Snapshot", "ARMS"]
+__all__ = ["ModelStore", "Snapshot", "ARMS", "CAUSES"]
 
 log = logging.getLogger(__name__)
 
 ARMS = {PRODUCTION: "Production", STAGING: "Staging"}
 REFREEZE_SECONDS = 60.0  # the shortest time between two re-freezes of the heap after model changes
+#: what starts a refresh: the first load, the periodic tick, an alias-move notice file, an MLflow webhook
+CAUSES = ("start", "poll", "notice", "webhook")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Snapshot:
     error_at: float | None = None  # time of the most recent failure (kept after recovery)
     last_error: str | None = None  # the most recent failure's message (kept after recovery)
     failures: int = 0  # failed refreshes since start
+    cause: str | None = None  # what started the last refresh (one of CAUSES)
 
     def arm(self, alias: str) -> LoadedModel | None:
         return self.production if alias == PRODUCTION else self.staging
@@ -57,7 +62,7 @@ class ModelStore:
     """
 
     def __init__(self, settings: Settings, *, registry: Any = None, clock: Callable[[], float] = time.time,
-                 on_refresh: Callable[[Snapshot, bool], None] | None = None,
+                 on_refresh: Callable[[Snapshot, bool, str], None] | None = None,
                  load: Callable[[Any, str], LoadedModel] | None = None):
         self.settings = settings
         self._registry = registry
@@ -66,7 +71,8 @@ class ModelStore:
         self._load = load or (lambda registry, version: registry.load_model(version))  # (registry, version)
         self._refresh_lock = threading.Lock()
         self._scheduler = None
-        self._scheduler_pid: int | None = None
+        self._watcher: NoticeWatcher | None = None
+        self._scheduler_pid: int | None = None  # the process whose scheduler and notice watcher these are
         self._frozen = False  # the heap is frozen (freeze_heap); a model change is followed by a re-freeze
         self._refreeze_due = False
         self._refrozen_at = 0.0
@@ -82,7 +88,7 @@ class ModelStore:
         return self._registry
 
     # -- refresh -------------------------------------------------------------------
-    def refresh(self) -> Snapshot:
+    def refresh(self, *, cause: str = "poll") -> Snapshot:
         """Resolve both aliases in one call, load only what changed and swap the new pair in."""
         with self._refresh_lock:
             current = self.snapshot
@@ -93,12 +99,13 @@ class ModelStore:
                 log.warning("model refresh failed, keeping loaded models: %s", new.error)
             else:
                 new = self._resolve(current, aliases)
+            new = replace(new, cause=cause)
             self.snapshot = new
             if self._frozen:
                 self._tend_heap(changed=_versions(new) != _versions(current))
         if self._on_refresh is not None:
             try:
-                self._on_refresh(new, new.error is None)
+                self._on_refresh(new, new.error is None, cause)
             except Exception:  # metrics must never break a refresh
                 log.exception("refresh callback failed")
         return new
@@ -174,27 +181,48 @@ class ModelStore:
         return (self._scheduler is not None and self._scheduler_pid == os.getpid()
                 and self._scheduler.running)
 
+    @property
+    def watching(self) -> bool:
+        """True when this process's notice watcher runs."""
+        return self._watcher is not None and self._scheduler_pid == os.getpid() and self._watcher.running
+
     def start(self) -> None:
-        """Load the models now, then refresh every ``refresh_seconds`` in a background thread."""
+        """Load the models now, then refresh when an alias-move notice appears (mlops_core/notices.py) and every
+        ``refresh_seconds``, from two background threads."""
         if self.running:
             return
         if self._scheduler_pid != os.getpid():
-            self._scheduler = None  # inherited through fork: its thread does not exist here
+            self._scheduler = self._watcher = None  # inherited through fork: their threads do not exist here
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        self.refresh()
+        # created before the first refresh: a move announced while it loads is acted on once the watcher starts
+        watcher = NoticeWatcher(notice_path(self.settings), lambda cause: self.refresh(cause=cause),
+                                model=self.settings.model_name)
+        self.refresh(cause="start")
         # one job, never overlapping: one worker thread is all the executor needs
         scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(1)}, daemon=True, timezone="UTC")
         scheduler.add_job(self.refresh, "interval", seconds=self.settings.refresh_seconds, id="mlops-refresh",
                           name="model refresh", max_instances=1, coalesce=True,
                           misfire_grace_time=max(1, int(self.settings.refresh_seconds)))
         scheduler.start()
-        self._scheduler, self._scheduler_pid = scheduler, os.getpid()
+        watcher.start()
+        self._scheduler, self._watcher, self._scheduler_pid = scheduler, watcher, os.getpid()
+
+    def changed(self, cause: str) -> None:
+        """The registry says an alias moved (``cause``: ``webhook``): refresh now, in the notice watcher's thread
+        when it runs in this process, else here."""
+        if self.watching:
+            self._watcher.poke(cause)
+        else:
+            self.refresh(cause=cause)
 
     def stop(self, *, wait: bool = True) -> None:
-        """Stop the refresh scheduler, if it runs in this process."""
-        scheduler = self._scheduler
-        if scheduler is not None and self._scheduler_pid == os.getpid() and scheduler.running:
-            scheduler.shutdown(wait=wait)
-        self._scheduler = None
+        """Stop the refresh scheduler and the notice watcher, if they run in this process."""
+        scheduler, watcher = self._scheduler, self._watcher
+        if self._scheduler_pid == os.getpid():
+            if watcher is not None:
+                watcher.stop(wait=wait)
+            if scheduler is not None and scheduler.running:
+                scheduler.shutdown(wait=wait)
+        self._scheduler = self._watcher = None

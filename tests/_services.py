@@ -105,10 +105,12 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def start_mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` with proxied artifacts; returns the process and its URL once it answers."""
+def start_mlflow_server(backend_uri: str, artifacts: Path, port: int | None = None,
+                        env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` with proxied artifacts (``env``: more variables for it); returns the process and its URL
+    once it answers."""
     port = port or free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(Path(artifacts).parent / f"mlflow-server-{port}.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri,
@@ -172,9 +174,9 @@ class Gunicorn:
         """Start the master on a new free port (the log file is appended to)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = base_env(MLOPS_HOME=str(self.home), MLOPS_REFRESH_SECONDS=str(REFRESH), MLOPS_WORKERS="2",
-                       MLOPS_BIND=f"127.0.0.1:{self.port}", PROMETHEUS_MULTIPROC_DIR=str(self.workdir / "metrics"),
-                       **self.extra)
+        env = base_env(**{"MLOPS_HOME": str(self.home), "MLOPS_REFRESH_SECONDS": str(REFRESH), "MLOPS_WORKERS": "2",
+                          "MLOPS_BIND": f"127.0.0.1:{self.port}",
+                          "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / "metrics"), **self.extra})
         # no forced kill at the end of the graceful shutdown: a worker that cannot exit keeps the master up (stop)
         args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), *(["--preload"] if self.preload else []),
                 "--graceful-timeout", "300", "server:create_app()"]
@@ -203,6 +205,12 @@ class Gunicorn:
         for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, flags=re.M):
             out[tuple(sorted(labels.split(",")))] = float(value)
         return out
+
+    def refreshes(self) -> dict[str, float]:
+        """Refreshes of all workers by what started them (start, poll, notice, webhook)."""
+        text = requests.get(self.url + "/metrics", timeout=5).text
+        return {cause: float(value) for cause, value in
+                re.findall(r'^mlops_refresh_total\{cause="(\w+)"\} (\S+)$', text, flags=re.M)}
 
     def serves(self, production: str | None, staging: str | None, workers: int = 2) -> bool:
         """True when every worker has loaded these versions (from the per-worker version gauge)."""

@@ -26,8 +26,8 @@ def pytest_configure(config):
 #: keeps one worker from finishing long after the other
 LONGEST_FIRST = ("test_reliability_watcher.py", "test_watcher.py", "test_decisions.py", "test_airflow_dag.py",
                  "test_server_gunicorn.py", "test_scale_out.py", "test_end_to_end.py", "test_reliability_faults.py",
-                 "test_bad_data.py", "test_ab_gunicorn.py", "test_pipeline.py", "test_openapi.py",
-                 "test_inference.py", "test_kernels.py")
+                 "test_bad_data.py", "test_ab_gunicorn.py", "test_hooks.py", "test_notices.py", "test_pipeline.py",
+                 "test_openapi.py", "test_inference.py", "test_kernels.py")
 
 
 def pytest_collection_modifyitems(config, items):

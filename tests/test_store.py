@@ -1,5 +1,6 @@
-"""server/store.py: Production and Staging in memory, refreshed from the registry on a tick; what a failing
-registry, a vanished alias or an unloadable version leave serving; the scheduler; the frozen heap."""
+"""server/store.py: Production and Staging in memory, refreshed from the registry on a tick and at once on an
+alias-move notice; what a failing registry, a vanished alias or an unloadable version leave serving; the scheduler
+and the notice watcher; the frozen heap."""
 
 from __future__ import annotations
 
@@ -105,8 +106,10 @@ def test_scheduler_ticks_and_no_thread_outlives_it(tmp_path):
         store.start()  # a second start is a no-op, not a second scheduler
         assert _wait(lambda: registry.alias_calls >= 4, 5), "the scheduler does not tick"
         started = set(threading.enumerate()) - initial
-        assert [t.name for t in started].count("APScheduler") == 1 and len(started) <= 2, started
-        assert app.test_client().get("/models").get_json()["scheduler_running"] is True
+        names = [t.name for t in started]
+        assert names.count("APScheduler") == 1 and names.count("mlops-notices") == 1 and len(started) <= 3, started
+        models = app.test_client().get("/models").get_json()
+        assert models["scheduler_running"] is True and models["notices_watched"] is True
     finally:
         store.stop()
     assert not store.running
@@ -115,6 +118,36 @@ def test_scheduler_ticks_and_no_thread_outlives_it(tmp_path):
     time.sleep(0.5)
     assert registry.alias_calls == calls
     store.stop()  # stopping twice is harmless
+
+
+def test_an_alias_move_notice_refreshes_at_once_and_a_poke_too(tmp_path):
+    """The tick is a minute away: the notice another process writes after moving an alias (here: announce, as
+    Registry.set_alias does), and a webhook's poke, each start a refresh within a few watcher intervals."""
+    from mlops_core.notices import POLL_SECONDS, announce
+
+    registry = FakeRegistry(None, {})
+    settings = Settings(home=tmp_path, refresh_seconds=60)
+    app = create_app({"TESTING": True, "MLOPS_SETTINGS": settings, "MLOPS_REGISTRY": registry})
+    store, client = app.extensions["mlops_store"], app.test_client()
+    try:
+        assert registry.alias_calls == 1 and store.snapshot.cause == "start"
+        announce(settings.replace(model_name="another-model"), alias="production", version="7")
+        time.sleep(5 * POLL_SECONDS)
+        assert registry.alias_calls == 1  # another model's move: nothing to do
+        started = time.monotonic()
+        announce(settings, alias="staging", version="2")
+        assert _wait(lambda: registry.alias_calls == 2, 2), "the notice did not start a refresh"
+        assert time.monotonic() - started < 0.5 + POLL_SECONDS and store.snapshot.cause == "notice"
+        store.changed("webhook")
+        assert _wait(lambda: registry.alias_calls == 3, 2) and store.snapshot.cause == "webhook"
+        assert client.get("/models").get_json()["refresh"]["cause"] == "webhook"
+        text = client.get("/metrics").get_data(as_text=True)
+        for cause in ("start", "notice", "webhook"):
+            assert f'mlops_refresh_total{{cause="{cause}"}} 1.0' in text, text
+        assert 'cause="poll"' not in text
+    finally:
+        store.stop()
+    assert not store.watching
 
 
 class _CyclicModel:
