@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .config import Settings
-from .errors import MlopsError
+from .errors import MlopsError, SettingsError
 from .runtime import prepare_process
 
 __all__ = ["main"]
@@ -38,6 +38,9 @@ class _Group(click.Group):
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 return super().invoke(ctx)
+        except SettingsError as err:  # settings that do not fit the data: bad usage
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
         except (MlopsError, ValueError, OSError) as err:
             _fail(err)
 
@@ -109,6 +112,8 @@ def drift(settings: Settings, reference: Path | None, current: Path | None, feat
     lines = [f"{k:>12}  PSI {v:.4f}" for k, v in report.psi.items()]
     lines.append(f"{'mean':>12}  PSI {report.mean_psi:.4f} (threshold {report.threshold}): "
                  f"{'DRIFT' if report.drift else 'no drift'}")
+    if report.no_reference:
+        lines.append(f"{'no reference':>12}  {', '.join(report.no_reference)} (new: not scored)")
     if report.info:
         lines.append("information only (not in the trigger):")
         lines += [f"{k:>12}  PSI {v:.4f}" for k, v in sorted(report.info.items(), key=lambda kv: -kv[1])]

@@ -217,6 +217,7 @@ class Settings:
         out["tracking_uri"] = redact_uri(self.tracking_uri)
         out["ab_store_url"] = redact_uri(self.ab_store_url)
         out["feedback_token"] = "***" if self.feedback_token else ""
+        out["webhook_secret"] = "***" if self.webhook_secret else ""
         return out
 
 

@@ -136,20 +136,21 @@ class ReferenceProfile:
         return ReferenceProfile(self.features, self.bins, {**self.outputs, name: fitted})
 
     def report(self, frame: pd.DataFrame, features: Iterable[str], *, threshold: float,
-               outputs: Mapping[str, Iterable] | None = None) -> DriftReport:
+               outputs: Mapping[str, Iterable] | None = None, new: Iterable[str] = ()) -> DriftReport:
         """Score ``features`` of ``frame`` and decide: drift when the mean PSI is above ``threshold``.
 
         Every other profiled feature present in ``frame``, and each of ``outputs`` (a model's outputs on
         ``frame``, by the name of an output profile), is scored as information only: not in the mean.
+        A feature of ``features`` or ``new`` (the model's features) the reference does not profile is new: it is
+        listed as having no reference, not scored; when no drift feature has a reference, the batch counts as
+        drift (the features to watch changed: a model must learn them).
         """
         names = list(features)
-        unknown = [c for c in names if c not in self.features]
         absent = [c for c in names if c not in frame.columns]
-        if unknown or absent:
-            raise ValueError("; ".join(filter(None, [
-                unknown and f"reference profile has no feature(s) {unknown}",
-                absent and f"batch has no column(s) {absent}"])))
-        scored = [(c, self.features[c], frame[c].to_numpy()) for c in names]
+        if absent:
+            raise ValueError(f"batch has no column(s) {absent}")
+        no_reference = list(dict.fromkeys(c for c in [*names, *new] if c not in self.features))
+        scored = [(c, self.features[c], frame[c].to_numpy()) for c in names if c in self.features]
         informative = [(c, p, frame[c].to_numpy()) for c, p in self.features.items()
                        if c not in names and c in frame.columns]
         informative += [(c, self.outputs[c], np.asarray(v).astype(str)) for c, v in (outputs or {}).items()
@@ -162,9 +163,10 @@ class ReferenceProfile:
                 details[name] = {"bins": labels, "reference": ref.round(6).tolist(),
                                  "current": cur.round(6).tolist()}
         mean = float(np.mean(list(scores.values()))) if scores else 0.0
-        return DriftReport(psi=scores, mean_psi=mean, threshold=float(threshold), drift=mean > threshold,
+        drift = mean > threshold or (bool(names) and not scores)
+        return DriftReport(psi=scores, mean_psi=mean, threshold=float(threshold), drift=drift,
                            n_reference=int(next(iter(self.features.values())).n), n_current=len(frame),
-                           details=details, info=info)
+                           details=details, info=info, no_reference=no_reference)
 
     def to_dict(self) -> dict:
         return {"bins": self.bins, "features": {k: v.to_dict() for k, v in self.features.items()},
@@ -196,11 +198,13 @@ class DriftReport:
     n_current: int = 0
     details: dict = field(default_factory=dict, repr=False)
     info: dict[str, float] = field(default_factory=dict)
+    no_reference: list[str] = field(default_factory=list)  # features new to the reference: not scored
 
     def summary(self) -> dict:
-        """The JSON object of DESIGN.md section 7."""
+        """The JSON object of DESIGN.md section 7 (and ``no_reference`` when a feature is new)."""
         return {"psi": {k: round(v, 6) for k, v in self.psi.items()}, "mean_psi": round(self.mean_psi, 6),
-                "threshold": self.threshold, "drift": self.drift}
+                "threshold": self.threshold, "drift": self.drift,
+                **({"no_reference": list(self.no_reference)} if self.no_reference else {})}
 
     def information(self) -> dict:
         """PSI of the features the trigger does not watch and of the model's outputs: shown, not decided on."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError", "shorten", "first_line",
-           "MAX_PROBLEM_CHARS", "MAX_PROBLEMS"]
+__all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError", "SettingsError",
+           "shorten", "first_line", "MAX_PROBLEM_CHARS", "MAX_PROBLEMS"]
 
 #: the longest one problem may be: problems quote cell values, and a cell can hold megabytes
 MAX_PROBLEM_CHARS = 300
@@ -62,3 +62,7 @@ class TrainingError(MlopsError, RuntimeError):
 
 class BusyError(MlopsError, RuntimeError):
     """Another pipeline run holds the lock."""
+
+
+class SettingsError(MlopsError, ValueError):
+    """The settings do not fit the data (a feature named that no file has): bad usage, exit 2."""

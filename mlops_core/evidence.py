@@ -5,16 +5,20 @@ The test is chosen before looking, by the promotion metric:
 - ``accuracy``: the exact one-sided McNemar test. Only the discordant rows carry
   information: ``b`` rows only the candidate gets right, ``c`` rows only the other
   model does. Under "no difference" ``b ~ Binomial(b + c, 1/2)``, so the p-value
-  is ``P(X >= b)``. The 95% interval of the accuracy difference is Agresti and
-  Min's (2005) adjusted Wald interval for matched proportions (0.5 added to each
+  of "better" is ``P(X >= b)`` and that of "worse" ``P(X <= b)``. The 95% interval
+  of the accuracy difference is Agresti and Min's (2005) adjusted Wald interval
+  for matched proportions (0.5 added to each
   cell of the 2x2 table), which keeps its coverage with few discordant rows.
 - ``f1``, ``precision``, ``recall``, ``auc``: a paired bootstrap (both models
   scored on the same resampled rows; 2,000 resamples from a fixed seed). The
-  p-value is the share of resampled differences at or below zero (with the usual
-  +1 correction), the interval their 2.5 and 97.5 percentiles.
+  p-value of "better" is the share of resampled differences at or below zero (with
+  the usual +1 correction), that of "worse" the share at or above zero, the
+  interval their 2.5 and 97.5 percentiles.
 
-A decision then needs both: a difference above the minimum improvement and a
-p-value below alpha (alpha 1 is the plain "strictly better" rule, no test).
+Promotion then needs both: a difference above the minimum improvement and a
+p-value of "better" below alpha (alpha 1 is the plain "strictly better" rule, no
+test). The same test the other way (p-value of "worse" below alpha) shows a
+candidate worse: it is never served.
 """
 
 from __future__ import annotations
@@ -45,10 +49,15 @@ class Comparison:
     p_value: float  # one-sided: H0 "the candidate is not better"
     candidate_only: int | None = None  # discordant rows (McNemar): only the candidate is right
     baseline_only: int | None = None  # ... only the baseline is right
+    p_worse: float = 1.0  # one-sided, the other way: H0 "the candidate is not worse"
 
     def better(self, *, alpha: float, min_improvement: float) -> bool:
         """Better by more than ``min_improvement``, with p < ``alpha`` (no test when alpha is 1)."""
         return self.difference > min_improvement and (alpha >= 1.0 or self.p_value < alpha)
+
+    def worse(self, *, alpha: float) -> bool:
+        """Shown worse: below the baseline with p of "worse" < ``alpha`` (any shortfall when alpha is 1)."""
+        return self.difference < 0 and (alpha >= 1.0 or self.p_worse < alpha)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -56,6 +65,7 @@ class Comparison:
     def summary(self) -> str:
         return (f"{self.metric} {self.candidate:.4f} vs {self.baseline:.4f}, difference {self.difference:+.4f} "
                 f"(95% CI {self.ci_low:+.4f} to {self.ci_high:+.4f}), one-sided p={self.p_value:.4g} "
+                f"(worse: p={self.p_worse:.4g}) "
                 f"({self.test}, {self.rows} rows)")
 
 
@@ -76,7 +86,7 @@ def mcnemar(candidate_right: np.ndarray, baseline_right: np.ndarray) -> Comparis
     z = np.asarray(baseline_right, dtype=bool)
     n = int(a.size)
     if n == 0:
-        return Comparison("accuracy", "mcnemar_exact", 0, math.nan, math.nan, 0.0, -1.0, 1.0, 1.0, 0, 0)
+        return Comparison("accuracy", "mcnemar_exact", 0, math.nan, math.nan, 0.0, -1.0, 1.0, 1.0, 0, 0, 1.0)
     b, c = int(np.sum(a & ~z)), int(np.sum(~a & z))
     diff = (b - c) / n
     m = n + 2.0  # Agresti & Min (2005): add 0.5 to each of the four cells
@@ -84,7 +94,8 @@ def mcnemar(candidate_right: np.ndarray, baseline_right: np.ndarray) -> Comparis
     half = _Z95 * math.sqrt(max((p12 + p21) - (p12 - p21) ** 2, 0.0) / m)
     centre = p12 - p21
     return Comparison("accuracy", "mcnemar_exact", n, float(a.mean()), float(z.mean()), diff,
-                      max(centre - half, -1.0), min(centre + half, 1.0), _binomial_sf(b, b + c), b, c)
+                      max(centre - half, -1.0), min(centre + half, 1.0), _binomial_sf(b, b + c), b, c,
+                      _binomial_sf(c, b + c))
 
 
 def metric_value(metric: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None = None) -> float:
@@ -157,8 +168,10 @@ def _bootstrap(metric: str, y, pred_c, pred_b, proba_c, proba_b, seed: int) -> C
     if not diffs.size:
         return Comparison(metric, "paired_bootstrap", n, cand, base, cand - base, -1.0, 1.0, 1.0)
     p = (1 + int(np.sum(diffs <= 0))) / (diffs.size + 1)
+    p_worse = (1 + int(np.sum(diffs >= 0))) / (diffs.size + 1)
     low, high = np.percentile(diffs, [2.5, 97.5])
-    return Comparison(metric, "paired_bootstrap", n, cand, base, cand - base, float(low), float(high), float(p))
+    return Comparison(metric, "paired_bootstrap", n, cand, base, cand - base, float(low), float(high), float(p),
+                      p_worse=float(p_worse))
 
 
 def compare(metric: str, y, pred_candidate, pred_baseline, proba_candidate=None, proba_baseline=None, *,

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 _HISTORY = "mlops.production_history"
 _PROFILE = "reference/profile.json"
 _TRAINING_DATA = "reference/training_data.parquet"
-_fluent = fluent  # the name tests/test_pipeline.py imports
 
 
 class Registry:

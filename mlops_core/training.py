@@ -42,17 +42,6 @@ class TrainResult:
     seconds: float
     n_train: int
 
-    @classmethod
-    def load(cls, folder: Path, *, n_train: int = 0) -> TrainResult:
-        """Re-read ``best_model.pkl`` and ``pycaret_compare_results.csv`` from ``folder`` (a separate register step)."""
-        model_path = Path(folder) / "best_model.pkl"
-        comparison_path = Path(folder) / "pycaret_compare_results.csv"
-        comparison = pd.read_csv(comparison_path, index_col=0)
-        top = comparison.iloc[0]
-        return cls(model=joblib.load(model_path), model_id=str(comparison.index[0]), model_name=str(top["Model"]),
-                   comparison=comparison, cv_metrics=_metrics(top), model_path=model_path,
-                   comparison_path=comparison_path, seconds=0.0, n_train=n_train)
-
 
 def _metrics(row: pd.Series) -> dict[str, float]:
     """The comparison row's scores as ``accuracy``, ``auc``, ``f1``… (the timing column left out)."""

@@ -158,8 +158,9 @@ class ChildRunner:
             with contextlib.suppress(OSError):
                 stream.close()
 
-    def __call__(self, settings: Settings, stop: threading.Event, batch: Path) -> Outcome:
-        payload = pickle.dumps({"settings": settings, "batch": batch, "log_style": self.log_style})
+    def __call__(self, settings: Settings, stop: threading.Event, batch: Path, digest: str | None = None) -> Outcome:
+        """Run the chain on ``batch`` (``digest``: the SHA-256 of its bytes, when known, so it is not hashed again)."""
+        payload = pickle.dumps({"settings": settings, "batch": batch, "digest": digest, "log_style": self.log_style})
         spare, self._spare = self._spare, None
         if spare is not None and spare[0].poll() is None:
             proc, relay = spare
@@ -309,13 +310,14 @@ def main() -> int:
 
     threading.Thread(target=_orphan_guard, name="orphan-guard", daemon=True).start()
 
-    from mlops_core.errors import DataValidationError, TrainingError
+    from mlops_core.errors import DataValidationError, SettingsError, TrainingError
     from mlops_core.pipeline import run
 
     try:
-        result = run(request["settings"], current=request["batch"], source=request["settings"].current_csv)
+        result = run(request["settings"], current=request["batch"], source=request["settings"].current_csv,
+                     digest=request.get("digest"))
         answer = {"outcome": "processed", **result.to_dict()}
-    except (DataValidationError, TrainingError) as err:  # the content is at fault: same bytes, same failure
+    except (DataValidationError, SettingsError, TrainingError) as err:  # the content is at fault: same failure again
         answer = {"outcome": "rejected", "error": type(err).__name__, "reason": str(err)}
     except Exception as err:  # registry down, lock busy, a bug: worth retrying later
         log.debug("run failed", exc_info=True)

@@ -30,7 +30,7 @@ from watchdog.observers import Observer
 
 from mlops_core.config import Settings
 from mlops_core.errors import shorten
-from mlops_core.files import copy_hashing, sha256_file
+from mlops_core.files import copy_hashing
 
 from .child import MAX_REASON, ChildRunner, Outcome
 from .logs import kv
@@ -73,13 +73,13 @@ class TargetHandler(FileSystemEventHandler):
 class Watcher:
     """Watch ``settings.current_csv`` and run the chain once per new, settled content.
 
-    ``runner(settings, stop_event, batch) -> Outcome`` runs the chain on ``batch``, a private copy of
+    ``runner(settings, stop_event, batch, digest) -> Outcome`` runs the chain on ``batch``, a private copy of
     the settled content (so a writer starting on the target meanwhile cannot hand the run a half-written
     file); it defaults to :class:`ChildRunner`, tests pass a fake.
     """
 
     def __init__(self, settings: Settings, *,
-                 runner: Callable[[Settings, threading.Event, Path], Outcome] | None = None,
+                 runner: Callable[[Settings, threading.Event, Path, str], Outcome] | None = None,
                  state_path: Path | None = None, observer_factory: Callable = Observer,
                  open_writer_wait: float = OPEN_WRITER_WAIT, retry_first: float = RETRY_FIRST):
         self.settings = settings
@@ -226,22 +226,33 @@ class Watcher:
         """Hash the settled target and run the chain when its content is new."""
         if self._stop.is_set():
             return
+        pending = self.snapshots / f"{SNAPSHOT_PREFIX}pending.csv"
         try:
             before = self.target.stat()
             if before.st_size == 0:
                 log.info("check=settled path=%s decision=skip reason=empty-file", kv(self.target))
                 return
-            digest, size = sha256_file(self.target)
+            # one read of the batch: copied to a private file and hashed as it is copied; the digest travels
+            # with the run, which reads that copy and does not hash it again
+            digest = copy_hashing(self.target, pending)
+            size = pending.stat().st_size
             after = self.target.stat()
         except FileNotFoundError:
+            pending.unlink(missing_ok=True)
             log.info("check=settled path=%s decision=skip reason=missing", kv(self.target))
             return
+        except OSError as err:
+            pending.unlink(missing_ok=True)
+            log.error("check=snapshot path=%s decision=wait reason=%s", kv(pending), kv(err))
+            return
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or size != after.st_size:
+            pending.unlink(missing_ok=True)
             log.info("check=settled sha256=%s decision=wait reason=changed-while-hashing", digest)
             self.notify("unstable")
             return
         seen, outcome = self.state.get("sha256"), self.state.get("outcome")
         if digest == seen and outcome in ("processed", "rejected"):
+            pending.unlink(missing_ok=True)
             log.info("check=settled sha256=%s size=%s decision=skip reason=unchanged-hash last_outcome=%s",
                      digest, size, outcome)
             return
@@ -252,14 +263,12 @@ class Watcher:
             self._failures = 0
         snapshot = self.snapshots / f"{SNAPSHOT_PREFIX}{digest[:16]}.csv"
         try:
-            if copy_hashing(self.target, snapshot) != digest:
-                log.info("check=snapshot sha256=%s decision=wait reason=changed-while-copying", digest)
-                self.notify("unstable")
-                return
+            os.replace(pending, snapshot)
             self._run(digest, snapshot)
         except OSError as err:
             log.error("check=snapshot path=%s decision=wait reason=%s", kv(snapshot), kv(err))
         finally:
+            pending.unlink(missing_ok=True)
             snapshot.unlink(missing_ok=True)
 
     def _run(self, digest: str, snapshot: Path) -> None:
@@ -269,7 +278,7 @@ class Watcher:
         started = time.monotonic()
         log.info("run=start sha256=%s", digest)
         try:
-            outcome = self.runner(self.settings, self._stop, snapshot)
+            outcome = self.runner(self.settings, self._stop, snapshot, digest)
         except Exception as err:  # the runner itself broke: treat like a failed run
             log.exception("run=error sha256=%s", digest)
             outcome = Outcome("failed", error=type(err).__name__, reason=str(err))

@@ -149,8 +149,8 @@ class FakeRunner:
         self.release.set()
         self.done = threading.Semaphore(0)
 
-    def __call__(self, settings, stop, batch):
-        digest = sha(batch.read_bytes())
+    def __call__(self, settings, stop, batch, digest):
+        assert digest == sha(batch.read_bytes()), "the watcher's digest is of the copy the run reads"
         self.digests.append(digest)
         self.started.set()
         while not self.release.wait(0.05):

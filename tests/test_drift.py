@@ -92,10 +92,17 @@ def test_report_verdict_is_strictly_above_threshold_and_round_trips(tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_names_unknown_features():
-    profile = ReferenceProfile.fit(pd.DataFrame({"age": [1.0, 2.0]}))
-    with pytest.raises(ValueError, match=r"no feature\(s\) \['fare'\]"):
-        profile.report(pd.DataFrame({"age": [1.0], "fare": [2.0]}), ["fare"], threshold=0.2)
+def test_a_feature_new_to_the_reference_is_marked_no_reference_not_scored():
+    profile = ReferenceProfile.fit(pd.DataFrame({"age": [1.0, 2.0, 3.0, 4.0]}))
+    batch = pd.DataFrame({"age": [1.0, 2.0, 3.0, 4.0], "fare": [2.0, 3.0, 4.0, 5.0], "deck": ["a", "b", "a", "b"]})
+    report = profile.report(batch, ["age", "fare"], threshold=0.2, new=["deck"])
+    assert report.no_reference == ["fare", "deck"] and set(report.psi) == {"age"}
+    assert report.mean_psi == report.psi["age"] and not report.drift
+    assert report.summary()["no_reference"] == ["fare", "deck"]
+    # no drift feature has a reference: what the trigger watches changed, a model must learn it
+    assert profile.report(batch, ["fare"], threshold=0.2).drift
+    with pytest.raises(ValueError, match=r"batch has no column\(s\) \['cabin'\]"):
+        profile.report(batch, ["cabin"], threshold=0.2)
 
 
 def test_report_shows_every_other_feature_and_the_predicted_class_as_information_only(tmp_path):

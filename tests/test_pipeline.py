@@ -4,8 +4,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import FAST
 from mlflow import MlflowClient
 
+from mlops_core.config import Settings
 from mlops_core.data import make_datasets
 from mlops_core.errors import BusyError
 from mlops_core.pipeline import pipeline_lock, run
@@ -120,9 +122,9 @@ def test_one_run_at_a_time(fresh):
 def test_logged_model_has_explicit_requirements_and_signature(bootstrapped, tmp_path):
     client = MlflowClient(bootstrapped.tracking_uri)
     mv = client.get_model_version(bootstrapped.model_name, "1")
-    from mlops_core.registry import _fluent
+    from mlops_core.mlflow_api import fluent
 
-    with _fluent(bootstrapped.tracking_uri) as mlflow:  # models:/ URIs resolve through the process-wide URIs
+    with fluent(bootstrapped.tracking_uri) as mlflow:  # models:/ URIs resolve through the process-wide URIs
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{bootstrapped.model_name}/1",
                                                     dst_path=str(tmp_path))
     reqs = (tmp_path / "requirements.txt").read_text() if (tmp_path / "requirements.txt").exists() else \
@@ -135,19 +137,19 @@ def test_logged_model_has_explicit_requirements_and_signature(bootstrapped, tmp_
 
 def test_steps_one_by_one_refuse_to_decide_when_production_moved_meanwhile(fresh):
     """The Airflow path: stages in separate calls; another trainer's promotion in between is caught."""
+    from mlops_core.chain import handoff
     from mlops_core.errors import RegistryError
-    from mlops_core.pipeline import begin, decide, register_candidate, train_candidate
 
     make_datasets(fresh, seed=9, drift=0.5, write_train=False)
-    out = begin(fresh)
+    out = handoff.begin(fresh)
     assert out.status == "drift"
-    train_candidate(fresh, out.run_id)
-    version = register_candidate(fresh, out.run_id)  # reads this run's own copy of the trained model
+    handoff.train(fresh, out.run_id)
+    version = handoff.register(fresh, out.run_id)  # reads this run's stored state, trained model included
     reg = Registry(fresh)
     assert reg.aliases() == {"production": "1", "staging": "1"}  # registered without an alias
     reg.promote(version)  # someone else moves Production before this chain decides
     with pytest.raises(RegistryError, match=f"Production moved from version 1 to {version}"):
-        decide(fresh, out.run_id, version)
+        handoff.decide(fresh, out.run_id, version)
     assert reg.describe(version)["lifecycle"] == "production"  # a live version is never tagged failed
 
 
@@ -178,14 +180,75 @@ def test_a_drifted_batch_with_a_single_row_of_a_class_is_refused_and_nothing_cha
 def test_outputs_score_each_row_once_when_index_labels_repeat(bootstrapped):
     """Rows gathered from several frames repeat index labels; PyCaret re-joins columns on the index, so without
     a fresh index 100 rows came back as thousands of predictions."""
+    from mlops_core.chain.scoring import outputs
     from mlops_core.data import infer_kinds, read_csv
-    from mlops_core.pipeline import outputs
 
     model = Registry(bootstrapped).load_model("1").model
     frame = read_csv(bootstrapped.current_csv).head(50)
-    kinds = infer_kinds(frame, bootstrapped.features)
+    features = list(bootstrapped.features)
+    kinds = infer_kinds(frame, features)
     repeated = pd.concat([frame, frame])
     assert repeated.index.duplicated().sum() == 50
-    labels, _ = outputs(model, repeated, bootstrapped, kinds)
-    once, _ = outputs(model, frame, bootstrapped, kinds)
+    labels, _ = outputs(model, repeated, features, kinds)
+    once, _ = outputs(model, frame, features, kinds)
     assert len(labels) == 100 and list(labels) == list(once) * 2
+
+
+def test_a_candidate_the_holdout_shows_worse_is_archived_and_never_served(fresh):
+    """A majority-class candidate against a trained Production: the paired test, the other way, shows it
+    worse; it is archived with the evidence, Staging keeps Production, no user is served it."""
+    make_datasets(fresh, seed=9, drift=0.5, write_train=False)
+    result = run(fresh.replace(models=("dummy",)))
+    assert result.status == "archived" and result.version == "2"
+    vs = result.evidence["vs_production"]
+    assert result.evidence["shown_worse"] and vs["difference"] < 0 and vs["p_worse"] < fresh.promotion_alpha
+    assert "shown worse than Production" in result.reason and "never served" in result.reason
+    reg = Registry(fresh)
+    assert reg.aliases() == {"production": "1", "staging": "1"}
+    tags = reg.describe("2")["tags"]
+    assert tags["lifecycle"] == "archived" and tags["decision"] == "archived"
+    assert float(tags["holdout_p_value_worse"]) < fresh.promotion_alpha
+
+
+def test_a_feature_in_neither_the_batch_nor_the_reference_is_bad_usage_naming_it(fresh, tmp_path):
+    """MLOPS_FEATURES with a typo: exit 2 naming the feature and the columns there are, nothing changed
+    (it was a KeyError traceback from the drift step); the same before any Production (train.csv)."""
+    from click.testing import CliRunner
+
+    from mlops_core.cli import main
+
+    env = {"MLOPS_FEATURES": "pclass,sex,agee", "MLOPS_MODELS": "lr,dt", "MLOPS_FOLD": "2"}
+    make_datasets(fresh, seed=9, drift=0.5, write_train=False)
+    result = CliRunner().invoke(main, ["--home", str(fresh.home), "run", "--json"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "MLOPS_FEATURES names ['agee']" in result.output and "Production v1's reference" in result.output
+    assert "'age'" in result.output and "'embarked'" in result.output  # the columns there are
+    assert [v["version"] for v in _versions(fresh)] == ["1"]
+    assert Registry(fresh).aliases() == {"production": "1", "staging": "1"}
+
+    empty = Settings(home=tmp_path / "empty", **FAST)
+    make_datasets(empty)
+    result = CliRunner().invoke(main, ["--home", str(empty.home), "run"], env=env)
+    assert result.exit_code == 2 and "agee" in result.output and "train.csv" in result.output
+    assert Registry(empty).aliases() == {}
+
+
+def test_a_feature_set_changed_on_purpose_trains_on_the_new_set_and_judges_production_on_its_own(fresh):
+    """The export gains a column and loses one: the candidate learns the new set, the drift report marks the
+    new feature "no reference", Production v1 is scored with its own columns (the lost one missing) on the
+    same holdout rows, and the decision is made as usual."""
+    make_datasets(fresh, seed=9, drift=0.5, write_train=False)
+    batch = pd.read_csv(fresh.current_csv)
+    batch["cabin_known"] = (batch["fare"] > batch["fare"].median()).map({True: "yes", False: "no"})
+    batch.drop(columns=["embarked"]).to_csv(fresh.current_csv, index=False)
+    features = tuple(c for c in fresh.features if c != "embarked") + ("cabin_known",)
+    result = run(fresh.replace(features=features))
+    assert result.status in {"promoted", "staged", "archived"}, result.reason
+    assert result.drift["no_reference"] == ["cabin_known"] and set(result.drift["psi"]) == set(fresh.drift_features)
+    vs = result.evidence["vs_production"]
+    assert vs["version"] == "1" and vs["rows"] == result.evidence["rows_scored"] > 0
+    reg = Registry(fresh)
+    assert reg.load_model(result.version).columns == list(features)
+    assert reg.load_model("1").columns == list(fresh.features)
+    report = json.loads((fresh.data_dir / "drift_report.json").read_text())
+    assert report["no_reference"] == ["cabin_known"]

@@ -111,9 +111,9 @@ class SlowTimeout(FakeRunner):
         self.seconds = seconds
         self.starts: list[float] = []
 
-    def __call__(self, settings, stop, batch):
+    def __call__(self, settings, stop, batch, digest):
         self.starts.append(time.monotonic())
-        outcome = super().__call__(settings, stop, batch)
+        outcome = super().__call__(settings, stop, batch, digest)
         stop.wait(self.seconds)
         outcome.error, outcome.reason = "Timeout", f"run exceeded {self.seconds:g} s"
         return outcome
@@ -147,8 +147,8 @@ def test_the_watcher_bounds_any_runner_reason(settings):
     quick.data_dir.mkdir(parents=True)
 
     class Loud(FakeRunner):
-        def __call__(self, settings, stop, batch):
-            outcome = super().__call__(settings, stop, batch)
+        def __call__(self, settings, stop, batch, digest):
+            outcome = super().__call__(settings, stop, batch, digest)
             outcome.reason = "r" * 1_000_000
             return outcome
 

@@ -43,11 +43,12 @@ def make_data(params=None, **_):
 
 
 def check_drift(ti=None, params=None, **_):
-    from mlops_core.pipeline import begin, pipeline_lock
+    from mlops_core.chain import handoff
+    from mlops_core.pipeline import pipeline_lock
 
     settings = _settings()
     with pipeline_lock(settings):
-        out = begin(settings, force=bool(params.get("force")))
+        out = handoff.begin(settings, force=bool(params.get("force")))
     ti.xcom_push(key="run_id", value=out.run_id)
     ti.xcom_push(key="result", value=out.to_dict())
     return out.status == "drift"  # False short-circuits train, register and promote
@@ -58,36 +59,39 @@ def _run_id(ti) -> str:
 
 
 def _abort_on_failure(context) -> None:
-    from mlops_core.pipeline import abort
+    from mlops_core.chain import handoff
 
     run_id = context["ti"].xcom_pull(task_ids="check_drift", key="run_id")
     if run_id:
-        abort(_settings(), run_id)
+        handoff.abort(_settings(), run_id)
 
 
 def train(ti=None, **_):
-    from mlops_core.pipeline import pipeline_lock, train_candidate
+    from mlops_core.chain import handoff
+    from mlops_core.pipeline import pipeline_lock
 
     settings = _settings()
     with pipeline_lock(settings):
-        result = train_candidate(settings, _run_id(ti))
+        result = handoff.train(settings, _run_id(ti))
     return {"model": result.model_name, "cv_accuracy": result.cv_metrics.get("accuracy"), "rows": result.n_train}
 
 
 def register(ti=None, **_):
-    from mlops_core.pipeline import pipeline_lock, register_candidate
+    from mlops_core.chain import handoff
+    from mlops_core.pipeline import pipeline_lock
 
     settings = _settings()
     with pipeline_lock(settings):
-        return register_candidate(settings, _run_id(ti))
+        return handoff.register(settings, _run_id(ti))
 
 
 def promote(ti=None, **_):
-    from mlops_core.pipeline import decide, pipeline_lock
+    from mlops_core.chain import handoff
+    from mlops_core.pipeline import pipeline_lock
 
     settings = _settings()
     with pipeline_lock(settings):
-        return decide(settings, _run_id(ti), ti.xcom_pull(task_ids="register")).to_dict()
+        return handoff.decide(settings, _run_id(ti), ti.xcom_pull(task_ids="register")).to_dict()
 
 
 with DAG(

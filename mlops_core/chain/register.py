@@ -1,0 +1,76 @@
+"""The registration stage: log the candidate to MLflow (pipeline, comparison, reference, compiled form) and
+create a version; no alias moves here."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from ..data import normalise
+from ..drift import PREDICTION, ReferenceProfile
+from ..errors import shorten
+from ..registry import COMPILED_TAG, LoadedModel
+from .context import Context, Run
+from .scoring import outputs
+
+__all__ = ["register", "register_model"]
+
+log = logging.getLogger("mlops_core.pipeline")
+
+
+def register(ctx: Context, run: Run) -> Run:
+    """Register the run's candidate as a new version, its drift reference fitted on the whole batch."""
+    with ctx.timer("register"):
+        regime = pd.concat([run.fit_rows, run.holdout], ignore_index=True)
+        run.version = run.result.version = register_model(
+            ctx, run.run_id, run.candidate, training=run.training, regime=regime, kinds=run.kinds,
+            tags={"mlops.source": "drift", "mlops.batch_sha256": run.digest})
+    return run
+
+
+def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFrame, regime: pd.DataFrame,
+                   kinds: dict, tags: dict) -> str:
+    """Log a trained pipeline, its comparison and reference to ``run_id``; create a version and return it.
+
+    The drift reference is fitted on ``regime`` (the batch the version was trained for), so later batches of
+    the same regime do not score as drift against a mix of old and new rows; ``training`` is stored as the
+    rows the version has seen (holdout hygiene of later decisions).
+    """
+    settings, registry = ctx.settings, ctx.registry
+    features = list(settings.features)
+    profile = ReferenceProfile.fit(normalise(regime, kinds), features=features, kinds=kinds, bins=settings.bins)
+    profile = profile.with_output(PREDICTION, outputs(candidate.model, regime, features, kinds)[0])
+    registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
+                                     "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(training),
+                                     "best_model": candidate.model_name, "features": ",".join(features),
+                                     "target": settings.target, "history_rows": settings.history_rows,
+                                     "n_regime": len(regime)},
+                     metrics={f"cv_{k}": v for k, v in candidate.cv_metrics.items()},
+                     artifacts={"": candidate.comparison_path})
+    registry.log_reference(run_id, profile, training)
+    example = training[features].head(5).reset_index(drop=True)
+    uri = registry.log_model(run_id, candidate.model, example)
+    compiled = _log_compiled(ctx, run_id, candidate.model, example, regime[features])
+    return registry.register(uri, {"mlops.model": candidate.model_name,
+                                   "cv_accuracy": round(candidate.cv_metrics.get("accuracy", 0.0), 6),
+                                   COMPILED_TAG: compiled, **tags})
+
+
+def _log_compiled(ctx: Context, run_id: str, model, example: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """Compile the new version, verify it on ``rows`` (its own data), store it with the run; the version tag."""
+    from mlflow.models import infer_signature
+
+    from ..inference import artifact
+
+    schema = infer_signature(example).inputs
+    version = LoadedModel(version="new", run_id=run_id, model=model, columns=list(schema.input_names()),
+                          dtypes={c.name: c.type.name for c in schema.inputs})
+    data, manifest = artifact.export(version, rows)
+    ctx.registry.log_compiled(run_id, data, manifest)
+    if data is None:
+        log.info("not compiled (served through its pipeline): %s", manifest["reason"])
+        return shorten(f"no: {manifest['reason']}", 250)
+    log.info("compiled (%s kernel), verified on %d rows: %s", manifest["kernel"], manifest["probe_rows"],
+             manifest["kernel_reason"])
+    return "true"
