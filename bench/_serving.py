@@ -140,18 +140,18 @@ def drive_python(url: str, body: str, connections: int, seconds: float) -> dict:
 
     def run():
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        mine = []
+        this_connection = []
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             resp.read()
-            mine.append(time.perf_counter() - started)
+            this_connection.append(time.perf_counter() - started)
             if resp.status != 200:
                 with lock:
                     errors[0] += 1
         with lock:
-            latencies.extend(mine)
+            latencies.extend(this_connection)
 
     threads = [threading.Thread(target=run) for _ in range(connections)]
     begun = time.monotonic()

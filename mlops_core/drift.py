@@ -62,7 +62,7 @@ class FeatureProfile:
 
     @classmethod
     def fit(cls, name: str, values, *, kind: str, bins: int = 10) -> FeatureProfile:
-        """Learn the bins of ``values`` as DESIGN.md section 4 pins them."""
+        """Learn the bins of ``values`` as the README's "PSI, exactly" pins them."""
         n = len(values)
         if n == 0:
             raise ValueError(f"cannot fit a profile of {name!r} on zero rows")
@@ -201,7 +201,7 @@ class DriftReport:
     no_reference: list[str] = field(default_factory=list)  # features new to the reference: not scored
 
     def summary(self) -> dict:
-        """The JSON object of DESIGN.md section 7 (and ``no_reference`` when a feature is new)."""
+        """The verdict as ``mlops drift --json`` prints it (and ``no_reference`` when a feature is new)."""
         return {"psi": {k: round(v, 6) for k, v in self.psi.items()}, "mean_psi": round(self.mean_psi, 6),
                 "threshold": self.threshold, "drift": self.drift,
                 **({"no_reference": list(self.no_reference)} if self.no_reference else {})}

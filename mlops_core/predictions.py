@@ -1,6 +1,6 @@
 """The prediction log: every answered row and its feedback label, in one SQL store.
 
-Rows are written in batches by the server's writer thread (:mod:`server.ab`); ``POST /feedback``
+Rows are written in batches by the server's writer thread (:mod:`server.live_ab`); ``POST /feedback``
 adds true labels; :mod:`mlops_core.ab` reads the per-arm figures and request shares back.
 """
 

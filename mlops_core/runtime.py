@@ -53,7 +53,8 @@ def prepare_process(settings: Settings | None = None, *, http_timeout: float = 5
 
     - PyCaret writes its log file under ``settings.logs_dir`` (nowhere without settings), never ``./logs.log``;
     - MLflow shows no download progress bars, logs through our handlers (not its own), and gives up on a
-      registry that is down after one retry and ``http_timeout`` seconds (STACK-NOTES);
+      registry that is down after one retry and ``http_timeout`` seconds (under MLflow's default retry policy one
+      call blocked for 246 s);
     - library messages about choices we made on purpose (:data:`KNOWN_NOISE`, and deprecation/future
       warnings attributed to installed libraries' own code, e.g. PyCaret's ``Styler.applymap``) go to the
       log at DEBUG, not the terminal; every other warning is still shown.

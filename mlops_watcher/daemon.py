@@ -40,7 +40,8 @@ __all__ = ["TargetHandler", "Watcher", "OPEN_WRITER_WAIT", "RETRY_FIRST", "RETRY
 
 log = logging.getLogger("watcher")
 
-#: the events that can mean "new content at the target" (STACK-NOTES: watchdog on Linux)
+#: the events that can mean "new content at the target": on Linux (inotify) a writer's close gives Closed, an
+#: ``os.replace`` from the same folder only Moved, a move from another folder only Created
 _EVENTS = [FileClosedEvent, FileMovedEvent, FileCreatedEvent, FileModifiedEvent, FileDeletedEvent]
 _KINDS = {FileClosedEvent: "closed", FileMovedEvent: "moved", FileCreatedEvent: "created",
           FileModifiedEvent: "modified", FileDeletedEvent: "deleted"}

@@ -32,10 +32,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from mlops_core.config import Settings
     from mlops_core.runtime import prepare_process
 
-    from . import ab, health, hooks, openapi, predict
-    from .errors import register_error_handlers
-    from .inference import Serving
+    from . import health, hooks, live_ab, openapi, predict
+    from .json_errors import register_error_handlers
     from .metrics import Metrics
+    from .serving import Serving
     from .store import ModelStore
 
     app = Flask(__name__)
@@ -59,10 +59,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # GET /openapi.json: the schema of POST /predict
     app.register_blueprint(hooks.bp)  # POST /hooks/mlflow: an MLflow server's webhooks refresh the models at once
-    ab_log = ab.init_app(app, settings)  # POST /feedback, GET /ab/report, the prediction log
+    ab_log = live_ab.init_app(app, settings)  # POST /feedback, GET /ab/report, the prediction log
     register_error_handlers(app)
     if not _hooks_start_workers:  # under gunicorn its master says it once (when_ready), not every worker
-        ab.warn_if_feedback_refused(settings)
+        live_ab.warn_if_feedback_refused(settings)
 
     if app.config["MLOPS_AUTOSTART"]:
         store.start()

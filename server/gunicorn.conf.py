@@ -72,8 +72,8 @@ def when_ready(server):
     import gc
 
     from mlops_core.config import Settings
-    from server.ab import warn_if_feedback_refused
-    from server.inference.warm import import_serving_libraries
+    from server.live_ab import warn_if_feedback_refused
+    from server.preload import import_serving_libraries
 
     try:
         settings = Settings.from_env()

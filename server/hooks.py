@@ -1,11 +1,12 @@
 """``POST /hooks/mlflow``: an MLflow server's registry webhooks (an alias set or deleted) refresh the models at once.
 
 MLflow (3.3 and later) signs each delivery with the webhook's secret: ``X-MLflow-Signature: v1,<base64 of the
-HMAC-SHA256 of "<X-MLflow-Delivery-Id>.<X-MLflow-Timestamp>.<raw body>">`` (mlflow/webhooks/delivery.py). This
-endpoint checks it against ``MLOPS_WEBHOOK_SECRET``, in constant time, and refuses a timestamp more than
-:data:`MAX_SKEW_SECONDS` from this server's clock (a replayed delivery). Without a secret the endpoint is off
-(404). A delivery reaches one worker: it refreshes, and writes the alias-move notice under the server's home so
-that the other workers sharing that home refresh too (mlops_core/notices.py); the poll covers the rest.
+HMAC-SHA256 of "<X-MLflow-Delivery-Id>.<X-MLflow-Timestamp>.<raw body>">`` (as MLflow's module
+``mlflow.webhooks.delivery`` computes it). This endpoint checks it against ``MLOPS_WEBHOOK_SECRET``, in
+constant time, and refuses a timestamp more than :data:`MAX_SKEW_SECONDS` from this server's clock (a replayed
+delivery). Without a secret the endpoint is off (404). A delivery reaches one worker: it refreshes, and writes the
+alias-move notice under the server's home so that the other workers sharing that home refresh too
+(mlops_core/notices.py); the poll covers the rest.
 """
 
 from __future__ import annotations

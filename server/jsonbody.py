@@ -8,7 +8,7 @@ from typing import Any
 
 from mlops_core.errors import first_line
 
-from .errors import ValidationError
+from .json_errors import ValidationError
 
 __all__ = ["read_json", "parse_body", "kind"]
 

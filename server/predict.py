@@ -12,8 +12,8 @@ from flask import Blueprint, Flask, current_app, request
 
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
-from .errors import NoModelError, ValidationError
 from .ids import new_request_ids
+from .json_errors import NoModelError, ValidationError
 from .jsonbody import kind, read_json
 from .store import ARMS
 
@@ -143,7 +143,7 @@ def predict():
     call = Call(started=time.perf_counter())
     try:
         response = _answer(app, request._get_current_object(), call)
-    except Exception as err:  # the app's JSON error handlers (server/errors.py) build the answer
+    except Exception as err:  # the app's JSON error handlers (server/json_errors.py) build the answer
         response = app.make_response(app.handle_user_exception(err))
     seconds = time.perf_counter() - call.started
     app.extensions["mlops_metrics"].observe_request(call.arm, response.status_code, seconds, call.rows)
@@ -160,7 +160,7 @@ def _answer(app: Flask, req, call: Call):
     call.arm, call.version, call.user_id = ARMS[PRODUCTION] if fallback else ARMS[wanted], model.version, user_id
     prefix = "features" if len(raw_rows) == 1 and isinstance(body["features"], dict) else "features[{}]"
     rows = [_check_row(prefix.format(i), row, model) for i, row in enumerate(raw_rows)]
-    predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/inference
+    predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/serving.py
     call.rows, call.predictions, call.probabilities = len(rows), predictions, probabilities
     call.call_id, call.request_ids = new_request_ids(len(rows) if batch else None)
     answer = {"predictions": predictions, "probabilities": probabilities, "stage": call.arm,

@@ -19,7 +19,7 @@ from mlops_core.predictions import DuplicateFeedbackError, Prediction, Predictio
 from mlops_core.proportions import two_proportion_test, wilson_interval
 from mlops_core.registry import LoadedModel
 from server import create_app
-from server.ab import PredictionLog
+from server.live_ab import PredictionLog
 
 COLUMNS = ["pclass", "sex", "age", "fare", "sibsp", "parch", "embarked"]
 DTYPES = {"pclass": "long", "sex": "string", "age": "double", "fare": "double", "sibsp": "long", "parch": "long",
@@ -222,9 +222,9 @@ def test_overflow_is_counted_not_waited_on(tmp_path):
 
 def test_a_backlog_is_written_in_full_batches_with_retention_between_them(tmp_path, monkeypatch):
     """A slow store: the writer still writes large transactions and keeps applying retention."""
-    from server import ab as ab_module
+    from server import live_ab
 
-    monkeypatch.setattr(ab_module, "_RETENTION_EVERY", 0.0)
+    monkeypatch.setattr(live_ab, "_RETENTION_EVERY", 0.0)
     settings = Settings(home=tmp_path, ab_batch_size=500, ab_flush_seconds=0.05)
     events = []
 
@@ -426,9 +426,9 @@ def _labelled(client) -> tuple[int, int]:
                                                  ({"ab_promote": True}, "MLOPS_AB_RETIRE and MLOPS_AB_PROMOTE are on")])
 def test_feedback_that_can_move_an_alias_is_refused_without_a_token(make_app, caplog, switches, named):
     """Default settings (retirement on) or promotion on, no token: 403 naming both ways out, nothing stored."""
-    with caplog.at_level(logging.WARNING, logger="server.ab"):
+    with caplog.at_level(logging.WARNING, logger="server.live_ab"):
         app = make_app(**switches)
-    warned = [r.getMessage() for r in caplog.records if r.name == "server.ab"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "server.live_ab"]
     assert len(warned) == 1 and "POST /feedback will answer 403" in warned[0] and named in warned[0], warned
     client = _client(app, token=None)
     known = _predict(client, 2, ROW)["request_id"]
@@ -442,9 +442,9 @@ def test_feedback_that_can_move_an_alias_is_refused_without_a_token(make_app, ca
 
 
 def test_with_a_token_feedback_needs_it(make_app, caplog):
-    with caplog.at_level(logging.WARNING, logger="server.ab"):
+    with caplog.at_level(logging.WARNING, logger="server.live_ab"):
         app = make_app(feedback_token=TOKEN, ab_promote=True)
-    assert not [r for r in caplog.records if r.name == "server.ab"]
+    assert not [r for r in caplog.records if r.name == "server.live_ab"]
     client = _client(app, token=None)
     known = _predict(client, 2, ROW)["request_id"]
     body = {"request_id": known, "label": 1}
@@ -462,9 +462,9 @@ def test_with_a_token_feedback_needs_it(make_app, caplog):
 
 def test_with_retirement_and_promotion_off_feedback_needs_no_token(make_app, caplog):
     """Labels that move nothing: collected from anyone, as before."""
-    with caplog.at_level(logging.WARNING, logger="server.ab"):
+    with caplog.at_level(logging.WARNING, logger="server.live_ab"):
         app = make_app(ab_retire=False, ab_promote=False)
-    assert not [r for r in caplog.records if r.name == "server.ab"]
+    assert not [r for r in caplog.records if r.name == "server.live_ab"]
     client = _client(app, token=None)
     known = _predict(client, 2, ROW)["request_id"]
     response = client.post("/feedback", json={"request_id": known, "label": 1})

@@ -14,7 +14,7 @@ from mlops_core.inference import artifact
 from mlops_core.inference.compile import rows_of
 from mlops_core.inference.predictors import PipelinePredictor
 from mlops_core.registry import COMPILED_TAG, Registry
-from server.inference.serving import Serving
+from server.serving import Serving
 
 from _services import python_json
 
@@ -72,7 +72,7 @@ def test_a_compiled_version_loads_and_answers_in_a_process_without_pycaret(store
         "import json, sys\n"
         "from mlops_core.config import Settings\n"
         "from mlops_core.registry import Registry\n"
-        "from server.inference.serving import Serving\n"
+        "from server.serving import Serving\n"
         f"served = Serving().load(Registry(Settings(home={str(bootstrapped.home)!r})), '1')\n"
         f"answer = served.predictor(json.loads({json.dumps(json.dumps(rows[:50]))}))\n"
         "heavy = sorted(m for m in ('pycaret', 'category_encoders', 'lightgbm', 'skl2onnx', 'onnx')"

@@ -1,4 +1,4 @@
-"""PSI against hand-computed values (DESIGN.md section 4)."""
+"""PSI against hand-computed values (the README's "PSI, exactly")."""
 
 import json
 import math

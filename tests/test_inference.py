@@ -1,5 +1,5 @@
-"""server.inference: the compiled path answers exactly as the registered pipeline, or is not used; the private-API
-version guard; micro-batching; the serving settings."""
+"""mlops_core.inference and server.serving: the compiled path answers exactly as the registered pipeline, or is
+not used; the private-API version guard; micro-batching (server.batching); the serving settings."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from mlops_core.inference import kernels, libraries
 from mlops_core.inference.compile import build_predictor, probe_rows
 from mlops_core.inference.predictors import PipelinePredictor, to_frame
 from mlops_core.registry import LoadedModel
-from server.inference.batching import Batcher
-from server.inference.serving import Serving
+from server.batching import Batcher
+from server.serving import Serving
 
 MODEL_TYPES = Settings().models  # every model type the default list can select
-SPECIAL_KERNELS = {"lr": "logistic", "dt": "decision_tree", "rf": "forest", "lightgbm": "lightgbm"}
+HAND_KERNELS = {"lr": "logistic", "dt": "decision_tree", "rf": "forest", "lightgbm": "lightgbm"}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_compiled_path_agrees_on_every_titanic_row_nulls_and_unseen_categories(l
     assert predictor.compiled, predictor.reason
     # the hand kernel or ONNX Runtime (LightGBM has no converter here), not the estimator's own methods
     report = predictor.kernel_choice.report
-    assert "rejected" not in report["hand"] and report["hand"]["name"] == SPECIAL_KERNELS[kind]
-    assert predictor.kernel.__name__ in (SPECIAL_KERNELS[kind], "onnx"), predictor.kernel_choice.reason
+    assert "rejected" not in report["hand"] and report["hand"]["name"] == HAND_KERNELS[kind]
+    assert predictor.kernel.__name__ in (HAND_KERNELS[kind], "onnx"), predictor.kernel_choice.reason
     titanic = compiler._titanic_rows(model)
     assert len(titanic) == 1309
     _assert_same(predictor, model, titanic)
@@ -186,11 +186,11 @@ def test_a_mismatch_on_probe_rows_falls_back(loaded, monkeypatch):
     _assert_same(predictor, loaded["lightgbm"], _edge_rows(loaded["lightgbm"]))
 
 
-def test_a_wrong_special_kernel_is_not_used(loaded, monkeypatch):
+def test_a_wrong_hand_kernel_is_not_used(loaded, monkeypatch):
     def skewed(estimator):
         return lambda x: (estimator.predict(x), estimator.predict_proba(x) + 1e-7)
 
-    monkeypatch.setattr(kernels, "special_kernel", skewed)
+    monkeypatch.setattr(kernels, "hand_kernel", skewed)
     predictor = build_predictor(loaded["rf"])
     assert predictor.compiled and predictor.kernel.__name__ in ("onnx", "generic")
     assert predictor.kernel_choice.report["hand"]["rejected"].startswith("the compiled probabilities differ")
@@ -249,7 +249,7 @@ def test_lightgbm_single_rows_from_threads_each_get_their_own_answer(loaded):
 
 @pytest.mark.parametrize("library", ["scikit-learn", "lightgbm"])
 def test_an_untested_library_version_serves_through_its_public_api(loaded, monkeypatch, library):
-    """The special kernels read private attributes: with a version they were not written for, they are not
+    """The hand kernels read private attributes: with a version they were not written for, they are not
     tried, and ONNX Runtime or the estimator's own predict_proba answers (still compiled preprocessing, still
     verified)."""
     monkeypatch.setitem(libraries.TESTED, library, "0.0.")
@@ -278,7 +278,7 @@ def test_an_untested_pycaret_version_is_served_by_the_pipeline(loaded, monkeypat
         libraries.untested.cache_clear()
 
 
-def test_a_special_kernel_that_raises_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
+def test_a_hand_kernel_that_raises_falls_back_to_the_estimators_own_methods(loaded, monkeypatch):
     def unavailable(self, *args):  # e.g. a LightGBM without the single-row fast API
         raise AttributeError("function 'LGBM_BoosterPredictForMatSingleRowFastInit' not found")
 

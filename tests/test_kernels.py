@@ -124,7 +124,7 @@ def test_each_model_id_is_served_by_its_fastest_verified_kernel_and_answers_as_i
     # a row-wise kernel answers each row as the pipeline answers it alone (QDA: see the test below)
     row_wise = getattr(predictor.kernel, "row_wise", False)
     assert row_wise == (kind == "qda")
-    (p1, q1), (p0, q0) = predictor.raw(rows), (reference.alone(rows) if row_wise else reference.raw(rows))
+    (p1, q1), (p0, q0) = predictor.raw(rows), (reference.raw_row_wise(rows) if row_wise else reference.raw(rows))
     assert list(p1) == list(p0)
     np.testing.assert_allclose(q1, q0, rtol=0, atol=1e-6)
     for start in range(0, len(rows), 97):  # one row at a time, as most requests come
@@ -145,7 +145,7 @@ def test_qda_answers_each_row_as_alone_whatever_is_batched_with_it(registered, o
     model, data, manifest = registered["qda"]
     rows = other_rows["qda"][:400]
     reference = PipelinePredictor(model)
-    (_, q_batch), (p_alone, q_alone) = reference.raw(rows), reference.alone(rows)
+    (_, q_batch), (p_alone, q_alone) = reference.raw(rows), reference.raw_row_wise(rows)
     assert np.max(np.abs(q_batch - q_alone)) > 1e-3  # the premise: the estimator's answer moves with the batch
     predictor = artifact.load(data, manifest)
     assert predictor.kernel.__name__ == "qda" and manifest["kernel_kind"] == "hand"
@@ -155,6 +155,17 @@ def test_qda_answers_each_row_as_alone_whatever_is_batched_with_it(registered, o
         p2, q2 = predictor.raw(rows[start:start + size])
         assert list(p2) == list(p1[start:start + size])
         assert np.array_equal(q2, q1[start:start + size])
+
+
+@pytest.mark.slow
+def test_an_artifact_stored_before_issue_26_still_loads_its_row_wise_kernel(registered):
+    """Artifacts stored before issue 26 hold the pipeline's answers row by row under "alone", not "row_wise"."""
+    _, data, manifest = registered["qda"]
+    payload = pickle.loads(data)
+    payload["alone"] = payload.pop("row_wise")
+    old = pickle.dumps(payload, protocol=5)
+    predictor = artifact.load(old, {**manifest, "sha256": hashlib.sha256(old).hexdigest()})
+    assert predictor.kernel_choice.kind == "hand" and predictor.kernel.__name__ == "qda"
 
 
 @pytest.mark.slow
@@ -289,7 +300,7 @@ def test_the_knn_kernel_leaves_a_tie_at_the_kth_neighbour_to_the_estimator():
     x = rng.integers(0, 3, size=(300, 2)).astype(float)
     estimator = KNeighborsClassifier(n_neighbors=5).fit(x, rng.integers(0, 2, size=300))
     queries = np.vstack([x[:20], rng.normal(1.0, 2.0, size=(30, 2))])  # on the grid (ties), and off it
-    kernel = libraries.special_kernel(estimator)
+    kernel = libraries.hand_kernel(estimator)
     assert kernel.__name__ == "knn"
     labels, proba = kernel(queries)
     assert list(labels) == list(estimator.predict(queries))

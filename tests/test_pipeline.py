@@ -141,7 +141,7 @@ def test_steps_one_by_one_refuse_to_decide_when_production_moved_meanwhile(fresh
     from mlops_core.errors import RegistryError
 
     make_datasets(fresh, seed=9, drift=0.5, write_train=False)
-    out = handoff.begin(fresh)
+    out = handoff.start(fresh)
     assert out.status == "drift"
     handoff.train(fresh, out.run_id)
     version = handoff.register(fresh, out.run_id)  # reads this run's stored state, trained model included
@@ -177,10 +177,10 @@ def test_a_drifted_batch_with_a_single_row_of_a_class_is_refused_and_nothing_cha
     assert Registry(s).aliases() == {"production": "1", "staging": "1"}
 
 
-def test_outputs_score_each_row_once_when_index_labels_repeat(bootstrapped):
+def test_labels_and_proba_score_each_row_once_when_index_labels_repeat(bootstrapped):
     """Rows gathered from several frames repeat index labels; PyCaret re-joins columns on the index, so without
     a fresh index 100 rows came back as thousands of predictions."""
-    from mlops_core.chain.scoring import outputs
+    from mlops_core.chain.scoring import labels_and_proba
     from mlops_core.data import infer_kinds, read_csv
 
     model = Registry(bootstrapped).load_model("1").model
@@ -189,8 +189,8 @@ def test_outputs_score_each_row_once_when_index_labels_repeat(bootstrapped):
     kinds = infer_kinds(frame, features)
     repeated = pd.concat([frame, frame])
     assert repeated.index.duplicated().sum() == 50
-    labels, _ = outputs(model, repeated, features, kinds)
-    once, _ = outputs(model, frame, features, kinds)
+    labels, _ = labels_and_proba(model, repeated, features, kinds)
+    once, _ = labels_and_proba(model, frame, features, kinds)
     assert len(labels) == 100 and list(labels) == list(once) * 2
 
 

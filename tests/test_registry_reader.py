@@ -19,10 +19,11 @@ def test_the_reader_sees_what_mlflows_client_sees(bootstrapped):
     reader, registry = RegistryReader(bootstrapped), Registry(bootstrapped)
     assert reader.kind == "sql"
     assert reader.aliases() == registry.aliases() == {"production": "1", "staging": "1"}
-    mine, theirs = reader.describe("1"), registry.describe("1")
-    assert (mine["run_id"], mine["tags"]) == (theirs["run_id"], theirs["tags"]) and mine["tags"][COMPILED_TAG] == "true"
+    by_reader, by_registry = reader.describe("1"), registry.describe("1")
+    assert (by_reader["run_id"], by_reader["tags"]) == (by_registry["run_id"], by_registry["tags"])
+    assert by_reader["tags"][COMPILED_TAG] == "true"
     (data, manifest, info), (data2, manifest2, _) = reader.load_compiled("1"), registry.load_compiled("1")
-    assert data == data2 and manifest == manifest2 and info["run_id"] == theirs["run_id"]
+    assert data == data2 and manifest == manifest2 and info["run_id"] == by_registry["run_id"]
 
 
 def test_an_empty_registry_has_no_aliases_and_a_missing_version_is_a_registry_error(bootstrapped, tmp_path):

@@ -23,7 +23,7 @@ def test_prepare_process_sets_defaults_and_keeps_explicit_values(tmp_path, monke
 def test_the_server_imports_neither_the_trainer_nor_pycaret(tmp_path):
     code = ("import sys; from server import create_app; from mlops_core.config import Settings; "
             f"create_app({{'MLOPS_SETTINGS': Settings(home={str(tmp_path)!r}), 'MLOPS_AUTOSTART': False}}); "
-            "import server.predict, server.store, server.health, server.ab, server.openapi, server.inference; "
+            "import server.predict, server.store, server.health, server.live_ab, server.openapi, server.serving; "
             "print(sorted(m for m in ('mlops_core.training', 'pycaret') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

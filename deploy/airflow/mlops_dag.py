@@ -48,7 +48,7 @@ def check_drift(ti=None, params=None, **_):
 
     settings = _settings()
     with pipeline_lock(settings):
-        out = handoff.begin(settings, force=bool(params.get("force")))
+        out = handoff.start(settings, force=bool(params.get("force")))
     ti.xcom_push(key="run_id", value=out.run_id)
     ti.xcom_push(key="result", value=out.to_dict())
     return out.status == "drift"  # False short-circuits train, register and promote

@@ -15,7 +15,7 @@ from ..errors import RegistryError
 from ..evidence import Comparison, compare
 from ..registry import LIFECYCLE, PRODUCTION, STAGING, dumps
 from .context import Context, Run
-from .scoring import loaded, outputs, unseen
+from .scoring import labels_and_proba, loaded, unseen
 
 __all__ = ["decide", "finish", "mark_failed"]
 
@@ -87,16 +87,16 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
     seen = [run.training, *(ctx.registry.load_reference(v)[1] for v in rivals.values())]
     rows, dropped = unseen(run.holdout, seen, features, target, run.kinds)
     proba = settings.promotion_metric == "auc"
-    mine = outputs(run.candidate.model, rows, features, run.kinds, proba=proba)
+    candidate_labels, candidate_proba = labels_and_proba(run.candidate.model, rows, features, run.kinds, proba=proba)
     y = rows[target].to_numpy()
     verdicts = {}
     for role, model in models.items():
         # a column the batch no longer has is given as missing, of the kind Production's reference knew
         known = {**run.profile.kinds, **run.kinds}
         kinds = {c: known.get(c, "numeric") for c in model.columns}
-        theirs = outputs(model.model, rows, model.columns, kinds, proba=proba)
-        verdicts[role] = compare(settings.promotion_metric, y, mine[0], theirs[0], mine[1], theirs[1],
-                                 seed=settings.seed)
+        rival_labels, rival_proba = labels_and_proba(model.model, rows, model.columns, kinds, proba=proba)
+        verdicts[role] = compare(settings.promotion_metric, y, candidate_labels, rival_labels, candidate_proba,
+                                 rival_proba, seed=settings.seed)
     return verdicts, len(rows), dropped
 
 

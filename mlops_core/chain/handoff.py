@@ -19,14 +19,14 @@ from . import register as registering
 from . import train as training
 from .context import Context, Run, RunResult
 
-__all__ = ["begin", "train", "register", "decide", "abort"]
+__all__ = ["start", "train", "register", "decide", "abort"]
 
 
-def begin(settings: Settings, *, force: bool = False, registry: Registry | None = None) -> RunResult:
+def start(settings: Settings, *, force: bool = False, registry: Registry | None = None) -> RunResult:
     """Validate, bootstrap an empty registry, score drift; a run left open (``drift``) is stored for the next task."""
-    from ..pipeline import start
+    from .. import pipeline
 
-    run = start(Context(settings, registry or Registry(settings)), force=force)
+    run = pipeline.start(Context(settings, registry or Registry(settings)), force=force)
     if run.open:
         _save(settings, run)
     return run.result
@@ -83,7 +83,7 @@ def _load(settings: Settings, run_id: str, registry: Registry | None) -> tuple[C
 
     path = _folder(settings, run_id) / "run.joblib"
     if not path.exists():
-        raise FileNotFoundError(f"no stored chain run {run_id} at {path} (begin stores it when drift is found)")
+        raise FileNotFoundError(f"no stored chain run {run_id} at {path} (start stores it when drift is found)")
     run = joblib.load(path)
     ctx = Context(settings, registry or Registry(settings))
     run.result.timings = ctx.timer.seconds

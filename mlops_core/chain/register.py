@@ -12,7 +12,7 @@ from ..drift import PREDICTION, ReferenceProfile
 from ..errors import shorten
 from ..registry import COMPILED_TAG, LoadedModel
 from .context import Context, Run
-from .scoring import outputs
+from .scoring import labels_and_proba
 
 __all__ = ["register", "register_model"]
 
@@ -40,7 +40,7 @@ def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFra
     settings, registry = ctx.settings, ctx.registry
     features = list(settings.features)
     profile = ReferenceProfile.fit(normalise(regime, kinds), features=features, kinds=kinds, bins=settings.bins)
-    profile = profile.with_output(PREDICTION, outputs(candidate.model, regime, features, kinds)[0])
+    profile = profile.with_output(PREDICTION, labels_and_proba(candidate.model, regime, features, kinds)[0])
     registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
                                      "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(training),
                                      "best_model": candidate.model_name, "features": ",".join(features),

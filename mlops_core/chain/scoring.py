@@ -14,13 +14,13 @@ from ..errors import shorten
 from ..registry import LoadedModel
 from .context import Context, Run
 
-__all__ = ["outputs", "loaded", "predicted_classes", "unseen"]
+__all__ = ["labels_and_proba", "loaded", "predicted_classes", "unseen"]
 
 log = logging.getLogger("mlops_core.pipeline")
 
 
-def outputs(model, frame: pd.DataFrame, columns: list[str], kinds: dict, *,
-            proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def labels_and_proba(model, frame: pd.DataFrame, columns: list[str], kinds: dict, *,
+                     proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted labels (and P(class 1) when ``proba``) of ``model`` on ``frame``'s ``columns``.
 
     A column the model was trained on that ``frame`` lacks (the export dropped it) is given as missing, which
@@ -58,7 +58,7 @@ def predicted_classes(ctx: Context, run: Run, profile: ReferenceProfile) -> dict
         labels = _compiled_labels(ctx, run.production, run.batch)
         if labels is None:
             model = loaded(ctx, run, run.production)
-            labels = outputs(model.model, run.batch, model.columns, run.kinds)[0]
+            labels = labels_and_proba(model.model, run.batch, model.columns, run.kinds)[0]
         return {PREDICTION: labels}
     except Exception as err:  # information only: a model that cannot score the batch fails later, in context
         log.warning("drift report without the predicted-class shift: %s", shorten(err, 300))

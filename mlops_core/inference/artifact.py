@@ -81,7 +81,7 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
                "onnx": predictor.onnx if "onnx" in choice.ranking else None,  # a rejected graph is not stored
                "kernels": choice.ranking, "probe": probe,
                "predictions": list(expected.predictions), "probabilities": expected.probabilities,
-               "alone": expected.alone_computed,  # computed when a row-wise kernel was checked
+               "row_wise": expected.row_wise_computed,  # computed when a row-wise kernel was checked
                "own_transformers": predictor.own_transformers}
     try:
         data = pickle.dumps(payload, protocol=5)
@@ -119,7 +119,9 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
                                      payload["dtype"], payload["estimator"], fallback=fallback,
                                      own_transformers=payload.get("own_transformers"))
         probe = payload["probe"]
-        expected = Expected(payload["predictions"], payload["probabilities"], payload.get("alone"))
+        # artifacts stored before issue 26 hold the answers row by row under "alone"
+        row_wise = payload["row_wise"] if "row_wise" in payload else payload.get("alone")
+        expected = Expected(payload["predictions"], payload["probabilities"], row_wise)
         compiled.onnx, ranking = payload["onnx"], payload["kernels"]
     except Exception as err:
         raise ArtifactError(f"unreadable: {type(err).__name__}: {err}") from err

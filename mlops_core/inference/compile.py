@@ -199,25 +199,25 @@ def _own_transformer(step, before, unknown: Unsupported) -> Transform:
 
 class Expected:
     """The pipeline's answers on the probe rows, which a kernel must reproduce: on all of them in one call
-    (``predictions``, ``probabilities``) and on each row as a request of its own (:meth:`alone`), which a
+    (``predictions``, ``probabilities``) and on each row as a request of its own (:meth:`row_wise`), which a
     ``row_wise`` kernel is checked on instead (one that answers each row as the estimator answers it alone, for an
-    estimator whose answer on a row moves with the rows beside it). ``alone`` is the pair, a function computing
+    estimator whose answer on a row moves with the rows beside it). ``row_wise`` is the pair, a function computing
     it (at registration, called only when a row-wise kernel asks), or None (not stored)."""
 
-    def __init__(self, predictions, probabilities, alone=None):
+    def __init__(self, predictions, probabilities, row_wise=None):
         self.predictions, self.probabilities = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
-        self._alone = alone
+        self._row_wise = row_wise
 
-    def alone(self):
-        if callable(self._alone):
-            predictions, probabilities = self._alone()
-            self._alone = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
-        return self._alone
+    def row_wise(self):
+        if callable(self._row_wise):
+            predictions, probabilities = self._row_wise()
+            self._row_wise = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
+        return self._row_wise
 
     @property
-    def alone_computed(self):
+    def row_wise_computed(self):
         """The answers row by row when they were computed (or stored), else None."""
-        return None if callable(self._alone) else self._alone
+        return None if callable(self._row_wise) else self._row_wise
 
 
 def check_features(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
@@ -237,9 +237,9 @@ def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], expec
     answers on each row alone."""
     tolerance = getattr(compiled.kernel, "tolerance", _TOLERANCE)
     if getattr(compiled.kernel, "row_wise", False):
-        if expected.alone() is None:
+        if expected.row_wise() is None:
             return "the pipeline's answers on each row alone were not stored"
-        p0, q0 = expected.alone()
+        p0, q0 = expected.row_wise()
     else:
         p0, q0 = expected.predictions, expected.probabilities
     p1, q1 = compiled.raw(rows)
@@ -328,7 +328,7 @@ def build_predictor(model, *, probe: list[dict[str, Any]] | None = None):
         rows = probe if probe is not None else probe_rows(model)
         problem = check_features(compiled, fallback, rows)
         if problem is None:
-            compiled.expected = Expected(*fallback.raw(rows), alone=lambda: fallback.alone(rows))
+            compiled.expected = Expected(*fallback.raw(rows), row_wise=lambda: fallback.raw_row_wise(rows))
 
             def convert():
                 compiled.onnx = convert_onnx(compiled.estimator, width=len(compiled.layout), dtype=compiled.dtype)

@@ -4,7 +4,7 @@ A kernel is a function ``x -> (predicted labels, predict_proba matrix)``. Three 
 
 - ``onnx``: the estimator converted by skl2onnx at registration (:func:`convert_onnx`) and run by ONNX Runtime
   (:func:`onnx_kernel`, which needs neither skl2onnx nor onnx: a serving worker stays light);
-- ``hand``: the hand-written kernel of :mod:`.libraries` (``special_kernel``), which reads private attributes;
+- ``hand``: the hand-written kernel of :mod:`.libraries` (``hand_kernel``), which reads private attributes;
 - ``generic``: the estimator's own ``predict`` and ``predict_proba``.
 
 No converted graph and no hand kernel is trusted: each must reproduce the pipeline's outputs on the probe rows
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import first_line
-from .libraries import special_kernel
+from .libraries import hand_kernel
 from .predictors import generic_kernel
 
 __all__ = ["KINDS", "ONNX_TOLERANCE", "HAND_PENALTY", "Choice", "candidates", "choose_kernel", "convert_onnx",
@@ -103,7 +103,7 @@ def candidates(estimator, graph: tuple[bytes, str] | None | Callable[[], tuple[b
         stored = graph() if callable(graph) else graph
         return None if stored is None else onnx_kernel(*stored)
 
-    return {"onnx": make_onnx, "hand": lambda: special_kernel(estimator), "generic": lambda: generic_kernel(estimator)}
+    return {"onnx": make_onnx, "hand": lambda: hand_kernel(estimator), "generic": lambda: generic_kernel(estimator)}
 
 
 @dataclass

@@ -5,7 +5,7 @@ columns and ``CleanColumnNames``, scikit-learn's tree arrays (decision trees, ra
 SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, QDA, the training rows of k nearest
 neighbours, the prior DummyClassifier), LightGBM's inner predictor and its C single-row call. Each was checked
 against the versions in :data:`TESTED`; with any other version installed, :func:`untested` names it and the
-callers fall back cleanly (a step is not compiled, a special kernel is not used: the pipeline, ONNX Runtime or
+callers fall back cleanly (a step is not compiled, a hand kernel is not used: the pipeline, ONNX Runtime or
 the estimator's own public ``predict_proba`` answers instead). Verification against the pipeline still guards
 every version that is used.
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from .predictors import generic_kernel
 
-__all__ = ["TESTED", "untested", "pycaret_step", "pycaret_renames", "special_kernel", "SINGLE_ROWS"]
+__all__ = ["TESTED", "untested", "pycaret_step", "pycaret_renames", "hand_kernel", "SINGLE_ROWS"]
 
 #: distribution -> the version prefix whose private API this module was written and verified against
 TESTED = {"pycaret": "3.3.", "scikit-learn": "1.4.", "lightgbm": "4."}
@@ -60,7 +60,7 @@ def pycaret_renames(transformer) -> bool:
     return type(transformer) is CleanColumnNames
 
 
-def special_kernel(estimator):
+def hand_kernel(estimator):
     """A cheaper kernel doing what the estimator's own ``predict``/``predict_proba`` do (scikit-learn
     1.4, LightGBM 4), minus their per-call input validation, which costs more than the model on
     one row; None for other estimators, or when the library is not a tested version. Non-finite features,

@@ -80,7 +80,7 @@ class PipelinePredictor:
         features = preprocess.transform(to_frame(rows, self.model))
         return self.model.model.inverse_transform(estimator.predict(features)), estimator.predict_proba(features)
 
-    def alone(self, rows: list[dict[str, Any]]):
+    def raw_row_wise(self, rows: list[dict[str, Any]]):
         """What :meth:`raw` gives on each row as a request of its own. The steps transform each row by itself,
         so they run once on all the rows; the estimator then answers row by row (a numerically sensitive one,
         such as QDA with near-singular covariances, answers a row otherwise within a larger call)."""

@@ -27,8 +27,8 @@ from mlops_core.errors import first_line
 from mlops_core.live import feedback_refusal
 from mlops_core.predictions import Prediction, PredictionStore, UnknownRequestError
 
-from .errors import FeedbackRefusedError, ValidationError
 from .ids import new_request_id
+from .json_errors import FeedbackRefusedError, ValidationError
 from .jsonbody import kind, read_json
 
 __all__ = ["bp", "PredictionLog", "init_app", "warn_if_feedback_refused"]
