@@ -215,14 +215,18 @@ class DriftReport:
         return {**self.summary(), "info": self.information(), "n_reference": self.n_reference,
                 "n_current": self.n_current, "details": self.details}
 
-    def save(self, folder: Path, *, stem: str = "drift_report") -> dict[str, Path]:
-        """Write ``drift_report.json``, ``drift_flag.txt`` and ``drift_report.png`` into ``folder``."""
+    def save(self, folder: Path, *, stem: str = "drift_report", picture: bool = True) -> dict[str, Path]:
+        """Write ``drift_report.json``, ``drift_flag.txt`` and (with ``picture``) ``drift_report.png`` into
+        ``folder``; returns the paths written."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"json": folder / f"{stem}.json", "flag": folder / "drift_flag.txt", "png": folder / f"{stem}.png"}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=1))
         paths["flag"].write_text(f"drift={str(self.drift).lower()}\nmean_psi={self.mean_psi:.6f}\n"
                                  f"threshold={self.threshold}\n")
+        if not picture:
+            del paths["png"]
+            return paths
         self.plot(paths["png"])
         return paths
 

@@ -257,6 +257,10 @@ def _warm_registry() -> None:
     import matplotlib.backends.backend_agg  # noqa: F401
     import matplotlib.figure  # noqa: F401
     import mlflow.sklearn  # noqa: F401
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401 - the client's first call imports them: 2 s
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    from mlops_core.inference import artifact  # noqa: F401 - Production's compiled form scores the batch
 
 
 def _warm_training() -> None:

@@ -153,10 +153,23 @@ def finish(ctx: Context, run: Run) -> Run:
                                        "mlops.version": out.version or "",
                                        "mlops.production_after": out.production or "", "mlops.done": "true"},
                      text={"decision.json": dumps(out.to_dict())})
+    _picture(ctx, run)
     registry.finish_run(run.run_id, ok=True)
     log.info("decision status=%s version=%s production=%s staging=%s reason=%r", out.status, out.version,
              out.production, out.staging, out.reason)
     return run
+
+
+def _picture(ctx: Context, run: Run) -> None:
+    """Draw the drift report's picture and log it with the run: after the decision (drawing takes a good part
+    of a second), never failing a decided run."""
+    if run.report is None:
+        return
+    try:
+        path = run.report.plot(ctx.settings.data_dir / "drift_report.png")
+        ctx.registry.log_run(run.run_id, artifacts={"drift": [path]})
+    except Exception as err:  # the picture is for people; the decision stands without it
+        log.warning("drift picture not drawn: %s", err)
 
 
 def mark_failed(ctx: Context, version: str | None) -> None:

@@ -27,7 +27,7 @@ def detect(ctx: Context, run: Run) -> Run:
     with ctx.timer("drift"):
         report = run.profile.report(run.batch, settings.drift_features, threshold=settings.psi_threshold,
                                     outputs=predicted_classes(ctx, run, run.profile), new=settings.features)
-        paths = report.save(settings.data_dir)
+        paths = report.save(settings.data_dir, picture=False)  # drawn once decided: off the path to serving
         registry.log_run(run.run_id, artifacts={"drift": list(paths.values())}, metrics=_metrics(report),
                          tags={"mlops.drift": str(report.drift).lower(),
                                "mlops.drift_summary": json.dumps(report.summary())})
