@@ -1,4 +1,4 @@
-"""The chain: intake → (bootstrap) → drift → train → register → decide, one run at a time.
+"""The chain: intake → (bootstrap) → drift → train → judge → register → act, one run at a time.
 
 This module only chains the stages of :mod:`mlops_core.chain`; each takes the run's in-memory
 :class:`~mlops_core.chain.context.Run` and returns it with what it made.
@@ -15,8 +15,8 @@ from filelock import FileLock, Timeout
 
 from .chain.bootstrap import bootstrap
 from .chain.context import Context, Run, RunResult
-from .chain.decide import decide
-from .chain.detect import check_drift, detect
+from .chain.decide import act, judge
+from .chain.detect import check_drift, detect, illustrate
 from .chain.intake import intake
 from .chain.register import register
 from .chain.train import train
@@ -54,14 +54,13 @@ def run(settings: Settings, *, force: bool = False, current: Path | None = None,
     with pipeline_lock(settings, timeout=lock_timeout):
         ctx = Context(settings, registry or Registry(settings))
         state = start(ctx, current=current, source=source, digest=digest, force=force)
-        if not state.open:
-            return state.result
-        try:
-            state = decide(ctx, register(ctx, train(ctx, state)))
-        except BaseException:
-            abort(ctx, state.run_id)
-            raise
-        return state.result
+        if state.open:
+            try:
+                state = act(ctx, register(ctx, judge(ctx, train(ctx, state))))
+            except BaseException:
+                abort(ctx, state.run_id)
+                raise
+        return illustrate(ctx, state).result
 
 
 def start(ctx: Context, *, current: Path | None = None, source: Path | None = None, digest: str | None = None,

@@ -52,6 +52,10 @@ OPEN_WRITER_WAIT = 30.0
 RETRY_FIRST, RETRY_MAX = 30.0, 600.0
 
 
+#: the quiet time after a rename onto the target (a complete file) before it is read
+RENAME_SETTLE_SECONDS = 0.05
+
+
 # -- the handler: events in, "the target may have changed" out ----------------------------------------
 class TargetHandler(FileSystemEventHandler):
     """Call ``notify(kind)`` for events that may have changed ``target``; ignore everything else."""
@@ -214,7 +218,10 @@ class Watcher:
                 quiet = time.monotonic() - last
                 # inotify ends every write with "closed": a trailing "modified" means the writer paused mid-file
                 open_writer = kind == "modified" and self._expect_close
-                need = self.open_writer_wait if open_writer else self.settle
+                # a file renamed onto the target (temp file + rename, the way to drop a batch) lands whole:
+                # only a short window to gather a burst of drops, not the settle time a writer needs
+                need = (self.open_writer_wait if open_writer else
+                        min(self.settle, RENAME_SETTLE_SECONDS) if kind == "moved" else self.settle)
                 if quiet >= need:
                     if open_writer:
                         log.info("check=proceed reason=no-close-event quiet_seconds=%.1f", quiet)

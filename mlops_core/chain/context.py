@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..drift import DriftReport, ReferenceProfile
+    from ..evidence import Comparison
     from ..registry import Registry
     from ..training import TrainResult
 
-__all__ = ["RunResult", "Run", "Context", "StepTimer", "OPEN"]
+__all__ = ["RunResult", "Run", "Context", "Judgement", "StepTimer", "OPEN"]
 
 log = logging.getLogger("mlops_core.pipeline")
 
@@ -73,6 +74,17 @@ class Context:
 
 
 @dataclass
+class Judgement:
+    """The candidate against its rivals on the unseen holdout rows, before any alias moves."""
+
+    rivals: dict[str, str]  # alias -> version compared with (production, and a staged challenger)
+    verdicts: dict[str, Comparison]  # alias -> the paired test against that version
+    scored: int  # holdout rows scored
+    dropped: int  # holdout rows left out as seen in a compared model's training
+    tags: dict[str, Any] = field(default_factory=dict)  # the evidence the version is registered with
+
+
+@dataclass
 class Run:
     """One batch's way through the chain: each stage reads what the earlier ones set and adds its own."""
 
@@ -89,6 +101,7 @@ class Run:
     holdout: pd.DataFrame | None = None  # ... and those only used to judge it
     training: pd.DataFrame | None = None  # what the candidate was trained on (history rows included)
     candidate: TrainResult | None = None
+    judgement: Judgement | None = None
     version: str | None = None  # the candidate's registered version
     models: dict[str, Any] = field(default_factory=dict, repr=False)  # loaded versions (LoadedModel), by number
 

@@ -1,5 +1,7 @@
-"""The decision stage: candidate and rivals on the same unseen holdout rows, a paired test chosen before
-looking, and the one action it allows; the decision recorded on the version and the run."""
+"""The decision stage, in two steps around registration: :func:`judge` scores the candidate (in memory) and its
+rivals on the same unseen holdout rows with a paired test chosen before looking, and reaches a verdict; the
+candidate is then registered with that evidence on it (one registry call); :func:`act` takes the one action the
+verdict allows and records the decision on the version and the run."""
 
 from __future__ import annotations
 
@@ -14,16 +16,16 @@ import numpy as np
 from ..errors import RegistryError
 from ..evidence import Comparison, compare
 from ..registry import LIFECYCLE, PRODUCTION, STAGING, dumps
-from .context import Context, Run
+from .context import Context, Judgement, Run
 from .scoring import labels_and_proba, loaded, unseen
 
-__all__ = ["decide", "finish", "mark_failed"]
+__all__ = ["judge", "act", "finish", "mark_failed"]
 
 log = logging.getLogger("mlops_core.pipeline")
 
 
-def decide(ctx: Context, run: Run) -> Run:
-    """Judge the candidate on held-out rows no compared model has seen, with a paired test; act on the verdict.
+def judge(ctx: Context, run: Run) -> Run:
+    """Judge the candidate on held-out rows no compared model has seen, with a paired test: the verdict.
 
     - **promoted** when it beats Production (by more than ``min_improvement``, one-sided p < ``promotion_alpha``);
     - **archived** when the same test, the other way, shows it worse than Production (p < ``promotion_alpha``):
@@ -31,40 +33,48 @@ def decide(ctx: Context, run: Run) -> Run:
     - else **staged** as the live challenger, unless a different challenger is already staged and the
       candidate does not beat it too: then it is archived and the challenger keeps its live evidence.
     """
-    settings, registry = ctx.settings, ctx.registry
-    version, production = run.version, run.production
-    aliases = registry.aliases()
-    now = aliases.get(PRODUCTION)
-    if now != production:  # another trainer promoted meanwhile: the comparison would be against the wrong model
-        raise RegistryError(f"Production moved from version {production} to {now} while this chain ran; "
-                            f"version {version} stays undecided (run the batch again)")
-    challenger = aliases.get(STAGING) if aliases.get(STAGING) not in (None, production, version) else None
+    settings = ctx.settings
+    production = run.production
+    aliases = _unmoved(ctx, run, "is judged")
+    challenger = aliases.get(STAGING) if aliases.get(STAGING) not in (None, production) else None
     rivals = {PRODUCTION: production, **({STAGING: challenger} if challenger else {})}
-    out = run.result
+    with ctx.timer("score"):
+        verdicts, scored, dropped = _judge(ctx, run, rivals)
+    rule = {"alpha": settings.promotion_alpha, "min_improvement": settings.min_improvement}
+    vs_prod, out = verdicts[PRODUCTION], run.result
+    if vs_prod.better(**rule):
+        out.status = "promoted"
+    elif vs_prod.worse(alpha=settings.promotion_alpha):
+        out.status = "archived"
+    elif challenger is None or verdicts[STAGING].better(**rule):
+        out.status = "staged"
+    else:
+        out.status = "archived"
+    test = f"one-sided p < {settings.promotion_alpha}" if settings.promotion_alpha < 1 else "no test (alpha 1)"
+    out.evidence = {"rule": f"difference > {settings.min_improvement} and {test}",
+                    "alpha": settings.promotion_alpha, "min_improvement": settings.min_improvement,
+                    "shown_worse": vs_prod.worse(alpha=settings.promotion_alpha),
+                    "holdout_rows": len(run.holdout), "rows_scored": scored, "rows_dropped_seen": dropped,
+                    **{f"vs_{role}": {"version": rivals[role], **c.to_dict()} for role, c in verdicts.items()}}
+    run.judgement = Judgement(rivals, verdicts, scored, dropped)
+    _record_scores(ctx, run)
+    return run
+
+
+def act(ctx: Context, run: Run) -> Run:
+    """Take the action the verdict allows on the registered candidate: promote it, stage it, or archive it.
+
+    The registry must still be as it was judged (another trainer may have moved an alias meanwhile: the verdict
+    would be about the wrong models). The decision tags, the aliases and the run's record are written as one
+    step: a SIGTERM arriving meanwhile is delivered after all of them.
+    """
+    registry, out, version = ctx.registry, run.result, run.version
+    _unmoved(ctx, run, f"decides on version {version}")
+    out.reason = _reason(out.status, version, run.judgement, ctx.settings.promotion_alpha)
     decided = False
     try:
-        with ctx.timer("score"):
-            verdicts, scored, dropped = _judge(ctx, run, rivals)
-        rule = {"alpha": settings.promotion_alpha, "min_improvement": settings.min_improvement}
-        vs_prod = verdicts[PRODUCTION]
-        if vs_prod.better(**rule):
-            out.status = "promoted"
-        elif vs_prod.worse(alpha=settings.promotion_alpha):
-            out.status = "archived"
-        elif challenger is None or verdicts[STAGING].better(**rule):
-            out.status = "staged"
-        else:
-            out.status = "archived"
-        test = f"one-sided p < {settings.promotion_alpha}" if settings.promotion_alpha < 1 else "no test (alpha 1)"
-        out.evidence = {"rule": f"difference > {settings.min_improvement} and {test}",
-                        "alpha": settings.promotion_alpha, "min_improvement": settings.min_improvement,
-                        "shown_worse": vs_prod.worse(alpha=settings.promotion_alpha),
-                        "holdout_rows": len(run.holdout), "rows_scored": scored, "rows_dropped_seen": dropped,
-                        **{f"vs_{role}": {"version": rivals[role], **c.to_dict()} for role, c in verdicts.items()}}
-        out.reason = _reason(out.status, version, rivals, verdicts, scored, dropped, settings.promotion_alpha)
-        _record_scores(ctx, run, vs_prod, verdicts.get(STAGING), challenger, scored, dropped)
-        # the aliases move and the decision record is written as one step: a SIGTERM waits until both are done
         with ctx.timer("promote"), _uninterrupted():
+            registry.tag_version(version, {"decision_reason": out.reason[:5000], "decision": out.status})
             if out.status == "promoted":
                 registry.promote(version)
             elif out.status == "staged":
@@ -77,6 +87,20 @@ def decide(ctx: Context, run: Run) -> Run:
         if not decided:
             mark_failed(ctx, version)
     return run
+
+
+def _unmoved(ctx: Context, run: Run, doing: str) -> dict[str, str]:
+    """The aliases, when Production and the staged challenger are those the run was judged against."""
+    aliases = ctx.registry.aliases()
+    now = aliases.get(PRODUCTION)
+    if now != run.production:  # another trainer promoted meanwhile: the comparison would be against the wrong model
+        raise RegistryError(f"Production moved from version {run.production} to {now} while this chain ran; "
+                            f"the candidate{f' (version {run.version})' if run.version else ''} stays undecided "
+                            f"(run the batch again)")
+    if run.judgement is not None and aliases.get(STAGING) not in (run.judgement.rivals.get(STAGING), now):
+        raise RegistryError(f"Staging moved to version {aliases.get(STAGING)} while this chain ran; version "
+                            f"{run.version} stays undecided (run the batch again)")
+    return aliases
 
 
 def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Comparison], int, int]:
@@ -100,9 +124,11 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
     return verdicts, len(rows), dropped
 
 
-def _record_scores(ctx: Context, run: Run, vs_prod: Comparison, vs_staging: Comparison | None,
-                   challenger: str | None, scored: int, dropped: int) -> None:
-    metric, out = ctx.settings.promotion_metric, run.result
+def _record_scores(ctx: Context, run: Run) -> None:
+    """The scores in the run's result and metrics, and the evidence tags the version is registered with."""
+    metric, out, judgement = ctx.settings.promotion_metric, run.result, run.judgement
+    vs_prod, vs_staging = judgement.verdicts[PRODUCTION], judgement.verdicts.get(STAGING)
+    scored, dropped = judgement.scored, judgement.dropped
     out.scores = {f"candidate_{metric}": vs_prod.candidate, f"production_{metric}": vs_prod.baseline,
                   "holdout_rows": len(run.holdout), "rows_scored": scored, "rows_dropped_seen": dropped,
                   "production_version": run.production, "difference": vs_prod.difference,
@@ -113,7 +139,7 @@ def _record_scores(ctx: Context, run: Run, vs_prod: Comparison, vs_staging: Comp
         "holdout_difference": vs_prod.difference, "holdout_p_value": vs_prod.p_value,
         "holdout_p_value_worse": vs_prod.p_worse, "holdout_rows_scored": scored,
         "holdout_rows_dropped_seen": dropped}.items() if np.isfinite(v)})
-    ctx.registry.tag_version(run.version, {
+    judgement.tags = {
         f"holdout_{metric}_candidate": round(vs_prod.candidate, 6),
         f"holdout_{metric}_production": round(vs_prod.baseline, 6),
         "holdout_difference": round(vs_prod.difference, 6),
@@ -121,13 +147,12 @@ def _record_scores(ctx: Context, run: Run, vs_prod: Comparison, vs_staging: Comp
         "holdout_p_value": f"{vs_prod.p_value:.4g}", "holdout_p_value_worse": f"{vs_prod.p_worse:.4g}",
         "holdout_test": vs_prod.test, "holdout_rows": len(run.holdout), "holdout_rows_scored": scored,
         "holdout_rows_dropped_seen": dropped, "compared_with": run.production,
-        **({"compared_with_staging": challenger, "staging_p_value": f"{vs_staging.p_value:.4g}"}
-           if challenger else {}),
-        "decision_reason": out.reason[:5000], "decision": out.status})  # decision last
+        **({"compared_with_staging": judgement.rivals[STAGING], "staging_p_value": f"{vs_staging.p_value:.4g}"}
+           if vs_staging is not None else {})}
 
 
-def _reason(status: str, version: str, rivals: dict, verdicts: dict, scored: int, dropped: int,
-            alpha: float) -> str:
+def _reason(status: str, version: str, judgement: Judgement, alpha: float) -> str:
+    rivals, verdicts, scored, dropped = judgement.rivals, judgement.verdicts, judgement.scored, judgement.dropped
     vs_prod = verdicts[PRODUCTION]
     head = (f"v{version} vs Production v{rivals[PRODUCTION]} on {scored} unseen holdout rows "
             f"({dropped} dropped as seen in training): {vs_prod.summary()}")
@@ -153,23 +178,10 @@ def finish(ctx: Context, run: Run) -> Run:
                                        "mlops.version": out.version or "",
                                        "mlops.production_after": out.production or "", "mlops.done": "true"},
                      text={"decision.json": dumps(out.to_dict())})
-    _picture(ctx, run)
     registry.finish_run(run.run_id, ok=True)
     log.info("decision status=%s version=%s production=%s staging=%s reason=%r", out.status, out.version,
              out.production, out.staging, out.reason)
     return run
-
-
-def _picture(ctx: Context, run: Run) -> None:
-    """Draw the drift report's picture and log it with the run: after the decision (drawing takes a good part
-    of a second), never failing a decided run."""
-    if run.report is None:
-        return
-    try:
-        path = run.report.plot(ctx.settings.data_dir / "drift_report.png")
-        ctx.registry.log_run(run.run_id, artifacts={"drift": [path]})
-    except Exception as err:  # the picture is for people; the decision stands without it
-        log.warning("drift picture not drawn: %s", err)
 
 
 def mark_failed(ctx: Context, version: str | None) -> None:

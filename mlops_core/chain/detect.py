@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from .context import Context, Run
 from .decide import finish
 from .scoring import predicted_classes
 
-__all__ = ["detect", "check_drift"]
+__all__ = ["detect", "illustrate", "check_drift"]
+
+log = logging.getLogger("mlops_core.pipeline")
 
 
 def detect(ctx: Context, run: Run) -> Run:
@@ -49,6 +52,21 @@ def detect(ctx: Context, run: Run) -> Run:
         run.fit_rows, run.holdout = _holdout_split(run.batch, settings)
         return run
     return finish(ctx, run)
+
+
+def illustrate(ctx: Context, run: Run) -> Run:
+    """Draw the drift report's picture and log it with the run. Last, once the decision is made and the aliases
+    have moved: drawing takes most of a second, off the path to serving; a picture that fails is logged, the
+    decision stands."""
+    if run.report is None or run.run_id is None:
+        return run
+    with ctx.timer("picture"):
+        try:
+            path = run.report.plot(ctx.settings.data_dir / "drift_report.png")
+            ctx.registry.log_run(run.run_id, artifacts={"drift": [path]})
+        except Exception as err:  # the picture is for people
+            log.warning("drift picture not drawn: %s", err)
+    return run
 
 
 def _holdout_split(batch, settings: Settings):

@@ -18,6 +18,7 @@ from . import decide as deciding
 from . import register as registering
 from . import train as training
 from .context import Context, Run, RunResult
+from .detect import illustrate
 
 __all__ = ["start", "train", "register", "decide", "abort"]
 
@@ -26,9 +27,12 @@ def start(settings: Settings, *, force: bool = False, registry: Registry | None 
     """Validate, bootstrap an empty registry, score drift; a run left open (``drift``) is stored for the next task."""
     from .. import pipeline
 
-    run = pipeline.start(Context(settings, registry or Registry(settings)), force=force)
+    ctx = Context(settings, registry or Registry(settings))
+    run = pipeline.start(ctx, force=force)
     if run.open:
         _save(settings, run)
+    else:
+        illustrate(ctx, run)
     return run.result
 
 
@@ -41,20 +45,20 @@ def train(settings: Settings, run_id: str, *, registry: Registry | None = None):
 
 
 def register(settings: Settings, run_id: str, *, registry: Registry | None = None) -> str:
-    """Register the stored run's candidate; returns the new version."""
+    """Judge the stored run's candidate and register it with that evidence; returns the new version."""
     ctx, run = _load(settings, run_id, registry)
-    run = registering.register(ctx, run)
+    run = registering.register(ctx, deciding.judge(ctx, run))
     _save(settings, run)
     return run.version
 
 
 def decide(settings: Settings, run_id: str, version: str | None = None, *,
            registry: Registry | None = None) -> RunResult:
-    """Judge the stored run's candidate and act; the stored run is then removed."""
+    """Act on the stored run's verdict (promote, stage or archive); the stored run is then removed."""
     ctx, run = _load(settings, run_id, registry)
     if version is not None and str(version) != run.version:
         raise ValueError(f"run {run_id} registered version {run.version}, not {version}")
-    run = deciding.decide(ctx, run)
+    run = illustrate(ctx, deciding.act(ctx, run))
     shutil.rmtree(_folder(settings, run_id), ignore_errors=True)
     return run.result
 

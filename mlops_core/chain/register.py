@@ -20,12 +20,14 @@ log = logging.getLogger("mlops_core.pipeline")
 
 
 def register(ctx: Context, run: Run) -> Run:
-    """Register the run's candidate as a new version, its drift reference fitted on the whole batch."""
+    """Register the run's candidate as a new version, its drift reference fitted on the whole batch, the evidence
+    of its judgement on it from the start (one registry call, not one a tag)."""
     with ctx.timer("register"):
         regime = pd.concat([run.fit_rows, run.holdout], ignore_index=True)
         run.version = run.result.version = register_model(
             ctx, run.run_id, run.candidate, training=run.training, regime=regime, kinds=run.kinds,
-            tags={"mlops.source": "drift", "mlops.batch_sha256": run.digest})
+            tags={"mlops.source": "drift", "mlops.batch_sha256": run.digest,
+                  **(run.judgement.tags if run.judgement else {})})
     return run
 
 
