@@ -39,6 +39,9 @@ log = logging.getLogger("watcher")
 
 #: a spare child still idle after these many seconds imports MLflow, then PyCaret, so any batch starts warm
 WARM_REGISTRY_AFTER, WARM_TRAINING_AFTER = 0.5, 2.0
+#: ... and what registering needs once idle this much longer (seconds of CPU: only for a daemon that waits for
+#: batches minutes apart, not for one handed batches back to back)
+WARM_REGISTRATION_AFTER = 8.0
 #: how long a run gets to stop after SIGTERM before it is killed
 TERM_GRACE = 5.0
 #: the longest reason a run reports (log line, state file): validation reasons quote cell values
@@ -325,7 +328,7 @@ def main() -> int:
     # a spare child gets ready while the daemon waits for a batch, each step once idle that long: a batch that
     # arrives at once starts at once, and imports MLflow only if it is valid and PyCaret only if it trains
     for idle, warm in ((0.0, _warm_validation), (WARM_REGISTRY_AFTER, _warm_registry),
-                       (WARM_TRAINING_AFTER, _warm_training), (WARM_TRAINING_AFTER, _warm_registration)):
+                       (WARM_TRAINING_AFTER, _warm_training), (WARM_REGISTRATION_AFTER, _warm_registration)):
         if idle and _request_within(idle):
             break
         warm()
