@@ -35,7 +35,7 @@ def judge(ctx: Context, run: Run) -> Run:
     """
     settings = ctx.settings
     production = run.production
-    aliases = _unmoved(ctx, run, "is judged")
+    aliases = _unmoved(ctx, run)
     challenger = aliases.get(STAGING) if aliases.get(STAGING) not in (None, production) else None
     rivals = {PRODUCTION: production, **({STAGING: challenger} if challenger else {})}
     with ctx.timer("score"):
@@ -69,7 +69,7 @@ def act(ctx: Context, run: Run) -> Run:
     step: a SIGTERM arriving meanwhile is delivered after all of them.
     """
     registry, out, version = ctx.registry, run.result, run.version
-    _unmoved(ctx, run, f"decides on version {version}")
+    _unmoved(ctx, run)
     out.reason = _reason(out.status, version, run.judgement, ctx.settings.promotion_alpha)
     decided = False
     try:
@@ -89,7 +89,7 @@ def act(ctx: Context, run: Run) -> Run:
     return run
 
 
-def _unmoved(ctx: Context, run: Run, doing: str) -> dict[str, str]:
+def _unmoved(ctx: Context, run: Run) -> dict[str, str]:
     """The aliases, when Production and the staged challenger are those the run was judged against."""
     aliases = ctx.registry.aliases()
     now = aliases.get(PRODUCTION)
