@@ -30,6 +30,14 @@ class LoadedModel:
     columns: list[str]
     dtypes: dict[str, str]  # MLflow schema types: double, long, string, boolean...
     loaded_at: float = field(default_factory=time.time)
+    metadata: dict[str, str] = field(default_factory=dict)  # the MLflow model's metadata: ``labels.Labels.tags``
+
+    @property
+    def labels(self):
+        """The version's classes (in its ``predict_proba`` order) and positive class (:class:`labels.Labels`)."""
+        from .labels import Labels, pipeline_classes
+
+        return Labels.from_tags(self.metadata, pipeline_classes(self.model))
 
 
 def mlflow():
@@ -83,4 +91,5 @@ def load_pipeline(settings: Settings, version: str, *, run_id: str) -> LoadedMod
     columns = list(schema.input_names()) if schema is not None else list(settings.features)
     dtypes = ({c.name: str(c.type.name if hasattr(c.type, "name") else c.type) for c in schema.inputs}
               if schema is not None else {})
-    return LoadedModel(version=str(version), run_id=run_id, model=model, columns=columns, dtypes=dtypes)
+    return LoadedModel(version=str(version), run_id=run_id, model=model, columns=columns, dtypes=dtypes,
+                       metadata={str(k): str(v) for k, v in (meta.metadata or {}).items()})

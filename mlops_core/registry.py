@@ -8,7 +8,7 @@ import json
 import logging
 import tempfile
 import time
-from importlib import metadata
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +150,9 @@ class Registry:
         return None
 
     # -- writing -------------------------------------------------------------------
-    def log_model(self, run_id: str, model, example: pd.DataFrame) -> str:
-        """Log ``model`` to run ``run_id`` (signature, input example, explicit requirements)."""
+    def log_model(self, run_id: str, model, example: pd.DataFrame, *, metadata: dict[str, str] | None = None) -> str:
+        """Log ``model`` to run ``run_id`` (signature, input example, explicit requirements, ``metadata``: what
+        the model's loaders read back, e.g. its labels)."""
         from mlflow.models import infer_signature
 
         with registry_errors("logging the model"), fluent(self.settings.tracking_uri) as mlflow:
@@ -159,7 +160,7 @@ class Registry:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.sklearn.log_model(model, name="model", serialization_format="cloudpickle",
                                                 signature=signature, input_example=example,
-                                                pip_requirements=_requirements(model))
+                                                pip_requirements=_requirements(model), metadata=metadata or None)
             self.client.update_run(run_id, status="RUNNING")  # the chain closes the run itself
         return info.model_uri
 
@@ -278,8 +279,8 @@ def _requirements(model) -> list[str]:
     names.add({"sklearn": "scikit-learn"}.get(root, root))
     reqs = []
     for name in sorted(names):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            reqs.append(f"{name}=={metadata.version(name)}")
+        with contextlib.suppress(package_metadata.PackageNotFoundError):
+            reqs.append(f"{name}=={package_metadata.version(name)}")
     return reqs
 
 

@@ -1,4 +1,7 @@
-"""Predictors: rows (dicts of a model's columns, already checked) → (predictions, P(class 1) to 6 places).
+"""Predictors: rows (dicts of a model's columns, already checked) → (predictions, probabilities to 6 places).
+
+Predictions are the labels as they are in the data (strings stay strings). Probabilities: for two classes the
+positive class's per row; for more, one list per row aligned with the predictor's ``labels.classes``.
 
 Two kinds, one interface (``raw(rows)`` for verification, ``__call__(rows)`` for answers, ``compiled`` and
 ``reason`` for ``/models``): :class:`PipelinePredictor`, the registered pipeline itself, and
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..labels import Labels
 from ..registry import LoadedModel
 from .ops import missing
 
@@ -46,9 +50,13 @@ def positive_index(estimator: Any, n_columns: int) -> int:
     return classes.index(1) if 1 in classes else n_columns - 1
 
 
-def _answer(predictions, proba, index: int) -> tuple[list, list[float]]:
-    return ([p.item() if hasattr(p, "item") else p for p in predictions],
-            [round(float(p), 6) for p in proba[:, index]])
+def answer(predictions, proba, labels: Labels) -> tuple[list, list]:
+    """The served form: labels as Python values; the positive class's probability per row (two classes) or
+    each row's probabilities aligned with ``labels.classes`` (more)."""
+    values = [p.item() if hasattr(p, "item") else p for p in predictions]
+    if labels.multiclass:
+        return values, np.round(np.asarray(proba, dtype=float), 6).tolist()
+    return values, [round(float(p), 6) for p in proba[:, labels.positive_column(labels.classes)]]
 
 
 class PipelinePredictor:
@@ -59,6 +67,7 @@ class PipelinePredictor:
     def __init__(self, model, reason: str = ""):
         self.model = model
         self.reason = reason
+        self.labels = model.labels
         pipeline = model.model
         steps = getattr(pipeline, "steps", None)
         # predict and predict_proba each run every preprocessing step; serving runs them once for both
@@ -97,9 +106,9 @@ class PipelinePredictor:
             proba.append(estimator.predict_proba(row))
         return self.model.model.inverse_transform(np.concatenate(labels)), np.vstack(proba)
 
-    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
         predictions, proba = self.served(rows)
-        return _answer(predictions, proba, positive_index(self.model.model, proba.shape[1]))
+        return answer(predictions, proba, self.labels)
 
 
 def generic_kernel(estimator):
@@ -140,7 +149,7 @@ class CompiledPredictor:
         numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
         self._numeric = [c for c in self.columns if c in numeric]
         self._strings = [c for c in self.columns if c not in numeric]
-        self._index: int | None = None
+        self.labels: Labels | None = None  # the version's classes and positive class (set by compile and artifact)
 
     def matrix(self, rows: list[dict[str, Any]]) -> np.ndarray:
         cols: dict[str, list] = {c: [_NAN if r[c] is None else float(r[c]) for r in rows] for c in self._numeric}
@@ -161,9 +170,9 @@ class CompiledPredictor:
                 raise
             log.exception("compiled inference failed; answering through the pipeline")
             return self.fallback(rows)
-        if self._index is None:
-            self._index = positive_index(self.estimator, proba.shape[1])
-        return _answer(predictions, proba, self._index)
+        if self.labels is None:
+            self.labels = Labels.from_tags({}, [c.item() if hasattr(c, "item") else c for c in self.estimator.classes_])
+        return answer(predictions, proba, self.labels)
 
 
 class LazyPipeline:
@@ -200,7 +209,13 @@ class ServedModel(LoadedModel):
     source: str = "pipeline"
     note: str = ""
 
+    @property
+    def labels(self) -> Labels:
+        """The classes the predictor answers with (``probabilities``' order) and the positive class."""
+        return self.predictor.labels
+
     @classmethod
     def of(cls, model: LoadedModel, predictor, *, source: str = "pipeline", note: str = "") -> ServedModel:
+        """``model`` with ``predictor``, which answers for it."""
         return cls(**{name: getattr(model, name) for name in LoadedModel.__dataclass_fields__}, predictor=predictor,
                    source=source, note=note)
