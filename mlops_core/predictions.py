@@ -2,6 +2,11 @@
 
 Rows are written in batches by the server's writer thread (:mod:`server.live_ab`); ``POST /feedback``
 adds true labels; :mod:`mlops_core.ab` reads the per-arm figures and request shares back.
+
+Predictions and labels are stored as text, by their :func:`~mlops_core.labels.label_key` (``"1"``, ``"yes"``,
+``"true"``), so a label of any kind is compared with a prediction by one SQL equality. A store written before
+labels of any kind held 0/1 integers; it is altered once, on first use, to the same text columns (its
+values become ``"0"`` and ``"1"``, the keys of 0 and 1).
 """
 
 from __future__ import annotations
@@ -10,17 +15,18 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings, redact_uri
 from .errors import MlopsError
 from .forks import PerProcess
+from .labels import canonical_value, label_key
 from .proportions import wilson_interval
 
 __all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
-           "store_url", "PRODUCTION_ARM", "STAGING_ARM"]
+           "InvalidLabelError", "store_url", "PRODUCTION_ARM", "STAGING_ARM"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,17 @@ class DuplicateFeedbackError(FeedbackError):
     """Feedback for a request id that already has a label."""
 
 
+class InvalidLabelError(FeedbackError):
+    """A label that is none of the classes of the version that answered the request.
+
+    ``index`` is its place in the labels given, ``label`` the value and ``classes`` the classes it was checked
+    against."""
+
+    def __init__(self, message: str, ids: Sequence[str], *, index: int, label: Any, classes: Sequence[Any]):
+        self.index, self.label, self.classes = index, label, list(classes)
+        super().__init__(message, ids)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One answered request as the writer receives it (rows expanded when written)."""
@@ -52,8 +69,8 @@ class Prediction:
     user_id: int | None
     arm: str
     version: str | None
-    predictions: Sequence[Any]
-    probabilities: Sequence[float]
+    predictions: Sequence[Any]  # the labels answered, as in the data (strings, booleans, integers)
+    probabilities: Sequence[float | Sequence[float]]  # the positive class's per row, or every class's per row
     status: int
     latency_ms: float
     created: float
@@ -65,7 +82,7 @@ def store_url(settings: Settings) -> str:
 
 
 def _metadata():
-    from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table
+    from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 
     md = MetaData()
     Table("predictions", md,
@@ -75,7 +92,8 @@ def _metadata():
           Column("user_id", BigInteger),
           Column("arm", String(16), nullable=False),
           Column("version", String(32)),
-          Column("prediction", Integer),
+          Column("prediction", Text),  # the label's key (labels.label_key)
+          # the positive class's probability (two classes), the predicted class's (more)
           Column("probability", Float),
           Column("status", Integer, nullable=False),
           Column("latency_ms", Float),
@@ -83,7 +101,7 @@ def _metadata():
           Index("ix_predictions_arm_version", "arm", "version"))
     Table("feedback", md,
           Column("request_id", String(32), primary_key=True),
-          Column("label", Integer, nullable=False),
+          Column("label", Text, nullable=False),  # the label's key, compared with the prediction's
           Column("received", Float, nullable=False),
           Index("ix_feedback_received", "received"))
     return md
@@ -109,6 +127,49 @@ def _as_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _key(prediction: Any) -> str | None:
+    return None if prediction is None else label_key(prediction)
+
+
+def _probability(value: Any) -> float | None:
+    """The stored probability of a row: the positive class's as answered, or the largest of a row of every class's
+    (the predicted class's)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return max(value) if len(value) else None
+
+
+#: (table, column, NOT NULL) that held 0/1 integers before labels of any kind
+_LABEL_COLUMNS = (("predictions", "prediction", False), ("feedback", "label", True))
+
+
+def _labels_as_text(conn) -> list[str]:
+    """Alter a store written before labels of any kind: its integer label columns become text, their values
+    the keys of 0 and 1 (``"0"``, ``"1"``). Returns the columns altered (none on a current store).
+
+    Add a text column, copy the values cast to text, drop the old column, rename the new one: statements
+    SQLite (3.35+) and PostgreSQL both run inside the caller's transaction, so a store is altered whole or not
+    at all. A process altering the same store at the same moment fails its transaction or finds it done."""
+    from sqlalchemy import Integer, Text, cast, column, inspect, table, update
+
+    inspector = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    text_type = Text().compile(dialect=conn.dialect)
+    altered = []
+    for name, col, not_null in _LABEL_COLUMNS:
+        found = {c["name"]: c["type"] for c in inspector.get_columns(name)}
+        if not isinstance(found.get(col), Integer):
+            continue
+        new = f"{col}_text"
+        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(new)} {text_type}"
+                             + (" NOT NULL DEFAULT ''" if not_null else ""))
+        conn.execute(update(table(name, column(col), column(new))).values({new: cast(column(col), Text)}))
+        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} DROP COLUMN {quote(col)}")
+        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} RENAME COLUMN {quote(new)} TO {quote(col)}")
+        altered.append(f"{name}.{col}")
+    return altered
 
 
 class PredictionStore:
@@ -146,9 +207,14 @@ class PredictionStore:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute("PRAGMA busy_timeout=10000")
                 cursor.close()
-        for attempt in range(3):  # two workers creating the tables at once: one wins, the other retries
+        for attempt in range(3):  # two workers creating (or altering) the tables at once: one wins, one retries
             try:
                 self._md.create_all(engine, checkfirst=True)
+                with engine.begin() as conn:
+                    altered = _labels_as_text(conn)
+                if altered:
+                    log.info("prediction store %s: %s now hold label keys as text", self.describe(),
+                             ", ".join(altered))
                 break
             except Exception:
                 if attempt == 2:
@@ -177,8 +243,9 @@ class PredictionStore:
                 continue
             predictions, probabilities = item.predictions, item.probabilities
             for i, request_id in enumerate(item.request_ids):
-                rows.append((request_id, *common, _as_int(predictions[i]) if i < len(predictions) else None,
-                             probabilities[i] if i < len(probabilities) else None, item.status, item.latency_ms))
+                rows.append((request_id, *common, _key(predictions[i]) if i < len(predictions) else None,
+                             _probability(probabilities[i]) if i < len(probabilities) else None, item.status,
+                             item.latency_ms))
         if not rows:
             return 0
         engine = self.engine
@@ -239,11 +306,18 @@ class PredictionStore:
         return deleted
 
     # -- feedback ---------------------------------------------------------------------------------
-    def add_feedback(self, labels: Sequence[tuple[str, int]]) -> int:
+    def add_feedback(self, labels: Sequence[tuple[str, Any]], *,
+                     classes: Callable[[str | None], Sequence[Any] | None] | None = None) -> int:
         """Join true labels to logged predictions, all or none; return how many were stored.
 
-        Raises UnknownRequestError for ids with no logged prediction and
-        DuplicateFeedbackError for ids labelled before (or twice in ``labels``).
+        A label is matched to ``classes(version)``, the classes of the version that answered its request
+        (:func:`~mlops_core.labels.canonical_value`: ``1``, ``"1"`` and ``1.0`` name one class, ``true`` and
+        ``"True"`` another); it is stored by the matched class's key, or by its own key when ``classes`` is not
+        given or gives None.
+
+        Raises UnknownRequestError for ids with no logged prediction, InvalidLabelError for a label that is
+        none of its version's classes, and DuplicateFeedbackError for ids labelled before (or twice in
+        ``labels``).
         """
         from sqlalchemy import select
         from sqlalchemy.exc import IntegrityError
@@ -256,23 +330,25 @@ class PredictionStore:
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                known = set()
+                versions: dict[str, str | None] = {}
                 for chunk in _chunks(ids, 500):
-                    known.update(conn.execute(select(p.c.request_id).where(p.c.request_id.in_(chunk),
-                                                                           p.c.status < 400)).scalars())
-                unknown = [i for i in ids if i not in known]
+                    versions.update(conn.execute(select(p.c.request_id, p.c.version)
+                                                 .where(p.c.request_id.in_(chunk), p.c.status < 400)).all())
+                unknown = [i for i in ids if i not in versions]
                 if unknown:
                     raise UnknownRequestError(f"no logged prediction has request id {', '.join(unknown[:10])}"
                                               + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""),
                                               unknown)
+                keys = [_label_key(index, request_id, label, versions[request_id], classes)
+                        for index, (request_id, label) in enumerate(labels)]
                 done = set()
                 for chunk in _chunks(ids, 500):
                     done.update(conn.execute(select(f.c.request_id).where(f.c.request_id.in_(chunk))).scalars())
                 if done:
                     dup = [i for i in ids if i in done]
                     raise DuplicateFeedbackError(f"request id {', '.join(dup[:10])} already has a label", dup)
-                conn.execute(f.insert(), [{"request_id": i, "label": int(label), "received": now}
-                                          for i, label in labels])
+                conn.execute(f.insert(), [{"request_id": i, "label": key, "received": now}
+                                          for i, key in zip(ids, keys)])
         except IntegrityError as err:  # labelled meanwhile by another worker
             raise DuplicateFeedbackError(f"request ids already labelled: {', '.join(ids[:10])}", ids) from err
         return len(labels)
@@ -341,6 +417,21 @@ class PredictionStore:
             counts = conn.execute(query).all()
         shares = [int(correct or 0) / int(n) for n, correct in counts if n]
         return shares, sum(int(n) for n, _ in counts), sum(int(c or 0) for _, c in counts)
+
+
+def _label_key(index: int, request_id: str, label: Any, version: str | None,
+               classes: Callable[[str | None], Sequence[Any] | None] | None) -> str:
+    """The key ``label`` is stored by: its class's, checked against the classes of the version that answered."""
+    known = classes(version) if classes is not None else None
+    if known is None:
+        return label_key(label)
+    found = canonical_value(label, known)
+    if found is None:
+        shown = ", ".join(repr(c) for c in list(known)[:30]) + (f", … ({len(known)} in all)" if len(known) > 30 else "")
+        raise InvalidLabelError(f"label {repr(label)[:100]} is not one of the classes of version {version} "
+                                f"({shown})",
+                                [request_id], index=index, label=label, classes=known)
+    return label_key(found)
 
 
 def _chunks(items: list, size: int):

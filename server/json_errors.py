@@ -19,11 +19,12 @@ class ValidationError(ValueError):
 
     status = 400
 
-    def __init__(self, field: str, message: str, *, status: int = 400):
+    def __init__(self, field: str, message: str, *, status: int = 400, **extra):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
         self.status = status
+        self.extra = extra  # more keys of the JSON answer (e.g. ``classes`` for a label that is none of them)
 
 
 class NoModelError(RuntimeError):
@@ -45,7 +46,7 @@ def _answer(status: int, error: str, message: str, field: str | None = None, **e
 
 
 def _validation(err: ValidationError):
-    return _answer(err.status, "invalid_request", str(err), err.field)
+    return _answer(err.status, "invalid_request", str(err), err.field, **err.extra)
 
 
 def _no_model(err: NoModelError):

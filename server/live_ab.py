@@ -25,11 +25,12 @@ from mlops_core import ab
 from mlops_core.config import Settings
 from mlops_core.errors import first_line
 from mlops_core.live import feedback_refusal
-from mlops_core.predictions import Prediction, PredictionStore, UnknownRequestError
+from mlops_core.predictions import InvalidLabelError, Prediction, PredictionStore, UnknownRequestError
 
 from .ids import new_request_id
 from .json_errors import FeedbackRefusedError, ValidationError
 from .jsonbody import kind, read_json
+from .serving import labels_of
 
 __all__ = ["bp", "PredictionLog", "init_app", "warn_if_feedback_refused"]
 
@@ -211,33 +212,45 @@ def init_app(app: Flask, settings: Settings) -> PredictionLog:
 
 
 # -- endpoints -------------------------------------------------------------------------------------------
-def _item(prefix: str, item: Any) -> tuple[str, int]:
-    def field(name: str = "") -> str:
-        return ".".join(filter(None, (prefix, name))) or "body"
+#: the longest label accepted (labels are stored as text)
+MAX_LABEL_CHARS = 256
 
+
+def _field(prefix: str, name: str = "") -> str:
+    return ".".join(filter(None, (prefix, name))) or "body"
+
+
+def _item(prefix: str, item: Any) -> tuple[str, Any]:
     if not isinstance(item, dict):
-        raise ValidationError(field(), f"expected an object with 'request_id' and 'label', got {kind(item)} instead")
+        raise ValidationError(_field(prefix), f"expected an object with 'request_id' and 'label', got {kind(item)} "
+                                              "instead")
     extra = [k for k in item if k not in ("request_id", "label")]
     if extra:
-        raise ValidationError(field(str(extra[0])[:100]), "unknown field; expected only "
-                                                                "['request_id', 'label']")
+        raise ValidationError(_field(prefix, str(extra[0])[:100]), "unknown field; expected only "
+                                                                   "['request_id', 'label']")
     if "request_id" not in item:
-        raise ValidationError(field("request_id"), "missing; expected the request_id of a /predict answer")
+        raise ValidationError(_field(prefix, "request_id"), "missing; expected the request_id of a /predict answer")
     request_id = item["request_id"]
     if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
-        raise ValidationError(field("request_id"), f"expected the request_id string of a /predict answer, "
-                                                    f"got {kind(request_id)} instead")
+        raise ValidationError(_field(prefix, "request_id"), f"expected the request_id string of a /predict answer, "
+                                                             f"got {kind(request_id)} instead")
     if "label" not in item:
-        raise ValidationError(field("label"), "missing; expected 0 or 1")
+        raise ValidationError(_field(prefix, "label"), "missing; expected the true label, one of the model's classes")
     label = item["label"]
-    if kind(label) != "integer" or label not in (0, 1):
-        shown = repr(label)[:40] if kind(label) in ("integer", "number", "string", "boolean") else kind(label)
-        raise ValidationError(field("label"), f"expected 0 or 1, got {shown} instead", status=422)
+    found = kind(label)
+    if found not in ("string", "integer", "number", "boolean"):
+        raise ValidationError(_field(prefix, "label"), f"expected the true label (a string, integer or boolean), "
+                                                        f"got {found} instead")
+    if found == "string" and (not label.strip() or len(label) > MAX_LABEL_CHARS):
+        raise ValidationError(_field(prefix, "label"), f"expected a label of 1 to {MAX_LABEL_CHARS} characters, "
+                                                        f"got {len(label)} {'blank ' if len(label) else ''}"
+                                                        "characters instead")
     return request_id, label
 
 
-def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
-    """``{"request_id", "label"}`` or ``{"feedback": [...]}`` as a list of (request id, label)."""
+def parse_feedback(body: Any, *, max_batch: int) -> tuple[list[tuple[str, Any]], str]:
+    """``{"request_id", "label"}`` or ``{"feedback": [...]}`` as a list of (request id, label), and the field
+    of the ``i``-th label (``"{}"`` formatted with ``i``)."""
     if isinstance(body, dict) and "feedback" in body:
         if len(body) != 1:
             raise ValidationError("feedback", "expected only 'feedback' beside it, or the single form "
@@ -247,10 +260,24 @@ def parse_feedback(body: Any, *, max_batch: int) -> list[tuple[str, int]]:
             raise ValidationError("feedback", f"expected a non-empty list of objects, got {kind(items)} instead")
         if len(items) > max_batch:
             raise ValidationError("feedback", f"batch of {len(items)} labels exceeds the cap of {max_batch}")
-        return [_item(f"feedback[{i}]", item) for i, item in enumerate(items)]
+        return [_item(f"feedback[{i}]", item) for i, item in enumerate(items)], "feedback[{}].label"
     if not isinstance(body, dict):
         raise ValidationError("body", f"expected a JSON object, got {kind(body)} instead")
-    return [_item("", body)]
+    return [_item("", body)], "label"
+
+
+def served_classes(snapshot) -> Callable[[str | None], tuple | None]:
+    """Version -> the classes a label for its answer must be one of: those of the version that answered when
+    this worker serves it, else Production's (a version no longer served, one task: the same target); None,
+    which stores a label unchecked, when no model is loaded here."""
+    by_version = {m.version: labels_of(m) for m in (snapshot.staging, snapshot.production) if m is not None}
+    default = labels_of(snapshot.production)
+
+    def classes(version: str | None) -> tuple | None:
+        labels = by_version.get(version) or default
+        return labels.classes if labels is not None else None
+
+    return classes
 
 
 def warn_if_feedback_refused(settings: Settings, logger: Any = log) -> None:
@@ -276,17 +303,23 @@ def _check_feedback_token(settings: Settings) -> None:
 
 @bp.post("/feedback")
 def feedback():
-    """Join true labels to logged predictions: one ``{"request_id", "label"}`` or ``{"feedback": [...]}``."""
+    """Join true labels to logged predictions: one ``{"request_id", "label"}`` or ``{"feedback": [...]}``.
+
+    A label is the data's own value, matched to the classes of the version that answered (``1``, ``"1"`` and
+    ``1.0`` name one class); one that is none of them is a 400 naming it and the classes."""
     settings = current_app.config["MLOPS_SETTINGS"]
     ab_log: PredictionLog = current_app.extensions["mlops_ab"]
     _check_feedback_token(settings)
-    labels = parse_feedback(read_json(request), max_batch=settings.max_batch)
+    labels, field = parse_feedback(read_json(request), max_batch=settings.max_batch)
+    classes = served_classes(current_app.extensions["mlops_store"].snapshot)
     deadline = time.monotonic() + settings.ab_feedback_wait
     flushed = False
     while True:
         try:
-            stored = ab_log.store.add_feedback(labels)
+            stored = ab_log.store.add_feedback(labels, classes=classes)
             break
+        except InvalidLabelError as err:  # the field it names depends on the body's form
+            raise ValidationError(field.format(err.index), err.args[0], classes=err.classes) from err
         except UnknownRequestError:
             # the prediction may still wait in a writer's queue: flush ours, give the others a moment
             if not flushed:

@@ -1,10 +1,18 @@
-"""GET /openapi.json: the service's OpenAPI 3.1 contract, every endpoint, built from the served model's columns."""
+"""GET /openapi.json: the service's OpenAPI 3.1 contract, every endpoint, built from the served models: the rows
+from Production's columns, the answers and labels from each arm's classes."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 from flask import Blueprint, current_app, jsonify
 
+from mlops_core.labels import Labels, label_key
+
+from .live_ab import MAX_LABEL_CHARS
 from .predict import FLOAT32_MAX, INT64_MAX, INT64_MIN
+from .serving import labels_of
 
 __all__ = ["bp", "document"]
 
@@ -20,7 +28,8 @@ _ANY_SCALAR = {"anyOf": [_NUMBER, {"type": ["string", "boolean", "null"]}]}
 
 _ERRORS = {
     "400": "the request breaks the schema (a missing or unknown field, a wrong type, a value out of range, a "
-           "batch over its cap, malformed JSON); `field` names the offending part",
+           "batch over its cap, malformed JSON, a label that is none of the classes); `field` names the offending "
+           "part (and `classes` lists the classes for a label)",
     "401": "MLOPS_FEEDBACK_TOKEN is set and the bearer token is missing or wrong",
     "403": "labels could move an alias (MLOPS_AB_RETIRE or MLOPS_AB_PROMOTE on) and no MLOPS_FEEDBACK_TOKEN is "
            "set: feedback is refused (`feedback_refused`)",
@@ -28,7 +37,6 @@ _ERRORS = {
     "409": "a request id already has a label (`request_ids` lists them)",
     "413": "the body is over MLOPS_MAX_BODY_BYTES",
     "415": "the body is not application/json",
-    "422": "a label that is not 0 or 1",
     "503": "no Production model loaded yet (`Retry-After` says when to try again)",
 }
 
@@ -61,8 +69,87 @@ def _ready() -> dict:
                                           "content": _json(not_ready)}}}}
 
 
-def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batch: int, version: str | None) -> dict:
-    """The OpenAPI 3.1 document of the whole API for a model with these input columns."""
+def _kind(classes: Sequence) -> dict:
+    """The JSON Schema type of labels like ``classes`` (they have one type: ``labels.canonical``)."""
+    if all(isinstance(c, bool) for c in classes):
+        return {"type": "boolean"}
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        return {"type": "integer"}
+    return {"type": "string"}
+
+
+def _shape(labels: Labels | None) -> tuple | None:
+    """What makes two arms' answers alike: their classes (``1`` is not ``True`` here) and positive class."""
+    if labels is None:
+        return None
+    return tuple((type(c).__name__, label_key(c)) for c in labels.classes), repr(labels.positive)
+
+
+def _answer(labels: Labels | None) -> dict:
+    """The 200 answer of POST /predict from a model with ``labels`` (any shape while none is loaded)."""
+    if labels is None:
+        prediction = {"type": ["string", "integer", "boolean"]}
+        probability = {"type": ["number", "array", "null"], "items": {"type": "number"}}
+        extra = {"classes": {"type": "array", "items": prediction,
+                             "description": "three classes or more: every label, in the order of each row's "
+                                            "probabilities"}}
+        required = []
+    elif labels.multiclass:
+        prediction = {**_kind(labels.classes), "enum": list(labels.classes)}
+        k = len(labels.classes)
+        probability = {"type": "array", "minItems": k, "maxItems": k, "items": {"type": "number"},
+                       "description": "each class's probability, in the order of `classes`"}
+        extra = {"classes": {"const": list(labels.classes), "description": "every label, in the order of each "
+                                                                              "row's probabilities"}}
+        required = ["classes"]
+    else:
+        prediction = {**_kind(labels.classes), "enum": list(labels.classes)}
+        probability = {"type": ["number", "null"],
+                       "description": f"the probability of the positive class {labels.positive!r}"}
+        extra, required = {}, []
+    return _object(["predictions", "probabilities", *required, "stage", "version", "model"], {
+        "predictions": {"type": "array", "items": prediction, "description": "the labels, as in the data"},
+        "probabilities": {"type": "array", "items": probability, "description": "one per row"},
+        **extra,
+        "stage": {"enum": ["Production", "Staging"]}, "version": {"type": "string"}, "model": {"type": "string"},
+        "requested_stage": {"enum": ["Production", "Staging"]}, "fallback": {"type": "boolean"},
+        "request_id": {"type": "string", "description": "for POST /feedback (when the prediction log is on)"},
+        "request_ids": {"type": "array", "items": {"type": "string"}, "description": "one per row of a batch"}})
+
+
+def _spellings(cls) -> str:
+    """A regular expression of the texts that name ``cls`` (``labels.canonical_value``): the class with blanks
+    around it, an integer with a sign, leading zeros or a zero fraction, a boolean in any case."""
+    if isinstance(cls, bool):
+        return "".join(f"[{c.upper()}{c}]" for c in str(cls).lower())
+    if isinstance(cls, int):
+        sign = "[+-]?" if cls == 0 else "-" if cls < 0 else "[+]?"
+        return f"{sign}0*{abs(cls)}(?:\\.0*)?"
+    return re.escape(str(cls))
+
+
+def _label(arms: Sequence[Labels | None]) -> dict:
+    """A true label for POST /feedback: a class of the version that answered, as in the data (``1``, ``true``) or
+    as text (``"1"``, ``" True"``). The schema names every loaded arm's classes; the server checks the label
+    against the classes of the version that answered its request."""
+    known = [labels for labels in arms if labels is not None]
+    if not known:  # no model loaded: labels are stored unchecked
+        return {"type": ["string", "integer", "number", "boolean"], "maxLength": MAX_LABEL_CHARS,
+                "description": "the true label, as in the data"}
+    classes = list({(type(c), label_key(c)): c for labels in known for c in labels.classes}.values())  # 1 != True
+    texts = "|".join(_spellings(c) for c in classes)
+    return {"anyOf": [{"enum": classes}, {"type": "string", "maxLength": MAX_LABEL_CHARS,
+                                          "pattern": f"^\\s*(?:{texts})\\s*$"}],
+            "description": f"the true label: one of the classes of the version that answered "
+                          f"({', '.join(repr(c) for c in classes)}), as in the data or as text: `1`, `\"1\"` and "
+                          "`1.0` name one class, `true` and `\"True\"` another",
+            "examples": classes}
+
+
+def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batch: int, version: str | None,
+             arms: Sequence[Labels | None] = ()) -> dict:
+    """The OpenAPI 3.1 document of the whole API for a model with these input columns, served by arms with these
+    labels (each arm's answer shape; any shape when none is given)."""
     row = {"type": "object", "additionalProperties": False, "required": list(columns),
            "properties": {c: _TYPES.get(dtypes.get(c, ""), _ANY_SCALAR) for c in columns}}
     request = {"type": "object", "additionalProperties": False, "required": ["user_id", "features"],
@@ -71,15 +158,11 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
                               "features": {"oneOf": [{"$ref": "#/components/schemas/Row"},
                                                      {"type": "array", "minItems": 1, "maxItems": max_batch,
                                                       "items": {"$ref": "#/components/schemas/Row"}}]}}}
-    answer = _object(["predictions", "probabilities", "stage", "version", "model"], {
-        "predictions": {"type": "array", "items": {"type": "integer"}},
-        "probabilities": {"type": "array", "items": {"type": ["number", "null"]}},
-        "stage": {"enum": ["Production", "Staging"]}, "version": {"type": "string"}, "model": {"type": "string"},
-        "requested_stage": {"enum": ["Production", "Staging"]}, "fallback": {"type": "boolean"},
-        "request_id": {"type": "string", "description": "for POST /feedback (when the prediction log is on)"},
-        "request_ids": {"type": "array", "items": {"type": "string"}, "description": "one per row of a batch"}})
+    shapes = {_shape(labels): labels for labels in arms} or {None: None}  # each arm's; the same labels once
+    answers = [_answer(labels) for labels in shapes.values()]
+    answer = answers[0] if len(answers) == 1 else {"anyOf": answers}
     label = _object(["request_id", "label"], {"request_id": {"type": "string", "minLength": 1, "maxLength": 64},
-                                              "label": {"enum": [0, 1]}})
+                                              "label": _label(arms)})
     label["additionalProperties"] = False
     feedback = {"oneOf": [{"$ref": "#/components/schemas/Label"},
                           {"type": "object", "additionalProperties": False, "required": ["feedback"],
@@ -110,7 +193,9 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
             "/predict": {"post": {
                 "operationId": "predict", "summary": "predictions of the arm the user is routed to",
                 "requestBody": {"required": True, "content": _json(request)},
-                "responses": {"200": {"description": "predictions and P(class 1) per row, with request ids",
+                "responses": {"200": {"description": "predictions (the data's labels) and probabilities per row "
+                                                     "(the positive class's for two classes, every class's for "
+                                                     "more, in the order of `classes`), with request ids",
                                       "content": _json(answer)}, **_errors("400", "413", "415", "503")}}},
             "/feedback": {"post": {
                 "operationId": "feedback", "summary": "true labels joined to logged predictions",
@@ -119,7 +204,7 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
                 "responses": {"201": {"description": "labels stored", "content": _json(_object(
                     ["accepted", "request_ids"], {"accepted": {"type": "integer"},
                                                   "request_ids": {"type": "array", "items": {"type": "string"}}}))},
-                              **_errors("400", "401", "403", "404", "409", "413", "415", "422")}}},
+                              **_errors("400", "401", "403", "404", "409", "413", "415")}}},
             "/ab/report": get("abReport", "per arm and version: traffic, latency, labelled accuracy; the arms "
                                           "compared by the always-valid sequential test",
                               _object(["groups", "comparison", "settings"], {
@@ -147,10 +232,13 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
 
 @bp.get("/openapi.json")
 def openapi():
-    """Describe the API for the Production model loaded now (the settings' features before one is)."""
+    """Describe the API for the models loaded now: Production's columns (the settings' features before one is),
+    each arm's answer and labels."""
     settings = current_app.config["MLOPS_SETTINGS"]
-    production = current_app.extensions["mlops_store"].snapshot.production
+    snapshot = current_app.extensions["mlops_store"].snapshot
+    production = snapshot.production
     columns = list(production.columns) if production else list(settings.features)
     dtypes = dict(production.dtypes) if production else {}
+    arms = [labels_of(m) for m in (production, snapshot.staging) if m is not None]
     return jsonify(document(columns, dtypes, model=settings.model_name, max_batch=settings.max_batch,
-                            version=production.version if production else None))
+                            version=production.version if production else None, arms=arms))

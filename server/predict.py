@@ -15,6 +15,7 @@ from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 from .ids import new_request_ids
 from .json_errors import NoModelError, ValidationError
 from .jsonbody import kind, read_json
+from .serving import labels_of
 from .store import ARMS
 
 __all__ = ["bp", "route", "check_request"]
@@ -134,7 +135,10 @@ class Call:
 
 @bp.post("/predict")
 def predict():
-    """Answer predictions and P(class 1) for one row or a batch, from the arm the user is routed to.
+    """Answer predictions and probabilities for one row or a batch, from the arm the user is routed to.
+
+    Predictions are the labels as in the data. Probabilities: the positive class's per row (two classes), or
+    one list per row aligned with ``classes``, which the answer then carries (three classes or more).
 
     The flow, top to bottom: parse and validate → route → predict → answer; then, for every answer
     (errors too), one explicit call each to the metrics and to the prediction log.
@@ -163,9 +167,12 @@ def _answer(app: Flask, req, call: Call):
     predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/serving.py
     call.rows, call.predictions, call.probabilities = len(rows), predictions, probabilities
     call.call_id, call.request_ids = new_request_ids(len(rows) if batch else None)
-    answer = {"predictions": predictions, "probabilities": probabilities, "stage": call.arm,
-              "version": model.version, "model": settings.model_name, "requested_stage": ARMS[wanted],
-              "fallback": fallback, "request_id": call.call_id}
+    answer = {"predictions": predictions, "probabilities": probabilities}
+    labels = labels_of(model)  # read after the call: a compiled predictor may learn its labels on the first one
+    if labels is not None and labels.multiclass:  # probabilities are one list per row, in this order
+        answer["classes"] = list(labels.classes)
+    answer.update({"stage": call.arm, "version": model.version, "model": settings.model_name,
+                   "requested_stage": ARMS[wanted], "fallback": fallback, "request_id": call.call_id})
     if batch:
         answer["request_ids"] = list(call.request_ids)
     # the bytes jsonify would send (compact, then a newline), without its per-call option handling

@@ -7,11 +7,12 @@ from typing import Any
 
 from mlops_core.errors import first_line
 from mlops_core.inference.predictors import LazyPipeline, PipelinePredictor, ServedModel
+from mlops_core.labels import Labels
 from mlops_core.registry import LoadedModel
 
 from .batching import Batcher
 
-__all__ = ["Serving"]
+__all__ = ["Serving", "labels_of"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,18 @@ class Serving:
             return model.predictor(rows)
         return PipelinePredictor(model)(rows)  # a version loaded without load(): the pipeline answers
 
-    def __call__(self, model: LoadedModel, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
-        """Predictions and P(class 1) (6 places) of ``rows`` by ``model``."""
+    def __call__(self, model: LoadedModel, rows: list[dict[str, Any]]) -> tuple[list, list]:
+        """Predictions (the data's labels) and probabilities (6 places) of ``rows`` by ``model``: the positive
+        class's per row for two classes, one list per row aligned with ``labels_of(model).classes`` for more."""
         return self._call(model, rows)
+
+
+def labels_of(model: LoadedModel | None) -> Labels | None:
+    """The classes ``model`` answers with (``probabilities``' order) and its positive class; None without a model,
+    or while its predictor cannot tell yet."""
+    if model is None:
+        return None
+    try:
+        return model.labels  # a ServedModel: its predictor's; a LoadedModel: read from its pipeline
+    except (AttributeError, ValueError):  # a predictor without labels; a model that is no fitted classifier
+        return None

@@ -15,7 +15,13 @@ from mlops_core.ab import report
 from mlops_core.cli import main
 from mlops_core.config import Settings
 from mlops_core.live import decide_live
-from mlops_core.predictions import DuplicateFeedbackError, Prediction, PredictionStore, UnknownRequestError
+from mlops_core.predictions import (
+    DuplicateFeedbackError,
+    InvalidLabelError,
+    Prediction,
+    PredictionStore,
+    UnknownRequestError,
+)
 from mlops_core.proportions import two_proportion_test, wilson_interval
 from mlops_core.registry import LoadedModel
 from server import create_app
@@ -154,6 +160,147 @@ def _write_from_a_worker(home: str, arm: str) -> None:
     for _ in range(40):
         store.write([_item(arm, "1", [1, 0]) for _ in range(10)])
     store.dispose()
+
+
+def test_labels_of_any_kind_are_stored_by_key_and_checked_against_the_versions_classes(tmp_path):
+    """Strings, booleans and integers: stored by their key, so a prediction equals its label however the label
+    is spelled; a label that is none of the answering version's classes is refused naming them."""
+    store = PredictionStore(Settings(home=tmp_path))
+    try:
+        words = _item("Production", "1", ["yes", "no", "yes"])
+        flags = _item("Staging", "2", [True, False])
+        many = _item("Production", "3", ["setosa", "virginica"])
+        many = Prediction(**{**many.__dict__, "probabilities": [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]})
+        store.write([words, flags, many])
+        classes = {"1": ("no", "yes"), "2": (False, True), "3": ("setosa", "versicolor", "virginica")}
+        with pytest.raises(InvalidLabelError, match=r"label 'maybe' is not one of the classes of version 1 "
+                                                     r"\('no', 'yes'\)") as err:
+            store.add_feedback([(words.request_ids[0], "yes"), (words.request_ids[1], "maybe")],
+                               classes=classes.get)
+        assert (err.value.index, err.value.label, err.value.classes, err.value.ids) == \
+            (1, "maybe", ["no", "yes"], [words.request_ids[1]])
+        with pytest.raises(InvalidLabelError, match="version 2"):  # 1 is not a class of True/False
+            store.add_feedback([(flags.request_ids[0], 1)], classes=classes.get)
+        assert report(store)["groups"][0]["labelled"] == 0  # all or none
+        store.add_feedback([(words.request_ids[0], " yes"), (words.request_ids[1], "yes"),
+                            (words.request_ids[2], "yes"), (flags.request_ids[0], "True"),
+                            (flags.request_ids[1], True), (many.request_ids[0], "setosa"),
+                            (many.request_ids[1], "versicolor")], classes=classes.get)
+        by = {(g["arm"], g["version"]): g for g in report(store)["groups"]}
+        assert (by[("Production", "1")]["labelled"], by[("Production", "1")]["correct"]) == (3, 2)
+        assert (by[("Staging", "2")]["labelled"], by[("Staging", "2")]["correct"]) == (2, 1)
+        assert (by[("Production", "3")]["labelled"], by[("Production", "3")]["correct"]) == (2, 1)
+        with store.engine.connect() as conn:
+            stored = dict(conn.exec_driver_sql("SELECT request_id, prediction FROM predictions").all())
+            probability = conn.exec_driver_sql("SELECT probability FROM predictions WHERE request_id = ?",
+                                               (many.request_ids[1],)).scalar()
+            labels = dict(conn.exec_driver_sql("SELECT request_id, label FROM feedback").all())
+        assert stored[flags.request_ids[0]] == "true" and labels[flags.request_ids[0]] == "true"
+        assert labels[words.request_ids[0]] == "yes"  # the class it names, not the spelling given
+        assert probability == 0.6  # a multiclass row: the predicted class's probability
+    finally:
+        store.dispose()
+
+
+def _previous_store(url: str, now: float) -> dict[str, str]:
+    """A store as the version before labels of any kind wrote it: 0/1 integers in ``prediction`` and ``label``.
+    Production v1 answered 1, 1, 0 (labels 1, 0, 0: two right) and one error; returns the request ids."""
+    from sqlalchemy import Integer, create_engine
+
+    from mlops_core.predictions import _metadata
+
+    md = _metadata()
+    md.tables["predictions"].c.prediction.type = Integer()
+    md.tables["feedback"].c.label.type = Integer()
+    engine = create_engine(url)
+    md.create_all(engine)
+    rows = [(f"r{i}", prediction, 200) for i, prediction in enumerate((1, 1, 0))] + [("e0", None, 400)]
+    with engine.begin() as conn:
+        conn.execute(md.tables["predictions"].insert(), [
+            {"request_id": rid, "call_id": rid, "created": now - 60, "user_id": 2, "arm": "Production",
+             "version": "1", "prediction": prediction, "probability": 0.5, "status": status, "latency_ms": 3.0}
+            for rid, prediction, status in rows])
+        conn.execute(md.tables["feedback"].insert(), [{"request_id": f"r{i}", "label": y, "received": now - 50}
+                                                       for i, y in enumerate((1, 0, 0))])
+    engine.dispose()
+    return {"r0": "1", "r1": "1", "r2": "0"}
+
+
+def _store_columns(store: PredictionStore) -> dict[str, str]:
+    from sqlalchemy import inspect
+
+    with store.engine.connect() as conn:
+        inspector = inspect(conn)
+        return {f"{table}.{c['name']}": type(c["type"]).__name__.upper() for table in ("predictions", "feedback")
+                for c in inspector.get_columns(table) if c["name"] in ("prediction", "label")}
+
+
+def _migrates(url: str, home) -> None:
+    """The previous version's store is altered on first use and reads as before; new labels of any kind join it."""
+    now = time.time()
+    before = _previous_store(url, now)
+    store = PredictionStore(Settings(home=home, ab_store_url=url))
+    try:
+        group = report(store)["groups"][0]
+        assert (group["rows"], group["errors"], group["labelled"], group["correct"]) == (3, 1, 3, 2)
+        assert set(_store_columns(store).values()) == {"TEXT"}
+        with store.engine.connect() as conn:
+            assert dict(conn.exec_driver_sql("SELECT request_id, prediction FROM predictions "
+                                             "WHERE prediction IS NOT NULL").all()) == before
+        words = _item("Staging", "2", ["no", "yes"], created=now - 30)
+        store.write([words, _item("Production", "1", [1], call="r9", created=now - 20)])
+        store.add_feedback([(words.request_ids[0], "no"), (words.request_ids[1], "no"), ("r9", "1")],
+                           classes={"1": (0, 1), "2": ("no", "yes")}.get)
+        by = {(g["arm"], g["version"]): g for g in report(store)["groups"]}
+        assert (by[("Production", "1")]["labelled"], by[("Production", "1")]["correct"]) == (4, 3)
+        assert (by[("Staging", "2")]["labelled"], by[("Staging", "2")]["correct"]) == (2, 1)
+    finally:
+        store.dispose()
+    again = PredictionStore(Settings(home=home, ab_store_url=url))  # altered once: a current store is left alone
+    try:
+        assert report(again)["groups"][0]["labelled"] == 4
+    finally:
+        again.dispose()
+
+
+def test_a_store_written_before_labels_of_any_kind_is_altered_once_and_still_read(tmp_path):
+    _migrates(f"sqlite:///{tmp_path / 'old.db'}", tmp_path)
+
+
+def _open_from_a_worker(url: str, home: str, arm: str) -> None:
+    store = PredictionStore(Settings(home=home, ab_store_url=url))
+    store.write([_item(arm, "1", ["a", "b"]) for _ in range(5)])
+    store.dispose()
+
+
+def test_two_processes_altering_a_previous_store_at_once(tmp_path):
+    """Two workers starting on a store of the previous version: one alters it, the other finds it done."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _previous_store(url, time.time())
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_open_from_a_worker, args=(url, str(tmp_path), arm))
+               for arm in ("Production", "Staging")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    store = PredictionStore(Settings(home=tmp_path, ab_store_url=url))
+    try:
+        rows = {g["arm"]: g["rows"] for g in report(store)["groups"]}
+        assert rows == {"Production": 3 + 10, "Staging": 10} and set(_store_columns(store).values()) == {"TEXT"}
+    finally:
+        store.dispose()
+
+
+@pytest.mark.slow
+def test_a_previous_store_on_postgresql_is_altered_too(tmp_path):
+    from _services import postgres
+
+    with postgres() as url:
+        _migrates(url, tmp_path)
 
 
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
@@ -389,16 +536,21 @@ def test_feedback_errors_are_json_4xx(app):
     cases = [
         ({"request_id": "0" * 32, "label": 1}, 404, "unknown_request_id", "request_id"),
         ({"request_id": known, "label": 0}, 409, "duplicate_feedback", "request_id"),
-        ({"request_id": known, "label": 2}, 422, "invalid_request", "label"),
-        ({"request_id": known, "label": True}, 422, "invalid_request", "label"),
-        ({"request_id": known, "label": "1"}, 422, "invalid_request", "label"),
-        ({"request_id": known, "label": 1.0}, 422, "invalid_request", "label"),
+        ({"request_id": known, "label": 2}, 400, "invalid_request", "label"),  # none of the classes 0 and 1
+        ({"request_id": known, "label": True}, 400, "invalid_request", "label"),
+        ({"request_id": known, "label": "yes"}, 400, "invalid_request", "label"),
+        ({"request_id": known, "label": "1"}, 409, "duplicate_feedback", "request_id"),  # the class 1: labelled
+        ({"request_id": known, "label": 1.0}, 409, "duplicate_feedback", "request_id"),
+        ({"request_id": known, "label": None}, 400, "invalid_request", "label"),
+        ({"request_id": known, "label": [1]}, 400, "invalid_request", "label"),
+        ({"request_id": known, "label": " "}, 400, "invalid_request", "label"),
+        ({"request_id": known, "label": "x" * 257}, 400, "invalid_request", "label"),
         ({"request_id": known}, 400, "invalid_request", "label"),
         ({"label": 1}, 400, "invalid_request", "request_id"),
         ({"request_id": 7, "label": 1}, 400, "invalid_request", "request_id"),
         ({"request_id": known, "label": 1, "extra": 1}, 400, "invalid_request", "extra"),
         ({"feedback": []}, 400, "invalid_request", "feedback"),
-        ({"feedback": [{"request_id": known, "label": 5}]}, 422, "invalid_request", "feedback[0].label"),
+        ({"feedback": [{"request_id": known, "label": 5}]}, 400, "invalid_request", "feedback[0].label"),
         ({"feedback": [1]}, 400, "invalid_request", "feedback[0]"),
         ([1, 2], 400, "invalid_request", "body"),
     ]
@@ -408,6 +560,13 @@ def test_feedback_errors_are_json_4xx(app):
         assert (response.status_code, answer["error"], answer["field"]) == (status, error, field), (body, answer)
     unknown = client.post("/feedback", json={"request_id": "f" * 32, "label": 1}).get_json()
     assert "f" * 32 in unknown["message"] and unknown["request_ids"] == ["f" * 32]
+    other = _predict(client, 2, ROW)["request_id"]
+    bad = client.post("/feedback", json={"feedback": [{"request_id": other, "label": 1}, {"request_id": known,
+                                                                                         "label": "maybe"}]})
+    answer = bad.get_json()  # the label and the classes named; nothing stored (all or none)
+    assert (bad.status_code, answer["field"], answer["classes"]) == (400, "feedback[1].label", [0, 1]), answer
+    assert "'maybe' is not one of the classes of version 1 (0, 1)" in answer["message"]
+    assert client.post("/feedback", json={"request_id": other, "label": "0"}).status_code == 201
     for raw, status in ((b"{", 400), (b"", 400), (b"null", 400)):
         response = client.post("/feedback", data=raw, content_type="application/json")
         assert response.status_code == status and response.get_json()["field"] == "body"

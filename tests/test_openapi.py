@@ -38,12 +38,19 @@ def test_the_document_describes_every_endpoint_with_its_statuses(served):
     doc = requests.get(served.url + "/openapi.json", timeout=10).json()
     statuses = {path: set(op["responses"]) for path, ops in doc["paths"].items() for op in ops.values()}
     assert statuses["/predict"] == {"200", "400", "413", "415", "503"}
-    assert statuses["/feedback"] == {"201", "400", "401", "403", "404", "409", "413", "415", "422"}
+    assert statuses["/feedback"] == {"201", "400", "401", "403", "404", "409", "413", "415"}  # a bad label: 400
     assert statuses["/ready"] == {"200", "503"}
     assert {"/ab/report", "/models", "/health", "/metrics"} <= set(statuses)
     assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     fare = doc["components"]["schemas"]["Row"]["properties"]["fare"]
     assert fare["maximum"] == pytest.approx(3.4028234663852886e38)  # the bound the server enforces
+    # Titanic's survived: the integers 0 and 1, 1 the positive class; a label may be given as 1 or "1"
+    answer = doc["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["predictions"]["items"] == {"type": "integer", "enum": [0, 1]}
+    assert "classes" not in answer["properties"] and "1" in answer["properties"]["probabilities"]["items"][
+        "description"]
+    label = doc["components"]["schemas"]["Label"]["properties"]["label"]
+    assert label["anyOf"][0] == {"enum": [0, 1]} and label["examples"] == [0, 1]
 
 
 def test_schemathesis_finds_no_contract_break(served, tmp_path):
