@@ -40,6 +40,8 @@ class Settings:
     model_name: str = "titanic-survival"
     experiment: str = "titanic-retraining"
     target: str = "survived"
+    positive_label: str = ""  # two classes: the positive one (default: the one reading 1/true/yes); see labels.py
+    max_classes: int = 50  # a label column with more distinct values is refused (an id or a number, not classes)
     features: tuple[str, ...] = ("pclass", "sex", "age", "fare", "sibsp", "parch", "embarked")
     drift_features: tuple[str, ...] = ("age", "fare")
     psi_threshold: float = 0.2
@@ -103,6 +105,8 @@ class Settings:
             problems.append("features must name at least one column")
         if self.target in self.features:
             problems.append(f"target {self.target!r} must not be one of the features")
+        if self.max_classes < 2:
+            problems.append(f"max_classes must be at least 2, got {self.max_classes}")
         if self.bins < 2:
             problems.append(f"bins must be at least 2, got {self.bins}")
         if not 0.0 < self.holdout_fraction < 1.0:

@@ -14,6 +14,7 @@ import pandas as pd
 from .config import Settings
 from .errors import DataValidationError, first_line
 from .files import atomic_write
+from .labels import MAX_CLASSES_HINT, canonical, label_key
 
 __all__ = ["load_titanic", "make_datasets", "read_csv", "validate_frame", "load_batch", "infer_kinds",
            "atomic_write_csv", "normalise", "apply_concept", "unseen_rows"]
@@ -54,7 +55,8 @@ def apply_drift(batch: pd.DataFrame, strength: float, *, columns: tuple[str, ...
 
 
 def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: str) -> pd.DataFrame:
-    """Change the label rule: rows in the top ``strength`` share of ``column`` get the opposite label.
+    """Change the label rule: rows in the top ``strength`` share of ``column`` get the opposite label (with more
+    than two classes, the next class in sorted order).
 
     0 leaves the labels as they are; 0.5 inverts the rule for the upper half of
     ``column`` (a model of the old rule is then wrong there as often as it was
@@ -67,7 +69,9 @@ def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: 
         return out
     values = pd.to_numeric(out[column], errors="coerce")
     changed = values.rank(pct=True, method="average") > 1.0 - strength  # missing values keep the old rule
-    out.loc[changed, target] = 1 - out.loc[changed, target].astype(int)
+    classes = sorted(out[target].dropna().unique(), key=label_key)
+    following = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
+    out.loc[changed, target] = out.loc[changed, target].map(following)
     return out
 
 
@@ -208,24 +212,37 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
             problems.append(f"column {col!r}: {int(infinite.sum())} infinite value(s)")
         out[col] = values.astype(float)
     if has_target and len(out):
-        labels = out[settings.target]
-        target = (pd.Series(np.nan, index=out.index) if pd.api.types.is_bool_dtype(labels)
-                  else pd.to_numeric(labels, errors="coerce"))
+        problems += _check_labels(out, settings, require_target=require_target)
         if out[settings.target].isna().all():
             out = out.drop(columns=[settings.target])
-            if require_target:
-                problems.append(f"target {settings.target!r} has no values")
-        else:
-            bad_values = sorted({str(v) for v in out[settings.target][~target.isin([0, 1])].head(20)})
-            if bad_values:
-                problems.append(f"expected 0/1 in {settings.target!r}, got {bad_values} instead")
-            else:
-                out[settings.target] = target.astype(int)
-                if out[settings.target].nunique() < 2:
-                    problems.append(f"target {settings.target!r} has a single class; two are needed to train")
     if problems:
         raise DataValidationError(source, problems)
     return normalise(out, {c: kinds.get(c, CATEGORICAL) for c in present}).reset_index(drop=True)
+
+
+def _check_labels(out: pd.DataFrame, settings: Settings, *, require_target: bool) -> list[str]:
+    """Put the label column of ``out`` in its one form (:func:`labels.canonical`) and say what is wrong with it.
+
+    Rows without a label stay (their features count for drift); training and the holdout leave them out.
+    """
+    target = settings.target
+    labels = canonical(out[target])
+    out[target] = labels
+    present = labels.dropna()
+    if not len(present):
+        return [f"target {target!r} has no values"] if require_target else []
+    classes = present.unique()
+    fractions = [v for v in classes if isinstance(v, float) and not float(v).is_integer()]
+    if fractions:
+        shown = sorted(fractions)[:5]
+        return [f"target {target!r} holds numbers such as {shown} ({len(classes)} distinct values): classes are "
+                f"needed, and this looks like a number to predict (regression), not a label"]
+    if len(classes) > settings.max_classes:
+        return [f"target {target!r} has {len(classes)} distinct values, more than MLOPS_MAX_CLASSES="
+                f"{settings.max_classes}: {MAX_CLASSES_HINT}"]
+    if len(classes) < 2:
+        return [f"target {target!r} has a single class ({classes[0]!r}); two are needed to train"]
+    return []
 
 
 def load_batch(path: str | os.PathLike, settings: Settings, *, kinds: Mapping[str, str] | None = None,

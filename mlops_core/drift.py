@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -199,12 +199,18 @@ class DriftReport:
     details: dict = field(default_factory=dict, repr=False)
     info: dict[str, float] = field(default_factory=dict)
     no_reference: list[str] = field(default_factory=list)  # features new to the reference: not scored
+    new_classes: list = field(default_factory=list)  # labels Production was not trained on: drift whatever the PSI
 
     def summary(self) -> dict:
         """The verdict as ``mlops drift --json`` prints it (and ``no_reference`` when a feature is new)."""
         return {"psi": {k: round(v, 6) for k, v in self.psi.items()}, "mean_psi": round(self.mean_psi, 6),
                 "threshold": self.threshold, "drift": self.drift,
-                **({"no_reference": list(self.no_reference)} if self.no_reference else {})}
+                **({"no_reference": list(self.no_reference)} if self.no_reference else {}),
+                **({"new_classes": list(self.new_classes)} if self.new_classes else {})}
+
+    def with_new_classes(self, classes: list) -> DriftReport:
+        """The report with labels the reference model was not trained on: drift (a new class is learned)."""
+        return replace(self, new_classes=list(classes), drift=True) if classes else self
 
     def information(self) -> dict:
         """PSI of the features the trigger does not watch and of the model's outputs: shown, not decided on."""

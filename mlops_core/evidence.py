@@ -10,7 +10,9 @@ The test is chosen before looking, by the promotion metric:
   for matched proportions (0.5 added to each
   cell of the 2x2 table), which keeps its coverage with few discordant rows.
 - ``f1``, ``precision``, ``recall``, ``auc``: a paired bootstrap (both models
-  scored on the same resampled rows; 2,000 resamples from a fixed seed). The
+  scored on the same resampled rows; 2,000 resamples from a fixed seed); for two
+  classes the metric is the positive class's, for more the macro average over the
+  classes (AUC is refused up front for more than two: see ``labels.task_labels``). The
   p-value of "better" is the share of resampled differences at or below zero (with
   the usual +1 correction), that of "worse" the share at or above zero, the
   interval their 2.5 and 97.5 percentiles.
@@ -99,7 +101,7 @@ def mcnemar(candidate_right: np.ndarray, baseline_right: np.ndarray) -> Comparis
 
 
 def metric_value(metric: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None = None) -> float:
-    """One metric on labels ``y`` (0/1), predictions ``pred`` and P(class 1) ``proba``."""
+    """One metric on labels ``y`` (0/1: 1 the positive class), predictions ``pred`` and P(class 1) ``proba``."""
     y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
     if metric == "accuracy":
         return float(np.mean(y == pred)) if y.size else math.nan
@@ -165,6 +167,54 @@ def _bootstrap(metric: str, y, pred_c, pred_b, proba_c, proba_b, seed: int) -> C
 
         diffs = (_from_counts(metric, count(1, 1, 1), count(0, 1, 1), count(1, 1, 0))
                  - _from_counts(metric, count(1, 0, 1), count(0, 0, 1), count(1, 0, 0)))
+    return _from_diffs(metric, n, cand, base, diffs)
+
+
+def _macro_bootstrap(metric: str, y: np.ndarray, pred_c: np.ndarray, pred_b: np.ndarray, n_classes: int,
+                     seed: int) -> Comparison:
+    """Macro precision, recall or F1 over ``n_classes`` classes (codes ``0..n_classes-1``; any other code is a
+    label outside them, always wrong), by the paired bootstrap.
+
+    The macro metrics depend on the rows only through the counts of the observed (label, candidate, baseline)
+    cells: resampling rows is resampling those counts (multinomial), at most one cell a row whatever the number
+    of classes. A class neither in the labels nor in a model's predictions of a resample has no score there
+    and is left out of that resample's average (scikit-learn's macro average over the labels present).
+    """
+    other = n_classes
+    y, pred_c, pred_b = (np.where((a >= 0) & (a < n_classes), a, other) for a in (y, pred_c, pred_b))
+    n, width = int(y.size), n_classes + 1
+    cells, counts = np.unique((y * width + pred_c) * width + pred_b, return_counts=True)
+    truth, cand, base = cells // (width * width), (cells // width) % width, cells % width
+    classes = np.arange(n_classes)
+    is_true = truth[:, None] == classes  # cell x class: the cell's label is the class
+    per_model = {name: (pred[:, None] == classes) for name, pred in (("c", cand), ("b", base))}
+
+    def macro(cell_counts: np.ndarray, which: str) -> np.ndarray:
+        said = per_model[which]
+        tp = cell_counts @ (said & is_true)
+        fp = cell_counts @ (said & ~is_true)
+        fn = cell_counts @ (~said & is_true)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if metric == "precision":
+                num, den = tp, tp + fp
+            elif metric == "recall":
+                num, den = tp, tp + fn
+            else:
+                num, den = 2 * tp, 2 * tp + fp + fn
+            score = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+            present = (tp + fp + fn) > 0
+            score = np.where(present, np.nan_to_num(score, nan=0.0), np.nan)
+            return np.nanmean(score, axis=-1)
+
+    cand_value, base_value = float(macro(counts.astype(float), "c")), float(macro(counts.astype(float), "b"))
+    resampled = np.random.default_rng(seed).multinomial(n, counts / n, size=_RESAMPLES).astype(float)
+    diffs = macro(resampled, "c") - macro(resampled, "b")
+    diffs = diffs[np.isfinite(diffs)]
+    return _from_diffs(f"{metric}_macro", n, cand_value, base_value, diffs)
+
+
+def _from_diffs(metric: str, n: int, cand: float, base: float, diffs: np.ndarray) -> Comparison:
+    """The bootstrap's verdict from its resampled differences (candidate - baseline)."""
     if not diffs.size:
         return Comparison(metric, "paired_bootstrap", n, cand, base, cand - base, -1.0, 1.0, 1.0)
     p = (1 + int(np.sum(diffs <= 0))) / (diffs.size + 1)
@@ -175,12 +225,21 @@ def _bootstrap(metric: str, y, pred_c, pred_b, proba_c, proba_b, seed: int) -> C
 
 
 def compare(metric: str, y, pred_candidate, pred_baseline, proba_candidate=None, proba_baseline=None, *,
-            seed: int = 0) -> Comparison:
-    """Compare two models' outputs on the same rows with the test fixed for ``metric`` (see the module doc)."""
+            seed: int = 0, n_classes: int = 2) -> Comparison:
+    """Compare two models' outputs on the same rows with the test fixed for ``metric`` (see the module doc).
+
+    ``y`` and the predictions are integer codes: for two classes 1 is the positive class and 0 the other (any
+    other code is neither: a negative prediction); for ``n_classes`` > 2 the classes are ``0..n_classes-1``.
+    """
     y = np.asarray(y, dtype=int)
     pred_c, pred_b = np.asarray(pred_candidate, dtype=int), np.asarray(pred_baseline, dtype=int)
     if metric == "accuracy":
         return mcnemar(pred_c == y, pred_b == y)
+    if n_classes > 2:
+        if metric == "auc":
+            raise ValueError("AUC compares two classes; this task has more (see labels.task_labels)")
+        return _macro_bootstrap(metric, y, pred_c, pred_b, n_classes, seed)
+    y, pred_c, pred_b = ((a == 1).astype(int) for a in (y, pred_c, pred_b))
     proba_c = None if proba_candidate is None else np.asarray(proba_candidate, dtype=float)
     proba_b = None if proba_baseline is None else np.asarray(proba_baseline, dtype=float)
     return _bootstrap(metric, y, pred_c, pred_b, proba_c, proba_b, seed)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from .errors import SettingsError
 
-__all__ = ["Labels", "canonical", "canonical_value", "label_key", "positive_of", "pipeline_classes",
+__all__ = ["Labels", "canonical", "canonical_value", "label_key", "positive_of", "pipeline_classes", "task_labels",
            "MAX_CLASSES_HINT", "TRUE_WORDS"]
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t"})
@@ -195,3 +195,15 @@ class Labels:
             truthy = [c for c in classes if label_key(c) in TRUE_WORDS]
             positive = truthy[0] if len(truthy) == 1 else classes[-1]
         return cls(classes, positive)
+
+
+def task_labels(values: Iterable[Any], settings) -> Labels:
+    """The labels a run trains and judges with, from the labelled values and the settings; refused up front
+    (exit 2) when the settings cannot serve them: no positive class for two, AUC promotion for more."""
+    labels = Labels.of((v for v in values if not pd.isna(v)), settings.positive_label or None,
+                       target=settings.target)
+    if labels.multiclass and settings.promotion_metric == "auc":
+        raise SettingsError(f"MLOPS_PROMOTION_METRIC=auc needs two classes; {settings.target!r} has "
+                            f"{len(labels.classes)} ({', '.join(repr(c) for c in labels.classes[:10])}"
+                            f"{', ...' if len(labels.classes) > 10 else ''}): use accuracy or f1 (macro)")
+    return labels

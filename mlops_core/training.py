@@ -1,4 +1,4 @@
-"""AutoML with a PyCaret ClassificationExperiment: compare, pick by Accuracy, finalise."""
+"""AutoML with a PyCaret ClassificationExperiment: compare, pick by Accuracy, finalise (labels of any kind)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .config import NO_PROBABILITIES, Settings
 from .data import NUMERIC, normalise
 from .errors import TrainingError
 from .files import atomic_write
+from .labels import Labels, task_labels
 
 __all__ = ["TrainResult", "train", "import_pycaret_classification"]
 
@@ -44,6 +45,7 @@ class TrainResult:
     comparison_path: Path
     seconds: float
     n_train: int
+    labels: Labels  # the classes it was trained on and, for two, the positive one
 
 
 def _metrics(row: pd.Series) -> dict[str, float]:
@@ -65,11 +67,14 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     numeric = [c for c in features if kinds.get(c, NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) else "")
                == NUMERIC]
     categorical = [c for c in features if c not in numeric]
-    data = normalise(frame[[*features, settings.target]].reset_index(drop=True),
+    data = normalise(frame[[*features, settings.target]].dropna(subset=[settings.target]).reset_index(drop=True),
                      {**{c: NUMERIC for c in numeric}, **{c: "categorical" for c in categorical}})
-    classes = data[settings.target].nunique()
-    if classes != 2:
-        raise TrainingError(f"expected two classes in {settings.target!r} to train on, got {classes}")
+    # the labels as one typed column (ints, booleans or strings): PyCaret label-encodes anything but 0..k-1
+    data[settings.target] = data[settings.target].infer_objects()
+    labels = task_labels(data[settings.target], settings)
+    if len(labels.classes) < 2:
+        raise TrainingError(f"expected at least two classes in {settings.target!r} to train on, got "
+                            f"{list(labels.classes)}")
     with _frozen_heap():
         final, comparison = _compare_and_finalise(classification, data, settings, numeric, categorical)
     top = comparison.iloc[0]
@@ -86,7 +91,7 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
              len(data), seconds)
     return TrainResult(model=final, model_id=str(comparison.index[0]), model_name=str(top.get("Model")),
                        comparison=comparison, cv_metrics=metrics, model_path=model_path,
-                       comparison_path=comparison_path, seconds=seconds, n_train=len(data))
+                       comparison_path=comparison_path, seconds=seconds, n_train=len(data), labels=labels)
 
 
 @contextlib.contextmanager

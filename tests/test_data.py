@@ -71,7 +71,7 @@ def test_validation_names_every_problem_in_one_error(settings, tmp_path):
     msg = str(info.value)
     assert "missing column(s) ['parch', 'embarked']" in msg
     assert "column 'age': 12 non-numeric value(s)" in msg
-    assert "expected 0/1 in 'survived', got ['2'] instead" in msg
+    assert "target 'survived' has a single class (2)" in msg
     assert str(bad) in msg and len(info.value.problems) == 3
 
 

@@ -172,7 +172,7 @@ def test_a_drifted_batch_with_a_single_row_of_a_class_is_refused_and_nothing_cha
     frame.to_csv(s.current_csv, index=False)
     result = run(s)
     assert result.status == "refused" and result.drift["drift"]
-    assert "{0: 1, 1: " in result.reason and "at least 2 rows of each class" in result.reason
+    assert "{0: 1, 1: " in result.reason and "at least two classes of 5 rows or more" in result.reason
     assert [v["version"] for v in _versions(s)] == ["1"]
     assert Registry(s).aliases() == {"production": "1", "staging": "1"}
 

@@ -42,6 +42,7 @@ class RunResult:
     evidence: dict = field(default_factory=dict)  # the paired tests behind a decision (see evidence.py)
     timings: dict = field(default_factory=dict)
     digest: str = ""
+    notes: list = field(default_factory=list)  # what the run left out and why (unlabelled rows, rare classes)
 
     def to_dict(self) -> dict:
         return asdict(self)

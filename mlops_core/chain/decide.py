@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import RegistryError
 from ..evidence import Comparison, compare
+from ..labels import Labels, label_key
 from ..registry import LIFECYCLE, PRODUCTION, STAGING, dumps
 from .context import Context, Judgement, Run
 from .scoring import labels_and_proba, loaded, unseen
@@ -71,6 +72,8 @@ def act(ctx: Context, run: Run) -> Run:
     registry, out, version = ctx.registry, run.result, run.version
     _unmoved(ctx, run)
     out.reason = _reason(out.status, version, run.judgement, ctx.settings.promotion_alpha)
+    if out.notes:
+        out.reason += f" ({'; '.join(out.notes)})"
     decided = False
     try:
         with ctx.timer("promote"), _uninterrupted():
@@ -110,18 +113,42 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
     models = {role: loaded(ctx, run, v) for role, v in rivals.items()}
     seen = [run.training, *(ctx.registry.load_reference(v)[1] for v in rivals.values())]
     rows, dropped = unseen(run.holdout, seen, features, target, run.kinds)
-    proba = settings.promotion_metric == "auc"
-    candidate_labels, candidate_proba = labels_and_proba(run.candidate.model, rows, features, run.kinds, proba=proba)
+    labels = run.candidate.labels
+    proba = labels if settings.promotion_metric == "auc" else None
+    candidate_labels, candidate_proba = labels_and_proba(run.candidate.model, rows, features, run.kinds,
+                                                         positive=proba)
     y = rows[target].to_numpy()
-    verdicts = {}
+    scored = {}
     for role, model in models.items():
         # a column the batch no longer has is given as missing, of the kind Production's reference knew
         known = {**run.profile.kinds, **run.kinds}
         kinds = {c: known.get(c, "numeric") for c in model.columns}
-        rival_labels, rival_proba = labels_and_proba(model.model, rows, model.columns, kinds, proba=proba)
-        verdicts[role] = compare(settings.promotion_metric, y, candidate_labels, rival_labels, candidate_proba,
-                                 rival_proba, seed=settings.seed)
+        scored[role] = labels_and_proba(model.model, rows, model.columns, kinds, positive=proba)
+    encode, n_classes = _codes(labels, [y, candidate_labels, *(pred for pred, _ in scored.values())])
+    verdicts = {role: compare(settings.promotion_metric, encode(y), encode(candidate_labels), encode(pred),
+                              candidate_proba, rival_proba, seed=settings.seed, n_classes=n_classes)
+                for role, (pred, rival_proba) in scored.items()}
     return verdicts, len(rows), dropped
+
+
+def _codes(labels: Labels, arrays: list[np.ndarray]):
+    """How labels become the evidence's integer codes: positive 1 and other 0 for a two-class task, else each
+    label's index among the candidate's classes and any other label the rows or a rival's answers hold (a class
+    the candidate never saw is simply a label it never gets right)."""
+    universe = list(labels.classes)
+    keys = {label_key(c) for c in universe}
+    for values in arrays:
+        for value in values:
+            if not _missing(value) and (key := label_key(value)) not in keys:
+                keys.add(key)
+                universe.append(value)
+    if len(universe) == 2 and labels.positive is not None:
+        return (lambda values: labels.codes(values)), 2
+    return (lambda values: labels.codes(values, universe=universe)), len(universe)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _record_scores(ctx: Context, run: Run) -> None:

@@ -7,9 +7,13 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from ..config import Settings
 from ..data import normalise, read_csv
 from ..drift import DriftReport, ReferenceProfile
+from ..labels import label_key
 from ..registry import PRODUCTION, Registry
 from .context import Context, Run
 from .decide import finish
@@ -30,6 +34,7 @@ def detect(ctx: Context, run: Run) -> Run:
     with ctx.timer("drift"):
         report = run.profile.report(run.batch, settings.drift_features, threshold=settings.psi_threshold,
                                     outputs=predicted_classes(ctx, run, run.profile), new=settings.features)
+        report = report.with_new_classes(_new_classes(ctx, run))
         paths = report.save(settings.data_dir, picture=False)  # drawn once decided: off the path to serving
         registry.log_run(run.run_id, artifacts={"drift": list(paths.values())}, metrics=_metrics(report),
                          tags={"mlops.drift": str(report.drift).lower(),
@@ -43,15 +48,59 @@ def detect(ctx: Context, run: Run) -> Run:
         run.result.status = "refused"
         run.result.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch has no {target!r} "
                              f"labels: retraining refused")
-    elif (counts := run.batch[target].value_counts()).size < 2 or counts.min() < 2:
-        run.result.status = "refused"
-        run.result.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch's labels hold "
-                             f"{dict(sorted(counts.to_dict().items()))}: a classifier needs at least 2 rows of each "
-                             f"class to be trained and judged; retraining refused")
     else:
-        run.fit_rows, run.holdout = _holdout_split(run.batch, settings)
-        return run
+        learnable, note = _learnable(run.batch, target)
+        if learnable is None:
+            run.result.status = "refused"
+            run.result.reason = f"drift detected (mean PSI {report.mean_psi:.4f}) but {note}: retraining refused"
+        else:
+            run.result.notes += [note] if note else []
+            run.fit_rows, run.holdout = _holdout_split(learnable, settings)
+            return run
     return finish(ctx, run)
+
+
+MIN_CLASS_ROWS = 5  # labelled rows a class needs to be learned (cross-validated) and judged (held out)
+
+
+def _learnable(batch: pd.DataFrame, target: str) -> tuple[pd.DataFrame | None, str]:
+    """The labelled rows to train and judge on, and what was left out (a note); ``None`` and why when fewer than
+    two classes have :data:`MIN_CLASS_ROWS` rows each.
+
+    Rows without a label are left out (counted); so are the rows of a class too rare to be cross-validated and
+    held out (named, with their count): the candidate is trained on the classes it can learn."""
+    labels = batch[target] if target in batch.columns else pd.Series(np.nan, index=batch.index)
+    labelled = batch[labels.notna()]
+    counts = labelled[target].value_counts()
+    rare = counts[counts < MIN_CLASS_ROWS]
+    notes = []
+    if len(labelled) < len(batch):
+        notes.append(f"{len(batch) - len(labelled)} row(s) without a {target!r} label left out of training and "
+                     f"the holdout")
+    if len(rare):
+        notes.append(f"class(es) {_counts(rare)} with fewer than {MIN_CLASS_ROWS} labelled rows left out")
+    if counts.size - len(rare) < 2:
+        return None, (f"the batch's labels hold {_counts(counts)}: a classifier needs at least two classes of "
+                      f"{MIN_CLASS_ROWS} rows or more to be trained and judged")
+    keep = ~labelled[target].isin(rare.index) if len(rare) else slice(None)
+    return labelled[keep], "; ".join(notes)
+
+
+def _counts(counts: pd.Series) -> str:
+    return "{" + ", ".join(f"{k!r}: {int(v)}" for k, v in sorted(counts.items(), key=lambda kv: label_key(kv[0])))\
+        + "}"
+
+
+def _new_classes(ctx: Context, run: Run) -> list:
+    """Labels of the batch that Production was not trained on (its ``classes`` tag; none known: none new)."""
+    target = ctx.settings.target
+    if run.production is None or target not in run.batch.columns:
+        return []
+    raw = ctx.registry.describe(run.production)["tags"].get("classes")
+    if not raw:
+        return []
+    known = {label_key(c) for c in json.loads(raw)}
+    return sorted({v for v in run.batch[target].dropna() if label_key(v) not in known}, key=label_key)
 
 
 def illustrate(ctx: Context, run: Run) -> Run:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..data import infer_kinds, read_csv, validate_frame
 from ..drift import ReferenceProfile
 from ..errors import DataValidationError, SettingsError
+from ..labels import task_labels
 from ..registry import PRODUCTION, STAGING
 from .context import OPEN, Context, Run, RunResult
 
@@ -38,6 +39,8 @@ def intake(ctx: Context, current: Path, *, source: str | None = None, digest: st
         new = [c for c in settings.features if c not in profile.features]
         kinds = {**infer_kinds(raw, new), **{c: profile.kinds[c] for c in settings.features if c in profile.features}}
         batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=name)
+        if settings.target in batch.columns:  # refused up front (exit 2): no positive class, AUC for more than two
+            task_labels(batch[settings.target], settings)
     run = Run(source=name, digest=digest, batch=batch, kinds=kinds, production=production, profile=profile,
               result=RunResult(OPEN, digest=digest, timings=ctx.timer.seconds))
     if not force and production is not None and (done := registry.processed_run(digest, production)):

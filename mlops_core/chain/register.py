@@ -52,14 +52,16 @@ def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFra
                      artifacts={"": candidate.comparison_path})
     registry.log_reference(run_id, profile, training)
     example = training[features].head(5).reset_index(drop=True)
-    uri = registry.log_model(run_id, candidate.model, example)
-    compiled = _log_compiled(ctx, run_id, candidate.model, example, regime[features])
+    labels = candidate.labels.tags()
+    uri = registry.log_model(run_id, candidate.model, example, metadata=labels)
+    compiled = _log_compiled(ctx, run_id, candidate.model, example, regime[features], labels)
     return registry.register(uri, {"mlops.model": candidate.model_name,
                                    "cv_accuracy": round(candidate.cv_metrics.get("accuracy", 0.0), 6),
-                                   COMPILED_TAG: compiled, **tags})
+                                   COMPILED_TAG: compiled, **labels, **tags})
 
 
-def _log_compiled(ctx: Context, run_id: str, model, example: pd.DataFrame, rows: pd.DataFrame) -> str:
+def _log_compiled(ctx: Context, run_id: str, model, example: pd.DataFrame, rows: pd.DataFrame,
+                  labels: dict[str, str]) -> str:
     """Compile the new version, verify it on ``rows`` (its own data), store it with the run; the version tag."""
     from mlflow.models import infer_signature
 
@@ -67,7 +69,7 @@ def _log_compiled(ctx: Context, run_id: str, model, example: pd.DataFrame, rows:
 
     schema = infer_signature(example).inputs
     version = LoadedModel(version="new", run_id=run_id, model=model, columns=list(schema.input_names()),
-                          dtypes={c.name: c.type.name for c in schema.inputs})
+                          dtypes={c.name: c.type.name for c in schema.inputs}, metadata=labels)
     data, manifest = artifact.export(version, rows)
     ctx.registry.log_compiled(run_id, data, manifest)
     if data is None:

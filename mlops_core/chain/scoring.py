@@ -11,6 +11,7 @@ import pandas as pd
 from ..data import normalise, unseen_rows
 from ..drift import PREDICTION, ReferenceProfile
 from ..errors import shorten
+from ..labels import Labels, label_key, pipeline_classes
 from ..registry import LoadedModel
 from .context import Context, Run
 
@@ -20,23 +21,26 @@ log = logging.getLogger("mlops_core.pipeline")
 
 
 def labels_and_proba(model, frame: pd.DataFrame, columns: list[str], kinds: dict, *,
-                     proba: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predicted labels (and P(class 1) when ``proba``) of ``model`` on ``frame``'s ``columns``.
+                     positive: Labels | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted labels (and, given the task's ``positive`` labels, P(positive class)) of ``model`` on
+    ``frame``'s ``columns``.
 
     A column the model was trained on that ``frame`` lacks (the export dropped it) is given as missing, which
     the pipeline imputes: a version is always scored with its own columns.
     """
     if not len(frame):
-        return np.empty(0, dtype=int), np.empty(0) if proba else None
+        return np.empty(0, dtype=object), np.empty(0) if positive is not None else None
     absent = [c for c in columns if c not in frame.columns]
     rows = frame.assign(**{c: np.nan for c in absent}) if absent else frame
     # a fresh index: PyCaret's transformers re-join columns on the index, so a repeated label (rows gathered
     # from several frames) would multiply rows instead of scoring each once
     X = normalise(rows[list(columns)], kinds).reset_index(drop=True)
-    pred = np.asarray(model.predict(X)).astype(int)
+    pred = np.asarray(model.predict(X), dtype=object)
     if len(pred) != len(X):
         raise RuntimeError(f"the model gave {len(pred)} predictions for {len(X)} rows")
-    return pred, model.predict_proba(X)[:, 1] if proba else None
+    if positive is None:
+        return pred, None
+    return pred, model.predict_proba(X)[:, positive.positive_column(pipeline_classes(model))]
 
 
 def loaded(ctx: Context, run: Run, version: str) -> LoadedModel:
@@ -80,7 +84,7 @@ def _compiled_labels(ctx: Context, version: str, batch: pd.DataFrame) -> np.ndar
     rows = rows_of(batch, predictor)
     if not rows:  # the batch lacks a column the version was trained on
         return None
-    return np.asarray(predictor.raw(rows)[0]).astype(int)
+    return np.asarray(predictor(rows)[0], dtype=object)
 
 
 def unseen(holdout: pd.DataFrame, seen: list[pd.DataFrame], columns: list[str], target: str,
@@ -88,11 +92,18 @@ def unseen(holdout: pd.DataFrame, seen: list[pd.DataFrame], columns: list[str], 
     """The holdout rows that none of the ``seen`` frames (the compared models' training data) holds, and how
     many were dropped. A row counts as seen by a frame when it equals one of its rows on every column both
     share (features and label), so versions trained on other feature sets are checked on what they saw."""
-    every = {**kinds, target: "numeric"}
-    rows = normalise(holdout, every)
+    rows = _keyed(holdout, kinds, target)
     keep = pd.Series(True, index=rows.index)
     for frame in (f for f in seen if f is not None):
         shared = [c for c in (*columns, target) if c in frame.columns and c in rows.columns]
         if target in shared and len(shared) > 1:
-            keep &= unseen_rows(rows, normalise(frame[shared], every), shared)
+            keep &= unseen_rows(rows, _keyed(frame[shared], kinds, target), shared)
     return holdout[keep.to_numpy()].reset_index(drop=True), int((~keep).sum())
+
+
+def _keyed(frame: pd.DataFrame, kinds: dict, target: str) -> pd.DataFrame:
+    """``frame`` normalised, its labels as their text keys (``1`` stored as int64 or as an object equal)."""
+    out = normalise(frame, kinds)
+    if target in out.columns:
+        out[target] = out[target].map(lambda v: v if pd.isna(v) else label_key(v)).astype(object)
+    return out
