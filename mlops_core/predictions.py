@@ -151,9 +151,13 @@ def _labels_as_text(conn) -> list[str]:
 
     Add a text column, copy the values cast to text, drop the old column, rename the new one: statements
     SQLite (3.35+) and PostgreSQL both run inside the caller's transaction, so a store is altered whole or not
-    at all. A process altering the same store at the same moment fails its transaction or finds it done."""
+    at all. A process altering the same store at the same moment fails its transaction or finds it done. An
+    older SQLite (no DROP COLUMN) keeps its columns: their integer affinity stores the key ``"1"`` as 1, as
+    the previous version stored 1, and every other key as the text it is, so equal keys still compare equal."""
     from sqlalchemy import Integer, Text, cast, column, inspect, table, update
 
+    if conn.dialect.name == "sqlite" and conn.dialect.dbapi.sqlite_version_info < (3, 35):
+        return []
     inspector = inspect(conn)
     quote = conn.dialect.identifier_preparer.quote
     text_type = Text().compile(dialect=conn.dialect)

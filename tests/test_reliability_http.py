@@ -181,6 +181,38 @@ def test_fixed_edge_cases_are_4xx_naming_the_field(client, app):
     assert response.status_code == 415 and response.get_json()["field"] == "Content-Type"
 
 
+def test_fuzz_feedback_labels_are_stored_exactly_when_the_schema_allows_them(app, client, monkeypatch):
+    """Any JSON value as the label of a logged prediction: never a 5xx; stored (201) when the published Label
+    schema accepts it (a class, 0 or 1, as in the data or as text), else 400 naming the label."""
+    from jsonschema import Draft202012Validator
+
+    monkeypatch.setitem(app.config, "MLOPS_SETTINGS", app.config["MLOPS_SETTINGS"].replace(feedback_token=TOKEN))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    label_schema = Draft202012Validator(client.get("/openapi.json").get_json()["components"]["schemas"]["Label"])
+    ab_log = app.extensions["mlops_ab"]
+    ab_log.start()
+    try:
+        ids = iter(client.post("/predict", json={"user_id": 2, "features": [ROW] * 300}).get_json()["request_ids"])
+        counts: Counter = Counter()
+
+        @settings(FUZZ, max_examples=200)
+        @given(label=json_values | st.sampled_from([0, 1, "0", "1", " 1 ", "+01", "1.0", 1.0, "-0", True, "true", 2]))
+        def case(label):
+            body = {"request_id": next(ids), "label": label}
+            response = client.post("/feedback", json=body, headers=auth)
+            counts["cases"] += 1
+            answer = response.get_json()
+            assert response.status_code == (201 if label_schema.is_valid(body) else 400), (label, answer)
+            if response.status_code == 400:
+                assert answer["field"] == "label" and answer["message"], answer
+            counts["stored" if response.status_code == 201 else "refused"] += 1
+
+        case()
+    finally:
+        ab_log.stop()
+    assert counts["cases"] >= 150 and counts["stored"] >= 10 and counts["refused"] >= 50, counts
+
+
 # -- the published schema ------------------------------------------------------------------------------
 def test_openapi_document_names_the_model_columns_and_matches_the_api(client, app):
     response = client.get("/openapi.json")
