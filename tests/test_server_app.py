@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -13,6 +15,7 @@ from mlops_core.config import Settings
 from mlops_core.inference.predictors import to_frame
 from mlops_core.registry import Registry
 from server import create_app
+from server.batching import Batcher
 
 ROW = {"pclass": 3, "sex": "male", "age": 22, "fare": 7.25, "sibsp": 1, "parch": 0, "embarked": "S"}
 
@@ -177,6 +180,37 @@ def test_predictions_equal_the_registered_pipelines_own(client, ab_home):
         assert answer["predictions"] == [int(p) for p in loaded.model.predict(frame)]
         expected = loaded.model.predict_proba(frame)[:, 1]
         assert answer["probabilities"] == pytest.approx(list(expected), abs=1e-6)
+
+
+def test_the_batcher_slices_answers_of_either_shape():
+    """Requests queued behind a running call share the next one; each gets its rows' predictions and lists."""
+    calls, release = [], threading.Event()
+
+    def predict(model, rows):
+        calls.append((model, len(rows)))
+        if len(calls) == 1:
+            release.wait(5)  # the first call runs while the others queue behind it
+        if model == "three":
+            return [f"c{r}" for r in rows], [[r / 10, 0.5, 0.5 - r / 10] for r in rows]
+        return [r % 2 == 0 for r in rows], [r / 10 for r in rows]
+
+    batcher = Batcher(predict, wait=0.0)
+    jobs = [("two", [0])] + [("three" if i % 2 else "two", list(range(i, i + 1 + i % 3))) for i in range(1, 9)]
+    answers: dict[int, tuple] = {}
+    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher(*jobs[i]))) for i in range(len(jobs))]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    while len(batcher._queue) < len(jobs) - 1:
+        time.sleep(0.001)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 3 and sorted(m for m, _ in calls[1:]) == ["three", "two"]  # one call per model
+    for i, (model, rows) in enumerate(jobs):
+        assert answers[i] == predict(model, rows), (i, answers[i])
 
 
 def test_versions_really_differ(client):

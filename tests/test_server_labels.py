@@ -9,7 +9,6 @@ shape, /openapi.json, /feedback and the live A/B follow each arm's labels.
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +19,8 @@ from mlops_core.inference.predictors import to_frame
 from mlops_core.labels import Labels, canonical
 from mlops_core.registry import Registry
 from server import create_app
-from server.batching import Batcher
+
+pytestmark = pytest.mark.slow  # trains four PyCaret pipelines
 
 TOKEN = "labels-feedback-token"
 IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -186,37 +186,6 @@ def test_micro_batched_requests_each_get_their_own_rows_of_either_shape(register
     assert sorted(answers) == list(range(len(batches)))
     for i, answer in answers.items():
         _same(answer, _expected(registry, SPECIES if i % 2 else WORDS, batches[i]))
-
-
-def test_the_batcher_slices_answers_of_either_shape():
-    """Requests queued behind a running call share the next one; each gets its rows' predictions and lists."""
-    calls, release = [], threading.Event()
-
-    def predict(model, rows):
-        calls.append((model, len(rows)))
-        if len(calls) == 1:
-            release.wait(5)  # the first call runs while the others queue behind it
-        if model == "three":
-            return [f"c{r}" for r in rows], [[r / 10, 0.5, 0.5 - r / 10] for r in rows]
-        return [r % 2 == 0 for r in rows], [r / 10 for r in rows]
-
-    batcher = Batcher(predict, wait=0.0)
-    jobs = [("two", [0])] + [("three" if i % 2 else "two", list(range(i, i + 1 + i % 3))) for i in range(1, 9)]
-    answers: dict[int, tuple] = {}
-    threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher(*jobs[i]))) for i in range(len(jobs))]
-    threads[0].start()
-    while not calls:
-        time.sleep(0.001)
-    for t in threads[1:]:
-        t.start()
-    while len(batcher._queue) < len(jobs) - 1:
-        time.sleep(0.001)
-    release.set()
-    for t in threads:
-        t.join(10)
-    assert len(calls) == 3 and sorted(m for m, _ in calls[1:]) == ["three", "two"]  # one call per model
-    for i, (model, rows) in enumerate(jobs):
-        assert answers[i] == predict(model, rows), (i, answers[i])
 
 
 # -- the published contract ---------------------------------------------------------------------------------------
