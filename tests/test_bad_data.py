@@ -6,7 +6,7 @@ Prints a summary line ``bad-data corpus: tried N, rejected R, processed P, crash
 import pytest
 from _corpus import base_frame, corpus
 
-from mlops_core.errors import DataValidationError
+from mlops_core.errors import DataValidationError, SettingsError
 from mlops_core.pipeline import run
 from mlops_core.registry import Registry
 
@@ -24,7 +24,7 @@ def test_bad_data_corpus_is_rejected_cleanly_and_never_crashes(fresh, capsys):
         counts["tried"] += 1
         try:
             result = run(fresh, force=True)
-        except DataValidationError as err:
+        except (DataValidationError, SettingsError) as err:  # the batch, or settings that do not fit it (exit 2)
             counts["rejected"] += 1
             if expected == "processed" or expected not in str(err):
                 failures.append(f"{name}: rejected with {err!s:.300}")

@@ -31,8 +31,8 @@ BAD_FILES = {
                     ["column 'age': 10 non-numeric value(s)", "column 'fare': 10 non-numeric value(s)"]),
     "empty": ("", ["file is empty"]),
     "header_only": (GOOD_HEADER + "\n", ["0 row(s), expected at least 10"]),
-    "wrong_target": (GOOD_HEADER + "\n" + "1,male,22,7.25,0,0,S,yes\n3,female,2,3,0,0,S,no\n" * 10,
-                     ["expected 0/1 in 'survived', got ['no', 'yes'] instead"]),
+    "wrong_target": (GOOD_HEADER + "\n" + "1,male,22,7.25,0,0,S,yes\n3,female,2,3,0,0,S,yes\n" * 10,
+                     ["target 'survived' has a single class ('yes'); two are needed to train"]),
     "not_csv": ("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", ["binary content"]),
 }
 
