@@ -83,6 +83,28 @@ def test_a_compiled_version_loads_and_answers_in_a_process_without_pycaret(store
     assert tuple(result["answer"]) == tuple(PipelinePredictor(model)(rows[:50]))
 
 
+def test_the_artifact_carries_the_versions_labels_and_answers_them(stored):
+    """The manifest and the payload hold the labels (``Labels.tags``, JSON): the classes, the positive one."""
+    registry, data, manifest, info, model, rows = stored
+    assert manifest["labels"] == {"classes": "[0, 1]", "positive_label": "1"} == model.labels.tags()
+    predictor = artifact.load(data, manifest)
+    assert predictor.labels == model.labels
+    predictions, _ = predictor(rows)
+    assert {type(p) for p in predictions} == {int}
+
+
+def test_an_artifact_stored_before_labels_of_any_kind_still_loads_and_answers_0_1(stored):
+    """No labels in the payload or the manifest: the estimator's classes, 0/1, with P(class 1), as before."""
+    registry, data, manifest, info, model, rows = stored
+    payload = pickle.loads(data)
+    del payload["labels"], payload["classes"]
+    old = pickle.dumps(payload, protocol=5)
+    predictor = artifact.load(old, {k: v for k, v in manifest.items() if k != "labels"}
+                              | {"sha256": hashlib.sha256(old).hexdigest()})
+    assert predictor.labels.classes == (0, 1) and predictor.labels.positive == 1
+    _same_as_pipeline(predictor, model, rows)
+
+
 def test_an_artifact_of_another_format_is_refused_and_the_pipeline_serves(stored):
     """Format 1 (before the ONNX graph and the kernels' ranking were stored): compiled again from the pipeline."""
     registry, data, manifest, info, model, rows = stored

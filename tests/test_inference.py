@@ -471,3 +471,14 @@ def test_a_categorical_with_many_levels_is_target_encoded_and_compiled(tmp_path)
     assert predictor.compiled, predictor.reason
     unseen = [{"x": 0.3, "city": "a city never seen"}, {"x": -1.0, "city": None}, {"x": 2.0, "city": ""}]
     _assert_same(predictor, model, rows + unseen)
+
+
+def test_labels_are_compared_value_for_value_and_type_for_type():
+    """What the API would answer from each: ``True`` is not ``1``, ``"1"`` not ``1``; numpy's scalars are their
+    Python values."""
+    from mlops_core.inference.compile import same_labels
+
+    assert same_labels(np.array(["yes", "no"], dtype=object), ["yes", "no"])
+    assert same_labels(np.array([1, 0]), [1, 0]) and same_labels(np.array([True, False]), [True, False])
+    assert not same_labels([True, False], [1, 0]) and not same_labels(["1"], [1])
+    assert not same_labels([1, 0], [1]) and not same_labels(["a", "b"], ["a", "c"])

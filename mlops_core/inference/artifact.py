@@ -4,9 +4,11 @@ At registration (:func:`export`) the chain compiles the pipeline, verifies it ag
 the version's own training data plus edge rows, and stores one pickle: the compiled operations, the final
 estimator, its ONNX graph (bytes, when skl2onnx converts it), the kernels ranked fastest first, those probe
 rows and the pipeline's outputs on them (in one call, and on each row alone when a row-wise kernel was checked on
-them); beside it a manifest with the pickle's SHA-256, the kernel chosen and
-why (each candidate's time a call, or why it was rejected), and every module the pickle imports. A pickle that
-would import PyCaret is not stored.
+them), and the version's labels (its classes in the estimator's order, as the pipeline's ``predict`` gives them,
+and the positive class); beside it a manifest with the pickle's SHA-256, the labels (``Labels.tags``: JSON), the
+kernel chosen and why (each candidate's time a call, or why it was rejected), and every module the pickle
+imports. A pickle that would import PyCaret is not stored. An artifact stored before labels of any kind (no
+labels) answers with its estimator's classes, 0/1, as it did.
 
 A server (:func:`load`) checks the manifest's format and hash and the pickle's modules before unpickling,
 rebuilds the kernels in the registration's ranking until one reproduces the stored outputs on every probe row
@@ -23,6 +25,7 @@ import pickletools
 from importlib import metadata
 from typing import Any
 
+from ..labels import Labels
 from .compile import Expected, build_predictor, check_outputs, probe_rows, rows_of
 from .kernels import candidates, choose_kernel
 from .libraries import TESTED
@@ -82,7 +85,8 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
                "kernels": choice.ranking, "probe": probe,
                "predictions": list(expected.predictions), "probabilities": expected.probabilities,
                "row_wise": expected.row_wise_computed,  # computed when a row-wise kernel was checked
-               "own_transformers": predictor.own_transformers}
+               "own_transformers": predictor.own_transformers,
+               "classes": list(predictor.labels.classes), "labels": predictor.labels.tags()}
     try:
         data = pickle.dumps(payload, protocol=5)
     except Exception as err:  # e.g. an op that is a closure
@@ -93,6 +97,7 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
         return None, {"format": FORMAT, "compiled": False,
                       "reason": f"the compiled form would import {needs[0]} to load"}
     return data, {"format": FORMAT, "compiled": True, "sha256": hashlib.sha256(data).hexdigest(),
+                  "labels": predictor.labels.tags(),
                   "kernel": predictor.kernel.__name__, "kernel_kind": choice.kind, "kernel_reason": choice.reason,
                   "kernels": choice.report, "own_transformers": predictor.own_transformers,
                   "probe_rows": len(probe), "columns": predictor.columns,
@@ -115,9 +120,11 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
         raise ArtifactError(f"the artifact would import {needs[0]}")
     try:
         payload = pickle.loads(data)
+        # artifacts stored before labels of any kind have neither: their estimator's classes are the labels
+        labels = Labels.from_tags(payload["labels"], payload["classes"]) if "classes" in payload else None
         compiled = CompiledPredictor(payload["columns"], payload["dtypes"], payload["ops"], payload["layout"],
                                      payload["dtype"], payload["estimator"], fallback=fallback,
-                                     own_transformers=payload.get("own_transformers"))
+                                     own_transformers=payload.get("own_transformers"), labels=labels)
         probe = payload["probe"]
         # artifacts stored before issue 26 hold the answers row by row under "alone"
         row_wise = payload["row_wise"] if "row_wise" in payload else payload.get("alone")

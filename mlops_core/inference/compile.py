@@ -6,8 +6,10 @@
 the encoders as lookup tables read off the fitted encoder itself. The result feeds the final estimator as one
 numpy matrix, through the fastest kernel that answers as the estimator (:mod:`.kernels`: its ONNX graph, a
 hand kernel of :mod:`.libraries`, else its own methods). The compiled path is then run beside the pipeline on
-probe rows (nulls, unseen categories, extreme numbers): the matrix must be identical, the predictions equal and
-the probabilities within 1e-9 (1e-6 through ONNX Runtime). A step it has no operation for runs its own fitted
+probe rows (nulls, unseen categories, extreme numbers): the matrix must be identical, the predictions equal
+(labels as the pipeline's ``predict`` gives them: strings, booleans, integers) and every class's probability
+within 1e-9 (1e-6 through ONNX Runtime). The target's encoder PyCaret adds is not compiled: the kernel answers
+its codes and the compiled predictor decodes them. A step it has no operation for runs its own fitted
 transformer between the operations (:class:`~.ops.Transform`) when it can run alone. A step that cannot, any
 difference, any error: the predictor is the pipeline itself, with the reason.
 """
@@ -20,19 +22,20 @@ from typing import Any
 import numpy as np
 
 from .kernels import candidates, choose_kernel, convert_onnx
-from .libraries import pycaret_renames, pycaret_step
+from .libraries import pycaret_labels_only, pycaret_renames, pycaret_step
 from .ops import Encode, Impute, MinMax, Rename, Standardise, Transform
 from .predictors import (
     NUMERIC_TYPES,
     UNSEEN,
     CompiledPredictor,
     PipelinePredictor,
+    label_values,
     missing,
     to_frame,
 )
 
 __all__ = ["build_predictor", "compile_pipeline", "Expected", "check_features", "check_outputs", "probe_rows",
-           "rows_of", "Unsupported"]
+           "rows_of", "same_labels", "Unsupported"]
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +149,8 @@ def compile_pipeline(model) -> CompiledPredictor:
     ops, own = [], []
     probe = to_frame(probe_rows(model)[:5], model)
     for i, (name, step) in enumerate(steps[:-1]):
-        if step is None or step == "passthrough" or getattr(step, "_train_only", False):
-            continue
+        if step is None or step == "passthrough" or getattr(step, "_train_only", False) or pycaret_labels_only(step):
+            continue  # the target's encoder: the kernel's codes are decoded to the pipeline's labels instead
         try:
             op = _compile_step(step)
         except Unsupported as err:  # no operation for it: run its own fitted transformer, when it can be alone
@@ -162,8 +165,12 @@ def compile_pipeline(model) -> CompiledPredictor:
     dtype = np.result_type(*sample.dtypes)
     if any(d != dtype and d.kind == "f" and d.itemsize < dtype.itemsize for d in sample.dtypes):
         raise Unsupported("mixed float widths")
-    return CompiledPredictor(model.columns, model.dtypes, ops, list(sample.columns), dtype, steps[-1][1],
-                             fallback=PipelinePredictor(model), own_transformers=own)
+    estimator, labels = steps[-1][1], model.labels
+    if len(labels.classes) != np.size(getattr(estimator, "classes_", ())):
+        raise Unsupported(f"expected one estimator class for each of the pipeline's classes {list(labels.classes)}, "
+                          f"got {np.size(getattr(estimator, 'classes_', ()))}")
+    return CompiledPredictor(model.columns, model.dtypes, ops, list(sample.columns), dtype, estimator,
+                             fallback=PipelinePredictor(model), own_transformers=own, labels=labels)
 
 
 def _own_transformer(step, before, unknown: Unsupported) -> Transform:
@@ -261,12 +268,25 @@ def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], expec
 
 
 def _compare(p1, q1, p0, q0, where: str, tolerance: float) -> str | None:
-    if q1.shape != q0.shape or list(p1) != list(p0):
-        return f"the compiled predictions differ from the pipeline's{where}"
+    if q1.shape != q0.shape:
+        return f"the compiled probabilities have the shape {q1.shape}, the pipeline's {q0.shape}{where}"
+    if not same_labels(p1, p0):
+        got, expected = label_values(p1), label_values(p0)
+        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if type(a) is not type(b) or a != b), None)
+        detail = (f" ({len(got)} labels for {len(expected)})" if first is None else
+                  f" ({got[first]!r} for {expected[first]!r} on row {first})")
+        return f"the compiled predictions differ from the pipeline's{detail}{where}"
     worst = float(np.max(np.abs(q1 - q0))) if q0.size else 0.0
     if not worst <= tolerance:
         return f"the compiled probabilities differ from the pipeline's by {worst:.3g}{where}"
     return None
+
+
+def same_labels(got, expected) -> bool:
+    """Whether two sequences of labels are equal value for value and type for type (``True`` is not ``1``,
+    ``"1"`` not ``1``): what the API would answer from each."""
+    got, expected = label_values(got), label_values(expected)
+    return len(got) == len(expected) and all(type(a) is type(b) and a == b for a, b in zip(got, expected))
 
 
 def probe_rows(model, base: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:

@@ -2,8 +2,10 @@
 
 The compiled path reads fitted objects the libraries do not document as API: PyCaret's ``TransformerWrapper``
 columns and ``CleanColumnNames``, scikit-learn's tree arrays (decision trees, random and extra-trees forests,
-SAMME.R AdaBoost) and fitted attributes (binary logistic regression and LDA, QDA, the training rows of k nearest
-neighbours, the prior DummyClassifier), LightGBM's inner predictor and its C single-row call. Each was checked
+SAMME.R AdaBoost), its fitted attributes and inner functions (logistic regression and LDA, QDA, Gaussian naive
+Bayes, the training rows of k nearest neighbours, gradient boosting's stages, a multilayer perceptron's forward
+pass, the prior DummyClassifier), LightGBM's inner predictor and its C single-row call; for two classes or more.
+Each was checked
 against the versions in :data:`TESTED`; with any other version installed, :func:`untested` names it and the
 callers fall back cleanly (a step is not compiled, a hand kernel is not used: the pipeline, ONNX Runtime or
 the estimator's own public ``predict_proba`` answers instead). Verification against the pipeline still guards
@@ -20,7 +22,8 @@ import numpy as np
 
 from .predictors import generic_kernel
 
-__all__ = ["TESTED", "untested", "pycaret_step", "pycaret_renames", "hand_kernel", "SINGLE_ROWS"]
+__all__ = ["TESTED", "untested", "pycaret_step", "pycaret_labels_only", "pycaret_renames", "hand_kernel",
+           "SINGLE_ROWS"]
 
 #: distribution -> the version prefix whose private API this module was written and verified against
 TESTED = {"pycaret": "3.3.", "scikit-learn": "1.4.", "lightgbm": "4."}
@@ -52,6 +55,19 @@ def pycaret_step(step) -> tuple[list[str], object] | None:
     return list(step._include), step.transformer
 
 
+def pycaret_labels_only(step) -> bool:
+    """Whether ``step`` is PyCaret's encoder of the target (the ``label_encoding`` step setup adds when the labels
+    are not ``0..k-1``: a ``TransformerWrapperWithInverse`` of a transformer reading ``y`` only), which passes
+    the features through unchanged."""
+    if untested("pycaret"):
+        return False
+    from inspect import signature
+
+    from pycaret.internal.preprocess.transformers import TransformerWrapperWithInverse
+
+    return type(step) is TransformerWrapperWithInverse and "X" not in signature(step.transformer.transform).parameters
+
+
 def pycaret_renames(transformer) -> bool:
     """Whether ``transformer`` (what :func:`pycaret_step` found) is PyCaret's ``CleanColumnNames``, which
     only renames columns (setup adds it when a column name has a character outside ``[A-Za-z0-9_]``)."""
@@ -70,10 +86,12 @@ def hand_kernel(estimator):
         return None
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis, QuadraticDiscriminantAnalysis
     from sklearn.dummy import DummyClassifier
-    from sklearn.ensemble import AdaBoostClassifier
+    from sklearn.ensemble import AdaBoostClassifier, GradientBoostingClassifier
     from sklearn.ensemble._forest import ForestClassifier
     from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
     from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
     from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
     kind = type(estimator)
@@ -104,7 +122,7 @@ def hand_kernel(estimator):
         def prior_class(x):  # predict: the most likely class a priori; predict_proba: the priors (X not read)
             return np.tile([label], [len(x), 1]).ravel(), np.ones((len(x), 1)) * prior
         return prior_class
-    if (kind is AdaBoostClassifier and estimator.algorithm == "SAMME.R" and estimator.n_classes_ == 2
+    if (kind is AdaBoostClassifier and estimator.algorithm == "SAMME.R" and estimator.n_classes_ >= 2
             and all(type(e) is DecisionTreeClassifier and e.n_outputs_ == 1 for e in estimator.estimators_)):
         return _adaboost(estimator)
     if kind is QuadraticDiscriminantAnalysis:
@@ -113,51 +131,159 @@ def hand_kernel(estimator):
             and not estimator.outputs_2d_ and isinstance(estimator._fit_X, np.ndarray) \
             and estimator.n_neighbors < len(estimator._fit_X):
         return _knn(estimator)
-    # binary LogisticRegression (predict_proba: the ovr expit) and binary LDA (predict_proba: the expit of its
-    # decision_function): both are LinearClassifierMixin's decision and predict
-    if np.size(getattr(estimator, "classes_", ())) == 2 and (kind is LinearDiscriminantAnalysis or (
-            kind is LogisticRegression and estimator.multi_class in ("ovr", "warn", "auto"))):
-        from scipy.special import expit
-
-        coef, intercept, classes = estimator.coef_.T, estimator.intercept_, estimator.classes_
-
-        def logistic(x):  # decision = x @ coef_.T + intercept_; predict: decision > 0
-            if not np.isfinite(x).all():
-                raise ValueError("non-finite features")
-            decision = (x @ coef + intercept).reshape(-1)
-            prob = expit(decision)
-            return classes.take((decision > 0).astype(int), axis=0), np.vstack([1 - prob, prob]).T
-        return logistic
-    if (type(estimator).__name__ == "LGBMClassifier" and estimator.n_classes_ == 2
+    if kind in (LogisticRegression, LinearDiscriminantAnalysis) and np.ndim(estimator.coef_) == 2:
+        return _linear(estimator)
+    if kind is GaussianNB:
+        return _naive_bayes(estimator)
+    if kind is GradientBoostingClassifier:
+        return _gradient_boosting(estimator)
+    if kind is MLPClassifier and estimator._label_binarizer.y_type_ in ("binary", "multiclass"):
+        return _mlp(estimator)
+    if (type(estimator).__name__ == "LGBMClassifier" and estimator.n_classes_ >= 2
             and not callable(estimator.objective) and not untested("lightgbm")):
         return _lightgbm(estimator)
     return None
 
 
 def _adaboost(estimator):
-    """Binary SAMME.R AdaBoost over decision trees: AdaBoostClassifier's decision_function, predict and
-    predict_proba in scikit-learn 1.4's order of operations, one ``tree_.predict`` a tree (its own
+    """SAMME.R AdaBoost over decision trees, two classes or more: AdaBoostClassifier's decision_function,
+    predict and predict_proba in scikit-learn 1.4's order of operations, one ``tree_.predict`` a tree (its own
     predict_proba validates the input once for each of them, which is most of its cost)."""
     trees = [(e.tree_, e.n_classes_) for e in estimator.estimators_]
-    classes, total = estimator.classes_, estimator.estimator_weights_.sum()
+    classes, total, k = estimator.classes_, estimator.estimator_weights_.sum(), estimator.n_classes_
     eps = np.finfo(np.float64).eps
 
     def adaboost(x):
         x32 = _float32(x)
-        proba = np.stack([tree.predict(x32)[:, :k] for tree, k in trees])  # each tree's predict_proba
-        np.clip(proba, eps, None, out=proba)  # _samme_proba of each tree, n_classes 2, all at once
+        proba = np.stack([tree.predict(x32)[:, :n] for tree, n in trees])  # each tree's predict_proba
+        np.clip(proba, eps, None, out=proba)  # _samme_proba of each tree, all at once
         log_proba = np.log(proba)
-        terms = (2 - 1) * (log_proba - (1.0 / 2) * log_proba.sum(axis=2)[:, :, np.newaxis])
+        terms = (k - 1) * (log_proba - (1.0 / k) * log_proba.sum(axis=2)[:, :, np.newaxis])
         pred = np.add.reduce(terms, axis=0)  # their sum(), tree after tree (an outer axis: no pairwise sum)
         pred /= total
-        pred[:, 0] *= -1
-        decision = pred.sum(axis=1)
-        proba = np.vstack([-decision, decision]).T / 2  # _compute_proba_from_decision: softmax of that
-        proba -= proba.max(axis=1).reshape((-1, 1))
-        np.exp(proba, out=proba)
-        proba /= proba.sum(axis=1).reshape((-1, 1))
-        return classes.take(decision > 0, axis=0), proba
+        if k == 2:
+            pred[:, 0] *= -1
+            decision = pred.sum(axis=1)
+            labels = classes.take(decision > 0, axis=0)
+            proba = np.vstack([-decision, decision]).T / 2  # _compute_proba_from_decision: softmax of that
+        else:
+            labels = classes.take(np.argmax(pred, axis=1), axis=0)  # predict: the argmax of the decision
+            proba = pred / (k - 1)
+        return labels, _softmax(proba)
     return adaboost
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """scikit-learn 1.4's ``utils.extmath.softmax`` in place (``z`` is the caller's own array)."""
+    z -= z.max(axis=1).reshape((-1, 1))
+    np.exp(z, out=z)
+    z /= z.sum(axis=1).reshape((-1, 1))
+    return z
+
+
+def _linear(estimator):
+    """LogisticRegression and LinearDiscriminantAnalysis, two classes or more: LinearClassifierMixin's
+    decision_function (``x @ coef_.T + intercept_``) and predict (two classes: decision > 0; more: its argmax),
+    and predict_proba as each estimator makes it in scikit-learn 1.4: the expit of the decision (two classes:
+    logistic regression one-vs-rest and LDA), the expit of each class's decision normalised over the classes
+    (logistic regression one-vs-rest, more classes), or the softmax of the decisions (LDA with more classes;
+    multinomial logistic regression, on ``[-decision, decision]`` with two)."""
+    from scipy.special import expit
+
+    coef, intercept, classes = estimator.coef_.T, estimator.intercept_, estimator.classes_
+    one = coef.shape[1] == 1  # one decision column: two classes
+    if type(estimator).__name__ == "LogisticRegression":
+        ovr = estimator.multi_class in ("ovr", "warn") or (estimator.multi_class == "auto" and (
+            classes.size <= 2 or estimator.solver in ("liblinear", "newton-cholesky")))
+        mode = ("logistic" if one else "logistic_ovr") if ovr else "softmax"
+    else:
+        mode = "logistic" if classes.size == 2 else "softmax"
+
+    def decide(x):
+        if not np.isfinite(x).all():
+            raise ValueError("non-finite features")
+        decision = x @ coef + intercept
+        if one:
+            decision = decision.reshape(-1)
+            return decision, classes.take((decision > 0).astype(int), axis=0)
+        return decision, classes.take(decision.argmax(axis=1), axis=0)
+
+    def logistic(x):
+        decision, labels = decide(x)
+        prob = expit(decision)
+        return labels, np.vstack([1 - prob, prob]).T
+
+    def logistic_ovr(x):
+        decision, labels = decide(x)
+        prob = expit(decision)
+        prob /= prob.sum(axis=1).reshape((prob.shape[0], -1))
+        return labels, prob
+
+    def softmax(x):
+        decision, labels = decide(x)
+        return labels, _softmax(np.c_[-decision, decision] if one else decision.copy())
+
+    return {"logistic": logistic, "logistic_ovr": logistic_ovr, "softmax": softmax}[mode]
+
+
+def _naive_bayes(estimator):
+    """GaussianNB: its joint log likelihood, normalised by its logsumexp (predict_log_proba) and exponentiated
+    (predict_proba); predict: the argmax of the joint log likelihood."""
+    from scipy.special import logsumexp
+
+    classes = estimator.classes_
+
+    def naive_bayes(x):
+        if not np.isfinite(x).all():
+            raise ValueError("non-finite features")
+        jll = estimator._joint_log_likelihood(x)
+        log_prob_x = logsumexp(jll, axis=1)
+        return classes[np.argmax(jll, axis=1)], np.exp(jll - np.atleast_2d(log_prob_x).T)
+    return naive_bayes
+
+
+def _gradient_boosting(estimator):
+    """GradientBoostingClassifier with the prior (or no) initial estimator: the initial raw prediction (the same
+    for every row: the prior does not read the features), every stage's trees added by scikit-learn's own
+    ``predict_stages`` on float32 features, then its loss's predict_proba; predict: raw >= 0 (two classes) or
+    the argmax (more)."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble._gradient_boosting import predict_stages
+
+    init = estimator.init_
+    if not (init == "zero" or (type(init) is DummyClassifier and init.strategy == "prior")) or not hasattr(
+            estimator, "_loss"):
+        return None
+    start = estimator._raw_predict_init(np.zeros((1, estimator.n_features_in_), dtype=np.float32))
+    stages, rate, loss, classes = estimator.estimators_, estimator.learning_rate, estimator._loss, estimator.classes_
+
+    def gradient_boosting(x):
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x32).all():
+            raise ValueError("non-finite features")
+        raw = np.repeat(start, len(x32), axis=0)
+        predict_stages(stages, x32, rate, raw)
+        if raw.shape[1] == 1:
+            raw = raw.ravel()
+            return classes[(raw >= 0).astype(int)], loss.predict_proba(raw)
+        return classes[np.argmax(raw, axis=1)], loss.predict_proba(raw)
+    return gradient_boosting
+
+
+def _mlp(estimator):
+    """MLPClassifier (one label a row): its forward pass once for both answers; predict_proba stacks
+    ``(1 - p, p)`` for two classes; predict is its label binarizer's inverse of the output."""
+    binarizer, single = estimator._label_binarizer, estimator.n_outputs_ == 1
+
+    def mlp(x):
+        if not np.isfinite(x).all():
+            raise ValueError("non-finite features")
+        out = estimator._forward_pass_fast(x, check_input=False)
+        if single:
+            out = out.ravel()
+        labels = binarizer.inverse_transform(out)
+        return labels, (np.vstack([1 - out, out]).T if out.ndim == 1 else out)
+    return mlp
 
 
 def _qda(estimator):
@@ -228,16 +354,17 @@ def _float32(x: np.ndarray) -> np.ndarray:
 
 
 def _lightgbm(estimator):
-    """LGBMClassifier.predict_proba without its per-call cost.
+    """LGBMClassifier.predict_proba without its per-call cost, two classes or more.
 
     Booster.predict builds an _InnerPredictor from the fitted params on every call (copied
     and formatted, about 20 us) and LightGBM parses that string again on every call (another
     20 us). Here the predictor is built once, with the prediction parameters only (LightGBM's
     "Predict Parameters" and num_threads: the others do not change a prediction, and
     verification proves it). Batches of up to :data:`SINGLE_ROWS` rows go through LightGBM's
-    single-row fast API instead (3 us a row against 17 us a call). Probabilities are stacked
-    as (1 - p, p); predict is their argmax through the classifier's label table
-    (LabelEncoder.inverse_transform's).
+    single-row fast API instead (3 us a row against 17 us a call). Two classes: the booster
+    gives P(class 1), stacked as (1 - p, p); more: one probability a class (LightGBM's softmax
+    of the class scores, ``num_class`` trees an iteration). Predict is their argmax through the
+    classifier's label table (LabelEncoder.inverse_transform's).
     """
     from lightgbm.basic import _ConfigAliases, _InnerPredictor, _param_dict_to_str
     from lightgbm.sklearn import _choose_param_value
@@ -249,21 +376,27 @@ def _lightgbm(estimator):
                                 "pred_early_stop_freq", "pred_early_stop_margin")
     params = {k: copy.deepcopy(v) for k, v in params.items() if k in wanted}
     booster, classes = estimator.booster_, estimator._le.classes_
+    k = estimator.n_classes_
+    outputs = 1 if k == 2 else k  # what the booster answers a row
+    if booster.num_model_per_iteration() != outputs:
+        return None
     predictor = _InnerPredictor.from_booster(booster, params)  # shares the booster's handle
     iterations = booster.best_iteration  # Booster.predict's default when num_iteration is None
-    single = _LightGBMSingleRow(booster, iterations, _param_dict_to_str(params))
+    single = _LightGBMSingleRow(booster, iterations, _param_dict_to_str(params), outputs)
 
     def lightgbm(x, booster=booster):  # the booster is held here: the predictors do not own its handle
         if len(x) <= SINGLE_ROWS and x.dtype == np.float64:
-            p = np.array([single(row) for row in x.tolist()])
+            p = np.array([single(row) for row in x.tolist()]).reshape(len(x), outputs)
         else:
-            p = predictor.predict(x, num_iteration=iterations)
-        proba = np.empty((len(p), 2))
-        proba[:, 0], proba[:, 1] = 1.0 - p, p
+            p = predictor.predict(x, num_iteration=iterations).reshape(len(x), outputs)
+        if outputs == 1:
+            proba = np.empty((len(p), 2))
+            proba[:, 0], proba[:, 1] = 1.0 - p[:, 0], p[:, 0]
+        else:
+            proba = p
         return classes[np.argmax(proba, axis=1)], proba
     lightgbm.single_rows = SINGLE_ROWS  # verify() checks that path row by row too
     return lightgbm
-
 
 
 def _free_fast_config(config, booster) -> None:
@@ -273,21 +406,22 @@ def _free_fast_config(config, booster) -> None:
 
 
 class _LightGBMSingleRow:
-    """P(class 1) of one row of float64 features by LGBM_BoosterPredictForMatSingleRowFast.
+    """The booster's answer on one row of float64 features (P(class 1), or one probability a class) by
+    LGBM_BoosterPredictForMatSingleRowFast.
 
     The call is made through ``ctypes.PyDLL``, which keeps the GIL for its 2-3 us: no hand-off
     to another thread and back. The output buffers are the call's own: with shared ones a thread
     switch between the call and the read could hand a request another request's probability.
     """
 
-    def __init__(self, booster, iterations: int, parameters: str):
+    def __init__(self, booster, iterations: int, parameters: str, outputs: int = 1):
         import ctypes
         import weakref
 
         from lightgbm.basic import _C_API_DTYPE_FLOAT64, _C_API_PREDICT_NORMAL, _LIB, _c_str, _safe_call
 
         self._ctypes = ctypes
-        self.ncol = booster.num_feature()
+        self.ncol, self.outputs = booster.num_feature(), outputs
         self._config = ctypes.c_void_p()
         _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
             booster._handle, ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(iterations),
@@ -296,13 +430,14 @@ class _LightGBMSingleRow:
         # freed with this object; the finalizer holds the booster, so its handle is freed after the config
         weakref.finalize(self, _free_fast_config, self._config, booster)
         self._predict = ctypes.PyDLL(_LIB._name).LGBM_BoosterPredictForMatSingleRowFast
-        self._row_type, self._out_type = ctypes.c_double * self.ncol, ctypes.c_double * 1
+        self._row_type, self._out_type = ctypes.c_double * self.ncol, ctypes.c_double * outputs
 
-    def __call__(self, row: list[float]) -> float:
+    def __call__(self, row: list[float]):
+        """P(class 1) (a float) with one output; the list of the class probabilities with more."""
         out, out_len = self._out_type(), self._ctypes.c_int64(0)
         if len(row) != self.ncol or self._predict(self._config, self._row_type(*row), self._ctypes.byref(out_len),
-                                                 out) != 0 or out_len.value != 1:
+                                                 out) != 0 or out_len.value != self.outputs:
             from lightgbm.basic import _LIB
 
             raise RuntimeError(f"LightGBM single-row predict failed: {_LIB.LGBM_GetLastError().decode()}")
-        return out[0]
+        return out[0] if self.outputs == 1 else out[:]

@@ -22,8 +22,8 @@ from ..labels import Labels
 from ..registry import LoadedModel
 from .ops import missing
 
-__all__ = ["PipelinePredictor", "CompiledPredictor", "LazyPipeline", "ServedModel", "generic_kernel", "positive_index",
-           "NUMERIC_TYPES", "UNSEEN", "missing", "to_frame"]
+__all__ = ["PipelinePredictor", "CompiledPredictor", "LazyPipeline", "ServedModel", "generic_kernel", "answer",
+           "label_values", "NUMERIC_TYPES", "UNSEEN", "missing", "to_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,15 @@ def to_frame(rows: list[dict[str, Any]], model: LoadedModel):
     return normalise(pd.DataFrame.from_records(rows, columns=model.columns), kinds)
 
 
-def positive_index(estimator: Any, n_columns: int) -> int:
-    """The column of P(class 1) in ``predict_proba``'s answer (the last one without a class 1)."""
-    classes = list(getattr(estimator, "classes_", [])) or list(range(n_columns))
-    return classes.index(1) if 1 in classes else n_columns - 1
+def label_values(labels) -> list:
+    """Labels (an array, a Series, a list) as Python values: ``str``, ``bool``, ``int``… as JSON gives them."""
+    return [p.item() if isinstance(p, np.generic) else p for p in labels]
 
 
 def answer(predictions, proba, labels: Labels) -> tuple[list, list]:
     """The served form: labels as Python values; the positive class's probability per row (two classes) or
     each row's probabilities aligned with ``labels.classes`` (more)."""
-    values = [p.item() if hasattr(p, "item") else p for p in predictions]
+    values = label_values(predictions)
     if labels.multiclass:
         return values, np.round(np.asarray(proba, dtype=float), 6).tolist()
     return values, [round(float(p), 6) for p in proba[:, labels.positive_column(labels.classes)]]
@@ -92,18 +91,21 @@ class PipelinePredictor:
     def raw_row_wise(self, rows: list[dict[str, Any]]):
         """What :meth:`raw` gives on each row as a request of its own. The steps transform each row by itself,
         so they run once on all the rows; the estimator then answers row by row (a numerically sensitive one,
-        such as QDA with near-singular covariances, answers a row otherwise within a larger call)."""
+        such as QDA with near-singular covariances, answers a row otherwise within a larger call), on the row as
+        the array its own input check would make of it (what it computes on is the same; pandas' cost a call
+        is not paid a row)."""
         if self._once is None:
             answers = [self.raw([row]) for row in rows]
             return np.concatenate([p for p, _ in answers]), np.vstack([q for _, q in answers])
         preprocess, estimator = self._once
         features = preprocess.transform(to_frame(rows, self.model))
-        take = features.iloc if hasattr(features, "iloc") else features
+        matrix = features.to_numpy() if hasattr(features, "to_numpy") else np.asarray(features)
+        own = generic_kernel(estimator)
         labels, proba = [], []
         for i in range(len(rows)):
-            row = take[i:i + 1]
-            labels.append(estimator.predict(row))
-            proba.append(estimator.predict_proba(row))
+            predicted, probabilities = own(matrix[i:i + 1])
+            labels.append(predicted)
+            proba.append(probabilities)
         return self.model.model.inverse_transform(np.concatenate(labels)), np.vstack(proba)
 
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
@@ -128,13 +130,19 @@ class CompiledPredictor:
     Needs neither the pipeline nor the library that fitted it: ``ops`` are :mod:`.ops` objects and
     ``estimator`` the pipeline's final estimator. ``fallback`` answers a request the kernel fails on (never
     seen in verification), as the pipeline would: a :class:`PipelinePredictor`, or a loader of one.
+
+    A kernel answers as the estimator does, with its ``classes_``: codes ``0..k-1`` when the pipeline
+    label-encodes its target. ``labels`` are the pipeline's own (its classes in the estimator's order, the
+    positive one): :meth:`raw` decodes the kernel's answers to them, so it answers as the pipeline's
+    ``predict`` (strings, booleans, integers as in the data). Without ``labels`` (an artifact stored before
+    labels of any kind), the estimator's classes are the labels.
     """
 
     compiled = True
     reason = ""
 
     def __init__(self, columns: list[str], dtypes: dict[str, str], ops: list, layout: list[str], dtype, estimator,
-                 kernel=None, fallback=None, own_transformers: list[str] | None = None):
+                 kernel=None, fallback=None, own_transformers: list[str] | None = None, labels: Labels | None = None):
         self.columns, self.dtypes = list(columns), dict(dtypes)
         self.ops = ops
         self.layout = layout  # the estimator's input columns, in the pipeline's order
@@ -149,7 +157,13 @@ class CompiledPredictor:
         numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
         self._numeric = [c for c in self.columns if c in numeric]
         self._strings = [c for c in self.columns if c not in numeric]
-        self.labels: Labels | None = None  # the version's classes and positive class (set by compile and artifact)
+        codes = label_values(estimator.classes_)
+        self.labels = labels if labels is not None else Labels.from_tags({}, codes)
+        if len(self.labels.classes) != len(codes):
+            raise ValueError(f"expected {len(codes)} classes, as the estimator has, got {list(self.labels.classes)}")
+        same = all(type(a) is type(b) and a == b for a, b in zip(codes, self.labels.classes, strict=True))
+        # the estimator's class -> the pipeline's label (None: they are the same)
+        self._decode = None if same else dict(zip(codes, self.labels.classes, strict=True))
 
     def matrix(self, rows: list[dict[str, Any]]) -> np.ndarray:
         cols: dict[str, list] = {c: [_NAN if r[c] is None else float(r[c]) for r in rows] for c in self._numeric}
@@ -160,9 +174,16 @@ class CompiledPredictor:
         return np.array([cols[c] for c in self.layout], dtype=self.dtype).T
 
     def raw(self, rows: list[dict[str, Any]]):
-        return self.kernel(self.matrix(rows))
+        """The pipeline's labels (decoded from the kernel's) and ``predict_proba`` matrix of ``rows``."""
+        predictions, proba = self.kernel(self.matrix(rows))
+        if self._decode is not None:
+            decode = self._decode
+            out = np.empty(len(predictions), dtype=object)
+            out[:] = [decode[p] for p in np.asarray(predictions).tolist()]
+            predictions = out
+        return predictions, proba
 
-    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
         try:
             predictions, proba = self.raw(rows)
         except Exception:  # never seen in verification: answer as the pipeline would (or fail as it would)
@@ -170,8 +191,6 @@ class CompiledPredictor:
                 raise
             log.exception("compiled inference failed; answering through the pipeline")
             return self.fallback(rows)
-        if self.labels is None:
-            self.labels = Labels.from_tags({}, [c.item() if hasattr(c, "item") else c for c in self.estimator.classes_])
         return answer(predictions, proba, self.labels)
 
 
@@ -188,7 +207,7 @@ class LazyPipeline:
         self._predictor: PipelinePredictor | None = None
         self.reason = reason
 
-    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list[float]]:
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
         if self._predictor is None:
             with self._lock:
                 if self._predictor is None:
