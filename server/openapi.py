@@ -134,7 +134,7 @@ def _label(arms: Sequence[Labels | None]) -> dict:
     against the classes of the version that answered its request."""
     known = [labels for labels in arms if labels is not None]
     if not known:  # no model loaded: labels are stored unchecked
-        return {"type": ["string", "integer", "number", "boolean"], "maxLength": MAX_LABEL_CHARS,
+        return {"type": ["string", "integer", "number", "boolean"], "maxLength": MAX_LABEL_CHARS, "pattern": "\\S",
                 "description": "the true label, as in the data"}
     classes = list({(type(c), label_key(c)): c for labels in known for c in labels.classes}.values())  # 1 != True
     texts = "|".join(_spellings(c) for c in classes)

@@ -258,6 +258,11 @@ def test_no_model_is_503_with_a_clear_message(tmp_path):
     assert client.get("/ready").status_code == 503
     assert client.get("/health").status_code == 200
     assert client.get("/models").get_json()["production"] is None
+    doc = client.get("/openapi.json").get_json()  # no model: answers and labels of any kind
+    answer = doc["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["properties"]["predictions"]["items"] == {"type": ["string", "integer", "boolean"]}
+    assert "classes" in answer["properties"] and "classes" not in answer["required"]
+    assert doc["components"]["schemas"]["Label"]["properties"]["label"]["pattern"] == "\\S"
 
 
 def test_create_app_leaves_the_scheduler_to_gunicorn_hooks(tmp_path, monkeypatch):
