@@ -125,12 +125,21 @@ def drift(settings: Settings, reference: Path | None, current: Path | None, feat
 @click.option("--current", type=click.Path(dir_okay=False, path_type=Path),
               help="Batch CSV (default: data/current.csv).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar on stderr (default: on a terminal, without --json).")
 @click.pass_obj
-def run_cmd(settings: Settings, force: bool, current: Path | None, as_json: bool) -> None:
+def run_cmd(settings: Settings, force: bool, current: Path | None, as_json: bool, progress: bool | None) -> None:
     """Run the chain once on the current batch."""
     from .pipeline import run
+    from .progress import Bar, Progress
 
-    result = run(settings, force=force, current=current)
+    if progress is None:
+        progress = sys.stderr.isatty() and not as_json
+    bar = Bar(sys.stderr) if progress else Progress()
+    try:
+        result = run(settings, force=force, current=current, progress=bar)
+    finally:
+        bar.close()
     obj = result.to_dict()
     text = (f"{result.status}: {result.reason}\nproduction={result.production} staging={result.staging}"
             + (f" (bootstrapped version {result.bootstrapped})" if result.bootstrapped else ""))

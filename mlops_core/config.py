@@ -48,6 +48,7 @@ class Settings:
     bins: int = 10
     models: tuple[str, ...] = ("lr", "dt", "rf", "lightgbm")  # empty: every PyCaret model
     fold: int = 5
+    select_rows: int = 50_000  # the comparison runs on a stratified sample of this many rows; the winner fits on all
     n_jobs: int = 1
     budget_minutes: float = 0.0  # 0: no time budget for the comparison
     holdout_fraction: float = 0.3
@@ -105,6 +106,8 @@ class Settings:
             problems.append("features must name at least one column")
         if self.target in self.features:
             problems.append(f"target {self.target!r} must not be one of the features")
+        if self.select_rows < 0:
+            problems.append(f"select_rows must be >= 0 (0: compare on every row), got {self.select_rows}")
         if self.max_classes < 2:
             problems.append(f"max_classes must be at least 2, got {self.max_classes}")
         if self.bins < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from .files import atomic_write
 from .labels import MAX_CLASSES_HINT, canonical, label_key
 
 __all__ = ["load_titanic", "make_datasets", "read_csv", "validate_frame", "load_batch", "infer_kinds",
-           "atomic_write_csv", "normalise", "apply_concept", "unseen_rows"]
+           "atomic_write_csv", "normalise", "apply_concept", "unseen_rows", "RowSet", "row_hashes"]
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 _NA_VALUES = ["", "?", "NA", "NaN", "nan", "null", "None"]
@@ -107,6 +108,49 @@ def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.
     return train_path, atomic_write_csv(batch, settings.current_csv)
 
 
+#: memory a run needs per byte of CSV, above the libraries' own (measured by bench/scale: the file's bytes, the
+#: parsed frame, the training part and PyCaret's fitted copies of it, the holdout scored in chunks)
+MEMORY_PER_CSV_BYTE = 16
+BASE_MEMORY = 600 * 2 ** 20  # the libraries a run imports (PyCaret, MLflow, scikit-learn...)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still use: the machine's available memory, or less under a cgroup limit."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            found.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_fits(path: str | os.PathLike, size: int, *, available: int | None = None) -> None:
+    """Refuse a batch the machine cannot hold, before it is read: the error gives the size it would need."""
+    available = available_memory() if available is None else available
+    needed = BASE_MEMORY + MEMORY_PER_CSV_BYTE * size
+    if available is not None and needed > available:
+        raise DataValidationError(str(path), [
+            f"the batch is {_size(size)}: processing it needs about {_size(needed)} of memory and "
+            f"{_size(available)} is available; split it into smaller batches or run on a larger machine"])
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def read_csv(path: str | os.PathLike, *, content: bytes | None = None) -> pd.DataFrame:
     """Read a CSV with the fast pyarrow reader; any failure becomes one clear error.
 
@@ -162,6 +206,48 @@ def normalise(frame: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class RowSet:
+    """Which rows a model was trained on, as one 64-bit hash a row (8 bytes a row, not the rows themselves): a
+    row is in the set when it equals one of them on ``columns`` (features normalised, labels by their text)."""
+
+    columns: tuple[str, ...]
+    hashes: np.ndarray  # sorted, unique uint64
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, columns, kinds: Mapping[str, str], target: str) -> RowSet:
+        columns = tuple(c for c in columns if c in frame.columns)
+        return cls(columns, np.unique(row_hashes(frame, columns, kinds, target)))
+
+    def contains(self, frame: pd.DataFrame, kinds: Mapping[str, str], target: str) -> np.ndarray:
+        """True for each row of ``frame`` in the set; all False when ``frame`` lacks one of the set's columns
+        (another feature set: its rows cannot be the same rows)."""
+        if not len(frame) or not self.hashes.size or any(c not in frame.columns for c in self.columns):
+            return np.zeros(len(frame), dtype=bool)
+        keys = row_hashes(frame, self.columns, kinds, target)
+        where = np.minimum(np.searchsorted(self.hashes, keys), self.hashes.size - 1)
+        return self.hashes[where] == keys
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, hashes=self.hashes, columns=np.array(self.columns, dtype=object).astype(str))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RowSet:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            return cls(tuple(str(c) for c in stored["columns"]), stored["hashes"])
+
+
+def row_hashes(frame: pd.DataFrame, columns, kinds: Mapping[str, str], target: str) -> np.ndarray:
+    """One uint64 a row over ``columns``: features in their normalised form, the label by its text, so the same
+    row read from a CSV, a parquet file or a frame in memory hashes alike."""
+    rows = normalise(frame[list(columns)], {c: k for c, k in kinds.items() if c != target})
+    if target in rows.columns:
+        rows[target] = rows[target].map(lambda v: v if pd.isna(v) else label_key(v)).astype(object)
+    return pd.util.hash_pandas_object(rows, index=False).to_numpy(dtype=np.uint64)
+
+
 def unseen_rows(rows: pd.DataFrame, seen: pd.DataFrame, columns: list[str]) -> pd.Series:
     """True for each row of ``rows`` whose ``columns`` values (missing equal to missing) are not in ``seen``."""
     if not len(rows) or not len(seen):
@@ -206,10 +292,11 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
         bad = out[col].notna() & values.isna()
         if bad.any():
             examples = sorted({str(v) for v in out[col][bad].head(3)})
-            problems.append(f"column {col!r}: {int(bad.sum())} non-numeric value(s) such as {examples}")
+            problems.append(f"column {col!r}: {int(bad.sum())} non-numeric value(s) such as {examples}"
+                            f"{_first_row(bad.to_numpy())}")
         infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
         if infinite.any():
-            problems.append(f"column {col!r}: {int(infinite.sum())} infinite value(s)")
+            problems.append(f"column {col!r}: {int(infinite.sum())} infinite value(s){_first_row(infinite)}")
         out[col] = values.astype(float)
     if has_target and len(out):
         problems += _check_labels(out, settings, require_target=require_target)
@@ -218,6 +305,12 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
     if problems:
         raise DataValidationError(source, problems)
     return normalise(out, {c: kinds.get(c, CATEGORICAL) for c in present}).reset_index(drop=True)
+
+
+def _first_row(mask: np.ndarray) -> str:
+    """Where the first flagged row is: its number among the data rows and its line in the file (header line 1)."""
+    first = int(np.flatnonzero(mask)[0])
+    return f", the first at row {first + 1} (line {first + 2})"
 
 
 def _check_labels(out: pd.DataFrame, settings: Settings, *, require_target: bool) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .chain.bootstrap import bootstrap
-from .chain.context import Context, Run, RunResult
+from .chain.context import Context, Run, RunResult, StepTimer
 from .chain.decide import act, judge
 from .chain.detect import check_drift, detect, illustrate
 from .chain.intake import intake
@@ -22,6 +22,7 @@ from .chain.register import register
 from .chain.train import train
 from .config import Settings
 from .errors import BusyError
+from .progress import Progress
 from .registry import Registry
 
 __all__ = ["RunResult", "run", "start", "abort", "check_drift", "pipeline_lock"]
@@ -45,14 +46,16 @@ def pipeline_lock(settings: Settings, timeout: float = 900.0) -> Iterator[None]:
 
 
 def run(settings: Settings, *, force: bool = False, current: Path | None = None, registry: Registry | None = None,
-        lock_timeout: float = 900.0, source: Path | None = None, digest: str | None = None) -> RunResult:
+        lock_timeout: float = 900.0, source: Path | None = None, digest: str | None = None,
+        progress: Progress | None = None) -> RunResult:
     """Process one batch through the whole chain under the lock and return the decision.
 
     ``source`` names the batch in messages and records when ``current`` is a private copy of it; ``digest``
-    is the SHA-256 of ``current``'s bytes when the caller has it (the watcher), so they are hashed once.
+    is the SHA-256 of ``current``'s bytes when the caller has it (the watcher), so they are hashed once;
+    ``progress`` is told each step and the training's models and folds as they are done.
     """
     with pipeline_lock(settings, timeout=lock_timeout):
-        ctx = Context(settings, registry or Registry(settings))
+        ctx = Context(settings, registry or Registry(settings), StepTimer(progress))
         state = start(ctx, current=current, source=source, digest=digest, force=force)
         if state.open:
             try:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .config import Settings
+from .data import RowSet
 from .drift import ReferenceProfile
 from .errors import RegistryError
 from .mlflow_api import LoadedModel, connect, fluent
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 _HISTORY = "mlops.production_history"
 _PROFILE = "reference/profile.json"
 _TRAINING_DATA = "reference/training_data.parquet"
+_TRAINING_ROWS = "reference/training_rows.npz"
 
 
 class Registry:
@@ -72,6 +74,16 @@ class Registry:
         with registry_errors(f"loading the reference of version {version}"):
             return (ReferenceProfile.from_dict(json.loads(profile)),
                     pd.read_parquet(io.BytesIO(data)) if data is not None else None)
+
+    def load_rows(self, version: str, *, kinds: dict[str, str]) -> RowSet:
+        """The rows ``version`` was trained on, as hashes (from its training data when it stored none)."""
+        run_id = self.describe(version)["run_id"]
+        with contextlib.suppress(RegistryError):
+            data = self.reader.run_artifact(run_id, _TRAINING_ROWS)
+            with registry_errors(f"loading the training rows of version {version}"):
+                return RowSet.from_bytes(data)
+        frame = self.load_reference(version)[1]
+        return RowSet.of(frame, frame.columns, kinds, self.settings.target)
 
     def status(self) -> dict:
         aliases = self.aliases()
@@ -164,13 +176,17 @@ class Registry:
             self.client.update_run(run_id, status="RUNNING")  # the chain closes the run itself
         return info.model_uri
 
-    def log_reference(self, run_id: str, profile: ReferenceProfile, frame: pd.DataFrame) -> None:
-        """Store the reference profile and training data with run ``run_id``."""
+    def log_reference(self, run_id: str, profile: ReferenceProfile, frame: pd.DataFrame,
+                      rows: RowSet | None = None) -> None:
+        """Store the reference profile, training data (``frame``: the most recent rows, bounded by the caller)
+        and the hashes of every training row (``rows``) with run ``run_id``."""
         with tempfile.TemporaryDirectory() as tmp, registry_errors("logging the reference"):
             folder = Path(tmp) / "reference"
             folder.mkdir()
             profile.save(folder / "profile.json")
             frame.to_parquet(folder / "training_data.parquet", index=False)
+            if rows is not None:
+                (folder / "training_rows.npz").write_bytes(rows.to_bytes())
             self.client.log_artifacts(run_id, str(folder), artifact_path="reference")
 
     def log_compiled(self, run_id: str, data: bytes | None, manifest: dict[str, Any]) -> None:

@@ -1,4 +1,9 @@
-"""AutoML with a PyCaret ClassificationExperiment: compare, pick by Accuracy, finalise (labels of any kind)."""
+"""AutoML with a PyCaret ClassificationExperiment: compare on a sample, pick by Accuracy, fit the winner on all.
+
+The comparison (models x folds of cross-validation) runs on a stratified, seeded sample of at most
+``select_rows`` rows (all of them when there are fewer); the winner's whole pipeline (PyCaret's preprocessing and
+the estimator) is then fitted on every row. Labels of any kind (see :mod:`mlops_core.labels`).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
 from .config import NO_PROBABILITIES, Settings
 from .data import NUMERIC, normalise
 from .errors import TrainingError
 from .files import atomic_write
-from .labels import Labels, task_labels
+from .labels import Labels, label_key, task_labels
+from .progress import Progress
 
-__all__ = ["TrainResult", "train", "import_pycaret_classification"]
+__all__ = ["TrainResult", "train", "stratified_sample", "import_pycaret_classification"]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +52,9 @@ class TrainResult:
     model_path: Path
     comparison_path: Path
     seconds: float
-    n_train: int
+    n_train: int  # rows the final pipeline was fitted on
     labels: Labels  # the classes it was trained on and, for two, the positive one
+    n_select: int = 0  # rows the comparison selected the model on (a stratified sample when < n_train)
 
 
 def _metrics(row: pd.Series) -> dict[str, float]:
@@ -54,8 +63,9 @@ def _metrics(row: pd.Series) -> dict[str, float]:
             if isinstance(v, (int, float)) and k != "TT (Sec)"}
 
 
-def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | None = None) -> TrainResult:
-    """Compare ``settings.models`` on ``frame`` by Accuracy and finalise the best.
+def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | None = None,
+          progress: Progress | None = None) -> TrainResult:
+    """Compare ``settings.models`` by Accuracy on a sample of ``frame`` and fit the best on all of it.
 
     Writes ``best_model.pkl`` and ``pycaret_compare_results.csv`` under
     ``settings.models_dir``, whatever the working directory.
@@ -75,8 +85,12 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     if len(labels.classes) < 2:
         raise TrainingError(f"expected at least two classes in {settings.target!r} to train on, got "
                             f"{list(labels.classes)}")
+    progress = progress or Progress()
+    select = stratified_sample(data, settings.target, settings.select_rows, seed=settings.seed,
+                               at_least=2 * settings.fold)
     with _frozen_heap():
-        final, comparison = _compare_and_finalise(classification, data, settings, numeric, categorical)
+        final, comparison = _compare_and_finalise(classification, select, settings, numeric, categorical, progress,
+                                                  fit_all=data if len(select) < len(data) else None)
     top = comparison.iloc[0]
     if not hasattr(final, "predict_proba"):
         raise TrainingError(f"{top.get('Model')} gives no probabilities (no predict_proba); serving needs them")
@@ -87,11 +101,12 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     atomic_write(model_path, lambda fh: joblib.dump(final, fh))
     metrics = _metrics(top)
     seconds = time.perf_counter() - started
-    log.info("trained %s (cv accuracy %.4f) on %d rows in %.1fs", top.get("Model"), metrics.get("accuracy", 0.0),
-             len(data), seconds)
+    log.info("trained %s (cv accuracy %.4f) selected on %d rows, fitted on %d, in %.1fs", top.get("Model"),
+             metrics.get("accuracy", 0.0), len(select), len(data), seconds)
     return TrainResult(model=final, model_id=str(comparison.index[0]), model_name=str(top.get("Model")),
                        comparison=comparison, cv_metrics=metrics, model_path=model_path,
-                       comparison_path=comparison_path, seconds=seconds, n_train=len(data), labels=labels)
+                       comparison_path=comparison_path, seconds=seconds, n_train=len(data), labels=labels,
+                       n_select=len(select))
 
 
 @contextlib.contextmanager
@@ -110,27 +125,74 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+def stratified_sample(frame: pd.DataFrame, target: str, rows: int, *, seed: int, at_least: int = 10) -> pd.DataFrame:
+    """At most ``rows`` rows of ``frame`` (all of them when it is not larger; 0: all), drawn per class in
+    proportion (each class keeps at least ``at_least`` rows, or all it has), seeded, in their original order."""
+    if rows <= 0 or len(frame) <= rows:
+        return frame
+    rng = np.random.default_rng(seed)
+    share = rows / len(frame)
+    chosen = []
+    for _, positions in sorted(frame.groupby(target, sort=False).indices.items(), key=lambda kv: label_key(kv[0])):
+        take = min(len(positions), max(int(round(len(positions) * share)), at_least))
+        chosen.append(rng.choice(positions, size=take, replace=False))
+    return frame.iloc[np.sort(np.concatenate(chosen))].reset_index(drop=True)
+
+
+def _model_ids(exp, settings: Settings) -> list[str]:
+    """The ids compared: the settings' list, or every model PyCaret compares by default (its "turbo" ones) that
+    gives probabilities."""
+    if settings.models:
+        return list(settings.models)
+    table = exp.models(internal=True)
+    return [i for i in table.index if bool(table.loc[i, "Turbo"]) and i not in NO_PROBABILITIES]
+
+
 def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings, numeric: list[str],
-                          categorical: list[str]):
-    """PyCaret's comparison of ``settings.models`` by Accuracy; the best pipeline finalised, and the table."""
+                          categorical: list[str], progress: Progress, *, fit_all: pd.DataFrame | None = None):
+    """PyCaret's comparison of ``settings.models`` by Accuracy on ``data``; the best pipeline finalised (refitted
+    on ``fit_all`` when given: every row, ``data`` being a sample of them), and the table.
+
+    Each model is compared in a call of its own (the same setup, so the same folds as one call over all of them)
+    so that ``progress`` can follow models x folds; the table is then sorted by Accuracy as PyCaret sorts it.
+    """
     exp = classification.ClassificationExperiment()
     try:
         exp.setup(data=data, target=settings.target, session_id=settings.seed, fold=settings.fold,
                   n_jobs=settings.n_jobs, numeric_features=numeric, categorical_features=categorical,
                   verbose=False, html=False, log_experiment=False, system_log=False, memory=False)
-        # every model, when none is named, but those without predict_proba (serving answers probabilities)
-        best = exp.compare_models(include=list(settings.models) or None, sort="Accuracy", n_select=1,
-                                  exclude=None if settings.models else sorted(NO_PROBABILITIES),
-                                  budget_time=settings.budget_minutes or None, errors="ignore", verbose=False)
-        comparison = exp.pull()
+        ids = _model_ids(exp, settings)
+        progress.plan(len(ids) * settings.fold + 1, f"{len(ids)} models x {settings.fold} folds on {len(data)} rows, "
+                                                    f"then the final fit")
+        deadline = time.monotonic() + settings.budget_minutes * 60 if settings.budget_minutes else None
+        fitted, rows = {}, []
+        for model_id in ids:
+            left = None if deadline is None else (deadline - time.monotonic()) / 60
+            if left is not None and left <= 0:
+                break
+            progress.advance(0, f"cross-validating {model_id}")
+            model = exp.compare_models(include=[model_id], sort="Accuracy", n_select=1, budget_time=left,
+                                       errors="ignore", verbose=False)
+            table = exp.pull()
+            if isinstance(model, list):
+                model = model[0] if model else None
+            if model is not None and table is not None and not table.empty:
+                fitted[model_id] = model
+                rows.append(table.loc[[model_id]] if model_id in table.index else table.iloc[:1])
+            progress.advance(settings.fold)
+        comparison = (pd.concat(rows).sort_values("Accuracy", ascending=False, kind="stable") if rows
+                      else pd.DataFrame())
     except Exception as err:  # PyCaret raises bare ValueErrors and more from deep inside
         raise TrainingError(f"PyCaret comparison failed: {err}") from err
-    if isinstance(best, list):
-        best = best[0] if best else None
-    if best is None or comparison is None or comparison.empty or float(comparison["Accuracy"].max()) <= 0.0:
-        raise TrainingError(f"no model of {list(settings.models) or 'all'} trained successfully")
+    if comparison.empty or float(comparison["Accuracy"].max()) <= 0.0:
+        raise TrainingError(f"no model of {ids or 'all'} trained successfully")
+    best = fitted[str(comparison.index[0])]
+    progress.advance(0, f"fitting {comparison.index[0]} on {len(fit_all) if fit_all is not None else len(data)} rows")
     try:
         final = exp.finalize_model(best)
+        if fit_all is not None:
+            final = clone(final).fit(fit_all.drop(columns=[settings.target]), fit_all[settings.target])
     except Exception as err:
         raise TrainingError(f"finalising {type(best).__name__} failed: {err}") from err
+    progress.advance(1)
     return final, comparison

@@ -46,6 +46,8 @@ WARM_REGISTRATION_AFTER = 8.0
 TERM_GRACE = 5.0
 #: the longest reason a run reports (log line, state file): validation reasons quote cell values
 MAX_REASON = 2000
+#: a step of a run that runs longer logs a progress line this often (which step, how long, how far)
+PROGRESS_SECONDS = 10.0
 #: the most bytes of result kept from a run child; more is drained (so the child never blocks) and dropped
 MAX_RESULT_BYTES = 4 << 20
 
@@ -347,16 +349,20 @@ def main() -> int:
 
     from mlops_core.errors import DataValidationError, SettingsError, TrainingError
     from mlops_core.pipeline import run
+    from mlops_core.progress import LogLines
 
+    progress = LogLines(logging.getLogger("mlops_core.pipeline"), every=PROGRESS_SECONDS)
     try:
         result = run(request["settings"], current=request["batch"], source=request["settings"].current_csv,
-                     digest=request.get("digest"))
+                     digest=request.get("digest"), progress=progress)
         answer = {"outcome": "processed", **result.to_dict()}
     except (DataValidationError, SettingsError, TrainingError) as err:  # the content is at fault: same failure again
         answer = {"outcome": "rejected", "error": type(err).__name__, "reason": str(err)}
     except Exception as err:  # registry down, lock busy, a bug: worth retrying later
         log.debug("run failed", exc_info=True)
         answer = {"outcome": "failed", "error": type(err).__name__, "reason": first_line(err, MAX_REASON)}
+    finally:
+        progress.close()
     answer["reason"] = shorten(answer.get("reason") or "", MAX_REASON)  # a reason may quote a cell of any size
     answer["imported"] = [name for name in ("mlflow", "pycaret") if name in sys.modules]  # what the run cost
     data = json.dumps(answer, default=str).encode()

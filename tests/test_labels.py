@@ -189,12 +189,21 @@ def test_three_classes_and_a_class_production_never_saw_is_drift_and_learned(tmp
 
 
 @pytest.mark.slow
-def test_ten_classes_through_the_chain_on_a_table_that_is_not_titanic(tmp_path):
+def test_ten_classes_through_the_chain_on_a_table_that_is_not_titanic(tmp_path, monkeypatch):
+    """Also at scale, in small: selected on a sample of 150 rows, fitted on all; 100 rows stored as data."""
+    from mlops_core.chain import register
+
+    monkeypatch.setattr(register, "REFERENCE_ROWS", 100)
     s = _digits_home(tmp_path)
+    s = Settings(**{**{f: getattr(s, f) for f in s.__dataclass_fields__}, "select_rows": 150})
     result, registry, model, tags = _chained(s)
     assert json.loads(tags["classes"]) == list(range(10)) and pipeline_classes(model.model) == list(range(10))
     assert result.evidence["vs_production"]["test"] == "mcnemar_exact"
     _answers_are_labels_of_the_data(model, pd.read_csv(s.current_csv), list(range(10)))
+    assert 150 <= int(tags["rows_select"]) < 160 and int(tags["rows_fit"]) == 315  # 450 rows, 135 held out
+    _, stored = registry.load_reference("2")
+    assert len(stored) == 100  # bounded: the most recent rows as data ...
+    assert registry.load_rows("2", kinds={}).hashes.size > 100  # ... every row as its hash
 
 
 def test_two_classes_and_no_positive_one_is_refused_before_anything_is_trained(tmp_path):

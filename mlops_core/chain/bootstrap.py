@@ -26,7 +26,7 @@ def bootstrap(ctx: Context, run: Run) -> Run:
     ok = False
     try:
         with ctx.timer("bootstrap_train"):
-            candidate = train(frame, settings, kinds=kinds)
+            candidate = train(frame, settings, kinds=kinds, progress=ctx.timer.progress)
         with ctx.timer("bootstrap_register"):
             version = register_model(ctx, run_id, candidate, training=frame, regime=frame, kinds=kinds,
                                      tags={"mlops.source": "bootstrap"})

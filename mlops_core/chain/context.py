@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..progress import Progress
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -49,13 +51,15 @@ class RunResult:
 
 
 class StepTimer:
-    """Time each step of the chain and log one line per step."""
+    """Time each step of the chain and log one line per step; tell ``progress`` each step as it starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.progress = progress or Progress()
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        self.progress.step(name)
         started = time.perf_counter()
         try:
             yield

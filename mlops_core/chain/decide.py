@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..data import RowSet
 from ..errors import RegistryError
 from ..evidence import Comparison, compare
 from ..labels import Labels, label_key
@@ -111,8 +112,10 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
     settings = ctx.settings
     features, target = list(settings.features), settings.target
     models = {role: loaded(ctx, run, v) for role, v in rivals.items()}
-    seen = [run.training, *(ctx.registry.load_reference(v)[1] for v in rivals.values())]
-    rows, dropped = unseen(run.holdout, seen, features, target, run.kinds)
+    every = [*features, target]
+    seen = [RowSet.of(run.training, every, run.kinds, target),
+            *(ctx.registry.load_rows(v, kinds=run.kinds) for v in rivals.values())]
+    rows, dropped = unseen(run.holdout, seen, target, run.kinds)
     labels = run.candidate.labels
     proba = labels if settings.promotion_metric == "auc" else None
     candidate_labels, candidate_proba = labels_and_proba(run.candidate.model, rows, features, run.kinds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..data import infer_kinds, read_csv, validate_frame
+from ..data import check_fits, infer_kinds, read_csv, validate_frame
 from ..drift import ReferenceProfile
 from ..errors import DataValidationError, SettingsError
 from ..labels import task_labels
@@ -27,6 +27,7 @@ def intake(ctx: Context, current: Path, *, source: str | None = None, digest: st
     name = str(source or current)
     with ctx.timer("validate"):
         try:
+            check_fits(name, Path(current).stat().st_size)
             content = Path(current).read_bytes()
         except OSError as err:
             raise DataValidationError(name, [f"cannot read file: {err.strerror or err}"]) from err

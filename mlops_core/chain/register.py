@@ -7,16 +7,18 @@ import logging
 
 import pandas as pd
 
-from ..data import normalise
+from ..data import RowSet, normalise
 from ..drift import PREDICTION, ReferenceProfile
 from ..errors import shorten
 from ..registry import COMPILED_TAG, LoadedModel
 from .context import Context, Run
-from .scoring import labels_and_proba
+from .scoring import labels_and_proba, sample_rows
 
 __all__ = ["register", "register_model"]
 
 log = logging.getLogger("mlops_core.pipeline")
+
+REFERENCE_ROWS = 100_000  # training rows stored as data with a version (every row is stored as its hash)
 
 
 def register(ctx: Context, run: Run) -> Run:
@@ -37,26 +39,31 @@ def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFra
 
     The drift reference is fitted on ``regime`` (the batch the version was trained for), so later batches of
     the same regime do not score as drift against a mix of old and new rows; ``training`` is stored as the
-    rows the version has seen (holdout hygiene of later decisions).
+    rows the version has seen (holdout hygiene of later decisions): one hash a row, and its most recent
+    :data:`REFERENCE_ROWS` rows as data (``history_rows``, people), so what is logged stays bounded.
     """
     settings, registry = ctx.settings, ctx.registry
     features = list(settings.features)
     profile = ReferenceProfile.fit(normalise(regime, kinds), features=features, kinds=kinds, bins=settings.bins)
-    profile = profile.with_output(PREDICTION, labels_and_proba(candidate.model, regime, features, kinds)[0])
+    predicted = sample_rows(regime, seed=settings.seed)
+    profile = profile.with_output(PREDICTION, labels_and_proba(candidate.model, predicted, features, kinds)[0])
     registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
                                      "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(training),
+                                     "n_select": candidate.n_select, "select_rows": settings.select_rows,
                                      "best_model": candidate.model_name, "features": ",".join(features),
                                      "target": settings.target, "history_rows": settings.history_rows,
                                      "n_regime": len(regime)},
                      metrics={f"cv_{k}": v for k, v in candidate.cv_metrics.items()},
                      artifacts={"": candidate.comparison_path})
-    registry.log_reference(run_id, profile, training)
+    registry.log_reference(run_id, profile, training.tail(REFERENCE_ROWS),
+                           RowSet.of(training, [*features, settings.target], kinds, settings.target))
     example = training[features].head(5).reset_index(drop=True)
     labels = candidate.labels.tags()
     uri = registry.log_model(run_id, candidate.model, example, metadata=labels)
     compiled = _log_compiled(ctx, run_id, candidate.model, example, regime[features], labels)
     return registry.register(uri, {"mlops.model": candidate.model_name,
                                    "cv_accuracy": round(candidate.cv_metrics.get("accuracy", 0.0), 6),
+                                   "rows_select": candidate.n_select, "rows_fit": candidate.n_train,
                                    COMPILED_TAG: compiled, **labels, **tags})
 
 

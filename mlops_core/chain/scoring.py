@@ -8,16 +8,19 @@ import logging
 import numpy as np
 import pandas as pd
 
-from ..data import normalise, unseen_rows
+from ..data import RowSet, normalise
 from ..drift import PREDICTION, ReferenceProfile
 from ..errors import shorten
-from ..labels import Labels, label_key, pipeline_classes
+from ..labels import Labels, pipeline_classes
 from ..registry import LoadedModel
 from .context import Context, Run
 
-__all__ = ["labels_and_proba", "loaded", "predicted_classes", "unseen"]
+__all__ = ["labels_and_proba", "loaded", "predicted_classes", "unseen", "sample_rows", "PREDICTED_ROWS"]
 
 log = logging.getLogger("mlops_core.pipeline")
+
+PREDICTED_ROWS = 100_000  # rows a model's predicted classes are profiled on (information only)
+CHUNK_ROWS = 200_000  # rows a pipeline scores at a time
 
 
 def labels_and_proba(model, frame: pd.DataFrame, columns: list[str], kinds: dict, *,
@@ -32,15 +35,18 @@ def labels_and_proba(model, frame: pd.DataFrame, columns: list[str], kinds: dict
         return np.empty(0, dtype=object), np.empty(0) if positive is not None else None
     absent = [c for c in columns if c not in frame.columns]
     rows = frame.assign(**{c: np.nan for c in absent}) if absent else frame
-    # a fresh index: PyCaret's transformers re-join columns on the index, so a repeated label (rows gathered
-    # from several frames) would multiply rows instead of scoring each once
-    X = normalise(rows[list(columns)], kinds).reset_index(drop=True)
-    pred = np.asarray(model.predict(X), dtype=object)
-    if len(pred) != len(X):
-        raise RuntimeError(f"the model gave {len(pred)} predictions for {len(X)} rows")
-    if positive is None:
-        return pred, None
-    return pred, model.predict_proba(X)[:, positive.positive_column(pipeline_classes(model))]
+    preds, probas = [], []
+    for start in range(0, len(rows), CHUNK_ROWS):  # bounded memory: the pipeline's steps copy what they get
+        # a fresh index: PyCaret's transformers re-join columns on the index, so a repeated label (rows gathered
+        # from several frames) would multiply rows instead of scoring each once
+        X = normalise(rows.iloc[start:start + CHUNK_ROWS][list(columns)], kinds).reset_index(drop=True)
+        pred = np.asarray(model.predict(X), dtype=object)
+        if len(pred) != len(X):
+            raise RuntimeError(f"the model gave {len(pred)} predictions for {len(X)} rows")
+        preds.append(pred)
+        if positive is not None:
+            probas.append(model.predict_proba(X)[:, positive.positive_column(pipeline_classes(model))])
+    return np.concatenate(preds), np.concatenate(probas) if positive is not None else None
 
 
 def loaded(ctx: Context, run: Run, version: str) -> LoadedModel:
@@ -54,19 +60,31 @@ def predicted_classes(ctx: Context, run: Run, profile: ReferenceProfile) -> dict
     """Production's predicted classes on the batch, for the drift report's information (never fails the run).
 
     Through the version's compiled form when it has one (no AutoML library imported, answers verified equal
-    to its pipeline's), else through its pipeline (kept for the decision).
+    to its pipeline's), else through its pipeline (kept for the decision); on a seeded sample of at most
+    :data:`PREDICTED_ROWS` rows (shares of classes: a larger sample changes the PSI shown by less than its
+    rounding).
     """
     if run.production is None or PREDICTION not in profile.outputs or not len(run.batch):
         return {}
+    batch = sample_rows(run.batch, seed=ctx.settings.seed)
     try:
-        labels = _compiled_labels(ctx, run.production, run.batch)
+        labels = _compiled_labels(ctx, run.production, batch)
         if labels is None:
             model = loaded(ctx, run, run.production)
-            labels = labels_and_proba(model.model, run.batch, model.columns, run.kinds)[0]
+            labels = labels_and_proba(model.model, batch, model.columns, run.kinds)[0]
         return {PREDICTION: labels}
     except Exception as err:  # information only: a model that cannot score the batch fails later, in context
         log.warning("drift report without the predicted-class shift: %s", shorten(err, 300))
         return {}
+
+
+def sample_rows(frame: pd.DataFrame, *, seed: int, rows: int = 0) -> pd.DataFrame:
+    """At most ``rows`` (default :data:`PREDICTED_ROWS`) rows of ``frame``, drawn with ``seed``, in their order."""
+    rows = rows or PREDICTED_ROWS
+    if len(frame) <= rows:
+        return frame
+    keep = np.sort(np.random.default_rng(seed).choice(len(frame), size=rows, replace=False))
+    return frame.iloc[keep].reset_index(drop=True)
 
 
 def _compiled_labels(ctx: Context, version: str, batch: pd.DataFrame) -> np.ndarray | None:
@@ -87,23 +105,11 @@ def _compiled_labels(ctx: Context, version: str, batch: pd.DataFrame) -> np.ndar
     return np.asarray(predictor(rows)[0], dtype=object)
 
 
-def unseen(holdout: pd.DataFrame, seen: list[pd.DataFrame], columns: list[str], target: str,
-           kinds: dict) -> tuple[pd.DataFrame, int]:
-    """The holdout rows that none of the ``seen`` frames (the compared models' training data) holds, and how
-    many were dropped. A row counts as seen by a frame when it equals one of its rows on every column both
-    share (features and label), so versions trained on other feature sets are checked on what they saw."""
-    rows = _keyed(holdout, kinds, target)
-    keep = pd.Series(True, index=rows.index)
-    for frame in (f for f in seen if f is not None):
-        shared = [c for c in (*columns, target) if c in frame.columns and c in rows.columns]
-        if target in shared and len(shared) > 1:
-            keep &= unseen_rows(rows, _keyed(frame[shared], kinds, target), shared)
-    return holdout[keep.to_numpy()].reset_index(drop=True), int((~keep).sum())
-
-
-def _keyed(frame: pd.DataFrame, kinds: dict, target: str) -> pd.DataFrame:
-    """``frame`` normalised, its labels as their text keys (``1`` stored as int64 or as an object equal)."""
-    out = normalise(frame, kinds)
-    if target in out.columns:
-        out[target] = out[target].map(lambda v: v if pd.isna(v) else label_key(v)).astype(object)
-    return out
+def unseen(holdout: pd.DataFrame, seen: list[RowSet], target: str, kinds: dict) -> tuple[pd.DataFrame, int]:
+    """The holdout rows that none of the ``seen`` sets (the compared models' training rows) holds, and how many
+    were dropped. A row counts as seen by a set when it equals one of its rows on the set's columns (features
+    and label), so versions trained on other feature sets are checked on what they saw."""
+    keep = np.ones(len(holdout), dtype=bool)
+    for rows in seen:
+        keep &= ~rows.contains(holdout, kinds, target)
+    return holdout[keep].reset_index(drop=True), int((~keep).sum())

@@ -27,6 +27,6 @@ def train(ctx: Context, run: Run) -> Run:
         columns = [c for c in training.columns if c in history.columns or c in run.kinds]
         training = pd.concat([history.reindex(columns=columns), training[columns]], ignore_index=True)
     with ctx.timer("train"):
-        run.candidate = automl(training, settings, kinds=run.kinds)
+        run.candidate = automl(training, settings, kinds=run.kinds, progress=ctx.timer.progress)
     run.training = training
     return run
