@@ -33,10 +33,18 @@ class LoadedModel:
     metadata: dict[str, str] = field(default_factory=dict)  # the MLflow model's metadata: ``labels.Labels.tags``
 
     @property
+    def task(self) -> str:
+        """``classification`` or ``regression`` (the MLflow model's ``task`` metadata; none: classification)."""
+        return self.metadata.get("task", "classification")
+
+    @property
     def labels(self):
-        """The version's classes (in its ``predict_proba`` order) and positive class (:class:`labels.Labels`)."""
+        """The version's classes (in its ``predict_proba`` order) and positive class (:class:`labels.Labels`);
+        None for a regression."""
         from .labels import Labels, pipeline_classes
 
+        if self.task == "regression":
+            return None
         return Labels.from_tags(self.metadata, pipeline_classes(self.model))
 
 

@@ -49,9 +49,12 @@ def label_values(labels) -> list:
     return [p.item() if isinstance(p, np.generic) else p for p in labels]
 
 
-def answer(predictions, proba, labels: Labels) -> tuple[list, list]:
+def answer(predictions, proba, labels: Labels | None) -> tuple[list, list | None]:
     """The served form: labels as Python values; the positive class's probability per row (two classes) or
-    each row's probabilities aligned with ``labels.classes`` (more)."""
+    each row's probabilities aligned with ``labels.classes`` (more). A regression (no labels): the predicted
+    numbers, no probabilities."""
+    if labels is None:
+        return [float(p) for p in predictions], None
     values = label_values(predictions)
     if labels.multiclass:
         return values, np.round(np.asarray(proba, dtype=float), 6).tolist()
@@ -74,15 +77,18 @@ class PipelinePredictor:
             steps and len(steps) > 1 and hasattr(pipeline, "inverse_transform")) else None
 
     def raw(self, rows: list[dict[str, Any]]):
-        """The pipeline's own ``predict`` and ``predict_proba`` (the reference every other path is checked on)."""
+        """The pipeline's own ``predict`` and ``predict_proba`` (the reference every other path is checked on;
+        a regression's: ``predict`` and None)."""
         frame = to_frame(rows, self.model)
+        if self.labels is None:
+            return self.model.model.predict(frame), None
         return self.model.model.predict(frame), self.model.model.predict_proba(frame)
 
     def served(self, rows: list[dict[str, Any]]):
         """What :meth:`raw` gives, with the preprocessing run once: the steps' transform, then the estimator's
         ``predict`` (through the pipeline's ``inverse_transform`` of labels) and ``predict_proba`` on it, which
         is how the pipeline's own methods are written (PyCaret's and imblearn's)."""
-        if self._once is None:
+        if self._once is None or self.labels is None:
             return self.raw(rows)
         preprocess, estimator = self._once
         features = preprocess.transform(to_frame(rows, self.model))
