@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (PyCaret 3.3 supports Python <= 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
-	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[test,airflow,postgres]"
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[test,airflow,postgres,dask]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
