@@ -39,6 +39,7 @@ class Settings:
     artifact_root: Path = Path("mlartifacts")
     model_name: str = "titanic-survival"
     experiment: str = "titanic-retraining"
+    task: str = "classification"  # or "regression": the target is a number to predict
     target: str = "survived"
     positive_label: str = ""  # two classes: the positive one (default: the one reading 1/true/yes); see labels.py
     max_classes: int = 50  # a label column with more distinct values is refused (an id or a number, not classes)
@@ -46,14 +47,14 @@ class Settings:
     drift_features: tuple[str, ...] = ("age", "fare")
     psi_threshold: float = 0.2
     bins: int = 10
-    models: tuple[str, ...] = ("lr", "dt", "rf", "lightgbm")  # empty: every PyCaret model
+    models: tuple[str, ...] | None = None  # None: the task's default list (DEFAULT_MODELS); empty: every model
     fold: int = 5
     select_rows: int = 50_000  # the comparison runs on a stratified sample of this many rows; the winner fits on all
     n_jobs: int = 1
     budget_minutes: float = 0.0  # 0: no time budget for the comparison
     holdout_fraction: float = 0.3
     history_rows: int = 0  # rows of Production's training data added to a candidate's; 0: the new batch alone
-    promotion_metric: str = "accuracy"
+    promotion_metric: str = ""  # empty: the task's default (accuracy; rmse for a regression)
     min_improvement: float = 0.0  # the candidate must be better by more than this on the holdout
     promotion_alpha: float = 0.05  # ... with a one-sided paired test p-value below this; 1: no test
     min_rows: int = 10
@@ -95,6 +96,11 @@ class Settings:
             object.__setattr__(self, name, (path if path.is_absolute() else home / path).resolve())
         if not self.tracking_uri:
             object.__setattr__(self, "tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
+        if self.models is None:
+            object.__setattr__(self, "models", DEFAULT_MODELS.get(self.task, ()))
+        if not self.promotion_metric:
+            object.__setattr__(self, "promotion_metric", DEFAULT_METRIC.get(self.task, "accuracy"))
+        object.__setattr__(self, "promotion_metric", str(self.promotion_metric).lower())
         for name in ("features", "drift_features", "models"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
         object.__setattr__(self, "log_level", str(self.log_level).upper())
@@ -116,8 +122,12 @@ class Settings:
             problems.append(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if self.fold < 2:
             problems.append(f"fold must be at least 2, got {self.fold}")
-        if self.promotion_metric not in _METRICS:
-            problems.append(f"promotion_metric must be one of {sorted(_METRICS)}, got {self.promotion_metric!r}")
+        if self.task not in DEFAULT_MODELS:
+            problems.append(f"task must be classification or regression, got {self.task!r}")
+        metrics = _METRICS.get(self.task, set())
+        if self.promotion_metric not in metrics:
+            problems.append(f"promotion_metric of a {self.task} must be one of {sorted(metrics)}, got "
+                            f"{self.promotion_metric!r}")
         if not 0.0 < self.ab_alpha < 1.0:
             problems.append(f"ab_alpha must be in (0, 1), got {self.ab_alpha}")
         if not 0.0 < self.ab_power < 1.0:
@@ -129,7 +139,10 @@ class Settings:
         if self.ab_queue_size < 1 or self.ab_batch_size < 1:
             problems.append(f"ab_queue_size and ab_batch_size must be at least 1, got {self.ab_queue_size} "
                             f"and {self.ab_batch_size}")
-        if not 0.0 <= self.min_improvement <= 1.0:
+        if self.task == "regression" and self.min_improvement < 0:
+            problems.append(f"min_improvement must be >= 0 (in the metric's units; a negative one would promote "
+                            f"worse models), got {self.min_improvement}")
+        elif self.task != "regression" and not 0.0 <= self.min_improvement <= 1.0:
             problems.append(f"min_improvement must be in [0, 1] (a negative one would promote worse models), "
                             f"got {self.min_improvement}")
         if not 0.0 < self.promotion_alpha <= 1.0:
@@ -148,10 +161,12 @@ class Settings:
             problems.append(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.run_timeout_seconds <= 0:
             problems.append(f"run_timeout_seconds must be > 0, got {self.run_timeout_seconds}")
-        unknown = [m for m in self.models if m not in MODEL_IDS]
+        ids = REGRESSION_MODEL_IDS if self.task == "regression" else MODEL_IDS
+        unknown = [m for m in self.models if m not in ids]
         if unknown:
-            problems.append(f"unknown model id(s) {unknown}; expected PyCaret ids among {sorted(MODEL_IDS)}")
-        no_proba = [m for m in self.models if m in NO_PROBABILITIES]
+            problems.append(f"unknown model id(s) {unknown} for a {self.task}; expected PyCaret ids among "
+                            f"{sorted(ids)}")
+        no_proba = [m for m in self.models if m in NO_PROBABILITIES and self.task != "regression"]
         if no_proba:
             problems.append(f"model(s) {no_proba} give no probabilities (no predict_proba), which serving and the "
                             f"auc metric need; choose others")
@@ -228,11 +243,19 @@ class Settings:
         return out
 
 
-_METRICS = {"accuracy", "f1", "auc", "precision", "recall"}
+_METRICS = {"classification": {"accuracy", "f1", "auc", "precision", "recall"}, "regression": {"rmse", "mae", "r2"}}
+#: the model lists compared by default (fast and good on 2 cores; bench/decisions and bench/scale measure them)
+DEFAULT_MODELS = {"classification": ("lr", "dt", "rf", "lightgbm"),
+                  "regression": ("lr", "ridge", "dt", "rf", "lightgbm")}
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "rmse"}
 # PyCaret 3.3's classification model ids; those without predict_proba are refused (serving answers probabilities)
 MODEL_IDS = frozenset({"lr", "knn", "nb", "dt", "svm", "rbfsvm", "gpc", "mlp", "ridge", "rf", "qda", "ada", "gbc",
                        "lda", "et", "xgboost", "lightgbm", "catboost", "dummy"})
 NO_PROBABILITIES = frozenset({"svm", "ridge"})
+# PyCaret 3.3's regression model ids
+REGRESSION_MODEL_IDS = frozenset({"lr", "lasso", "ridge", "en", "lar", "llar", "omp", "br", "ard", "par", "ransac",
+                                  "tr", "huber", "kr", "svm", "knn", "dt", "rf", "et", "ada", "gbr", "mlp", "xgboost",
+                                  "lightgbm", "catboost", "dummy"})
 
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
