@@ -52,6 +52,8 @@ class Settings:
     select_rows: int = 50_000  # the comparison runs on a stratified sample of this many rows; the winner fits on all
     n_jobs: int = 1
     budget_minutes: float = 0.0  # 0: no time budget for the comparison
+    dask_scheduler: str = ""  # a Dask scheduler (tcp://host:8786): the comparison runs on its workers; empty: here
+    dask_fit_rows: int = 1_000_000  # with a scheduler: a LightGBM winner on more rows fits via lightgbm.dask; 0: never
     holdout_fraction: float = 0.3
     history_rows: int = 0  # rows of Production's training data added to a candidate's; 0: the new batch alone
     promotion_metric: str = ""  # empty: the task's default (accuracy; rmse for a regression)
@@ -112,6 +114,11 @@ class Settings:
             problems.append("features must name at least one column")
         if self.target in self.features:
             problems.append(f"target {self.target!r} must not be one of the features")
+        if self.dask_scheduler and not _DASK_ADDRESS.fullmatch(self.dask_scheduler):
+            problems.append(f"dask_scheduler must be a scheduler address like tcp://10.0.0.5:8786, got "
+                            f"{self.dask_scheduler!r}")
+        if self.dask_fit_rows < 0:
+            problems.append(f"dask_fit_rows must be >= 0 (0: never through lightgbm.dask), got {self.dask_fit_rows}")
         if self.select_rows < 0:
             problems.append(f"select_rows must be >= 0 (0: compare on every row), got {self.select_rows}")
         if self.max_classes < 2:
@@ -243,6 +250,8 @@ class Settings:
         return out
 
 
+#: a Dask scheduler's address: [protocol://]host:port
+_DASK_ADDRESS = re.compile(r"((tcp|tls|ws|wss|ucx)://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+)(:\d+)?")
 _METRICS = {"classification": {"accuracy", "f1", "auc", "precision", "recall"}, "regression": {"rmse", "mae", "r2"}}
 #: the model lists compared by default (fast and good on 2 cores; bench/decisions and bench/scale measure them)
 DEFAULT_MODELS = {"classification": ("lr", "dt", "rf", "lightgbm"),
