@@ -2,8 +2,8 @@
 
 On the always-valid verdict of :func:`mlops_core.ab.compare`:
 
-- ``staging_better``: promote Staging (only with ``MLOPS_AB_PROMOTE=true``), exactly as an
-  offline promotion (archive the old Production, sync Staging);
+- ``staging_better`` (more accurate; for a regression, a lower mean absolute error): promote Staging (only with
+  ``MLOPS_AB_PROMOTE=true``), exactly as an offline promotion (archive the old Production, sync Staging);
 - ``staging_worse``: retire the challenger (``MLOPS_AB_RETIRE``, on by default: half of the
   users are being served a worse model): Staging is synced back to Production and the
   version is tagged with the reason;
@@ -39,6 +39,19 @@ def feedback_refusal(settings: Settings) -> str | None:
     return (f"labels can move an alias ({' and '.join(switches)} {'is' if len(switches) == 1 else 'are'} on) "
             "and no MLOPS_FEEDBACK_TOKEN is set: set MLOPS_FEEDBACK_TOKEN and send 'Authorization: Bearer "
             "<token>', or set MLOPS_AB_RETIRE=false and MLOPS_AB_PROMOTE=false to collect labels that move nothing")
+
+
+def _figures(comparison: dict) -> dict:
+    """The live evidence a decision records (tags on the version, metrics of its run): each arm's measure
+    (accuracy; MAE and RMSE for a regression) and requests, the difference (Staging minus Production of the
+    compared measure), its confidence sequence and the always-valid p-value."""
+    measures = ("mae", "rmse") if comparison["metric"] == "mae" else ("accuracy",)
+    figures = {f"live_{m}_{side}": comparison[f"{arm}_{m}"] for m in measures
+               for side, arm in (("candidate", "staging"), ("production", "production"))}
+    return {**figures, "live_requests_candidate": comparison["staging_requests"],
+            "live_requests_production": comparison["production_requests"],
+            "live_difference": comparison["difference"], "live_cs_low": comparison["cs_low"],
+            "live_cs_high": comparison["cs_high"], "live_p_value": comparison["p_value"]}
 
 
 def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool | None = None,
@@ -84,14 +97,10 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
                                                               "mlops.production_before": production})
             ok = False
             try:
-                figures = {"live_accuracy_candidate": comparison["staging_accuracy"],
-                           "live_accuracy_production": comparison["production_accuracy"],
-                           "live_requests_candidate": comparison["staging_requests"],
-                           "live_requests_production": comparison["production_requests"],
-                           "live_difference": comparison["difference"], "live_cs_low": comparison["cs_low"],
-                           "live_cs_high": comparison["cs_high"], "live_p_value": comparison["p_value"]}
+                figures = _figures(comparison)
                 registry.tag_version(staging, {**figures, "compared_with": production, "decision": status,
-                                               "decision_source": "live_ab", "decision_reason": comparison["reason"]})
+                                               "live_metric": comparison["metric"], "decision_source": "live_ab",
+                                               "decision_reason": comparison["reason"]})
                 if action == "promote":
                     registry.promote(staging)
                 else:
@@ -101,7 +110,8 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
                        "staging": after.get(STAGING), "run_id": run_id}
                 registry.log_run(run_id, metrics={k: v for k, v in figures.items() if v is not None},
                                  params={"alpha": settings.ab_alpha, "min_labels": settings.ab_min_labels,
-                                         "tau": settings.ab_min_effect},
+                                         "min_effect": settings.ab_min_effect, "tau": comparison["tau"],
+                                         "metric": comparison["metric"]},
                                  tags={"mlops.status": status, "mlops.reason": comparison["reason"],
                                        "mlops.version": staging, "mlops.decision_source": "live_ab",
                                        "mlops.done": "true"},

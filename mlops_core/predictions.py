@@ -7,12 +7,19 @@ Predictions and labels are stored as text, by their :func:`~mlops_core.labels.la
 ``"true"``), so a label of any kind is compared with a prediction by one SQL equality. A store written before
 labels of any kind held 0/1 integers; it is altered once, on first use, to the same text columns (its
 values become ``"0"`` and ``"1"``, the keys of 0 and 1).
+
+A regression's rows say so (``task``) and keep their numbers as numbers: the predicted value in
+``predictions.prediction_value``, the true value in ``feedback.label_value`` (floating point), so absolute
+and squared errors are SQL arithmetic (the text columns hold the same numbers as text). A store written before
+regression has neither column nor ``task``; they are added once, on first use (nullable: its rows read as
+the classification rows they are).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,11 +33,15 @@ from .labels import canonical_value, label_key
 from .proportions import wilson_interval
 
 __all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
-           "InvalidLabelError", "store_url", "PRODUCTION_ARM", "STAGING_ARM"]
+           "InvalidLabelError", "store_url", "PRODUCTION_ARM", "STAGING_ARM", "REGRESSION", "MAX_TRUE_VALUE"]
 
 log = logging.getLogger(__name__)
 
 PRODUCTION_ARM, STAGING_ARM = "Production", "Staging"
+REGRESSION = "regression"
+#: the largest true value of a regression taken, in size (the features' bound: float32's largest); squared
+#: errors of values this size still sum in double precision without overflowing
+MAX_TRUE_VALUE = 3.4028234663852886e38
 
 
 class FeedbackError(MlopsError, ValueError):
@@ -50,13 +61,16 @@ class DuplicateFeedbackError(FeedbackError):
 
 
 class InvalidLabelError(FeedbackError):
-    """A label that is none of the classes of the version that answered the request.
+    """A label that is none of the classes of the version that answered the request, or, for a regression, no
+    finite number.
 
     ``index`` is its place in the labels given, ``label`` the value and ``classes`` the classes it was checked
-    against."""
+    against (None for a regression's true value)."""
 
-    def __init__(self, message: str, ids: Sequence[str], *, index: int, label: Any, classes: Sequence[Any]):
-        self.index, self.label, self.classes = index, label, list(classes)
+    def __init__(self, message: str, ids: Sequence[str], *, index: int, label: Any,
+                 classes: Sequence[Any] | None):
+        self.index, self.label = index, label
+        self.classes = list(classes) if classes is not None else None
         super().__init__(message, ids)
 
 
@@ -69,11 +83,12 @@ class Prediction:
     user_id: int | None
     arm: str
     version: str | None
-    predictions: Sequence[Any]  # the labels answered, as in the data (strings, booleans, integers)
-    probabilities: Sequence[float | Sequence[float]]  # the positive class's per row, or every class's per row
+    predictions: Sequence[Any]  # the labels answered, as in the data (strings, booleans, integers); numbers
+    probabilities: Sequence[float | Sequence[float]] | None  # the positive class's per row, or every class's
     status: int
     latency_ms: float
     created: float
+    task: str = "classification"  # or "regression": the predictions are the predicted values
 
 
 def store_url(settings: Settings) -> str:
@@ -92,23 +107,26 @@ def _metadata():
           Column("user_id", BigInteger),
           Column("arm", String(16), nullable=False),
           Column("version", String(32)),
-          Column("prediction", Text),  # the label's key (labels.label_key)
+          Column("prediction", Text),  # the label's key (labels.label_key); a regression's value as text
           # the positive class's probability (two classes), the predicted class's (more)
           Column("probability", Float),
           Column("status", Integer, nullable=False),
           Column("latency_ms", Float),
+          Column("task", String(16)),  # "classification" or "regression" (NULL: written before regression)
+          Column("prediction_value", Float),  # a regression's predicted value
           Index("ix_predictions_created", "created"),
           Index("ix_predictions_arm_version", "arm", "version"))
     Table("feedback", md,
           Column("request_id", String(32), primary_key=True),
           Column("label", Text, nullable=False),  # the label's key, compared with the prediction's
           Column("received", Float, nullable=False),
+          Column("label_value", Float),  # a regression's true value
           Index("ix_feedback_received", "received"))
     return md
 
 
 _COLUMNS = ("request_id", "call_id", "created", "user_id", "arm", "version", "prediction", "probability", "status",
-            "latency_ms")
+            "latency_ms", "task", "prediction_value")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES "
 _ROW = f"({', '.join('?' * len(_COLUMNS))})"
 
@@ -131,6 +149,19 @@ def _as_int(value: Any) -> int | None:
 
 def _key(prediction: Any) -> str | None:
     return None if prediction is None else label_key(prediction)
+
+
+def _number_text(value: float | None) -> str | None:
+    """A regression's value as text: the shortest text that reads back as the same float."""
+    return None if value is None else repr(float(value))
+
+
+def _number(value: Any) -> float | None:
+    """A regression's predicted value as stored (None: the model gave no finite number)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _probability(value: Any) -> float | None:
@@ -176,6 +207,31 @@ def _labels_as_text(conn) -> list[str]:
     return altered
 
 
+#: (table, column, type) added after a store's first version: regression rows
+def _added_columns():
+    from sqlalchemy import Float, String
+
+    return (("predictions", "task", String(16)), ("predictions", "prediction_value", Float()),
+            ("feedback", "label_value", Float()))
+
+
+def _add_regression_columns(conn) -> list[str]:
+    """Add the columns of regression rows to a store written before them (nullable: its rows are classification
+    rows). Returns the columns added (none on a current store). ADD COLUMN of a nullable column runs on every
+    SQLite and PostgreSQL, inside the caller's transaction."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    added = []
+    for name, col, kind in _added_columns():
+        if col in {c["name"] for c in inspector.get_columns(name)}:
+            continue
+        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(col)} {kind.compile(dialect=conn.dialect)}")
+        added.append(f"{name}.{col}")
+    return added
+
+
 class PredictionStore:
     """The append-only log of predictions and their labels, in any SQLAlchemy database.
 
@@ -216,9 +272,12 @@ class PredictionStore:
                 self._md.create_all(engine, checkfirst=True)
                 with engine.begin() as conn:
                     altered = _labels_as_text(conn)
+                    added = _add_regression_columns(conn)
                 if altered:
                     log.info("prediction store %s: %s now hold label keys as text", self.describe(),
                              ", ".join(altered))
+                if added:
+                    log.info("prediction store %s: added %s (regression rows)", self.describe(), ", ".join(added))
                 break
             except Exception:
                 if attempt == 2:
@@ -243,13 +302,19 @@ class PredictionStore:
         for item in items:
             common = (item.call_id, item.created, item.user_id, item.arm, item.version)
             if not item.request_ids:  # an error answer: one row, no prediction
-                rows.append((item.call_id, *common, None, None, item.status, item.latency_ms))
+                rows.append((item.call_id, *common, None, None, item.status, item.latency_ms, item.task, None))
                 continue
-            predictions, probabilities = item.predictions, item.probabilities
+            predictions, probabilities = item.predictions, item.probabilities or ()
+            if item.task == REGRESSION:  # the predicted values, as numbers (and as text)
+                for i, request_id in enumerate(item.request_ids):
+                    value = _number(predictions[i]) if i < len(predictions) else None
+                    rows.append((request_id, *common, _number_text(value), None, item.status, item.latency_ms,
+                                 item.task, value))
+                continue
             for i, request_id in enumerate(item.request_ids):
                 rows.append((request_id, *common, _key(predictions[i]) if i < len(predictions) else None,
                              _probability(probabilities[i]) if i < len(probabilities) else None, item.status,
-                             item.latency_ms))
+                             item.latency_ms, item.task, None))
         if not rows:
             return 0
         engine = self.engine
@@ -317,11 +382,13 @@ class PredictionStore:
         A label is matched to ``classes(version)``, the classes of the version that answered its request
         (:func:`~mlops_core.labels.canonical_value`: ``1``, ``"1"`` and ``1.0`` name one class, ``true`` and
         ``"True"`` another); it is stored by the matched class's key, or by its own key when ``classes`` is not
-        given or gives None.
+        given or gives None. The label of a regression's prediction (its row says so) is the true value: a
+        JSON number (an integer or a float, not a boolean, not text), finite and at most
+        :data:`MAX_TRUE_VALUE` in size, stored as a number.
 
         Raises UnknownRequestError for ids with no logged prediction, InvalidLabelError for a label that is
-        none of its version's classes, and DuplicateFeedbackError for ids labelled before (or twice in
-        ``labels``).
+        none of its version's classes (or no such number), and DuplicateFeedbackError for ids labelled before
+        (or twice in ``labels``).
         """
         from sqlalchemy import select
         from sqlalchemy.exc import IntegrityError
@@ -334,32 +401,37 @@ class PredictionStore:
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                versions: dict[str, str | None] = {}
+                answered: dict[str, tuple[str | None, str | None]] = {}  # request id -> (version, task)
                 for chunk in _chunks(ids, 500):
-                    versions.update(conn.execute(select(p.c.request_id, p.c.version)
-                                                 .where(p.c.request_id.in_(chunk), p.c.status < 400)).all())
-                unknown = [i for i in ids if i not in versions]
+                    answered.update((i, (version, task)) for i, version, task in conn.execute(
+                        select(p.c.request_id, p.c.version, p.c.task)
+                        .where(p.c.request_id.in_(chunk), p.c.status < 400)))
+                unknown = [i for i in ids if i not in answered]
                 if unknown:
                     raise UnknownRequestError(f"no logged prediction has request id {', '.join(unknown[:10])}"
                                               + (f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""),
                                               unknown)
-                keys = [_label_key(index, request_id, label, versions[request_id], classes)
-                        for index, (request_id, label) in enumerate(labels)]
+                stored = [_true_value(index, request_id, label, answered[request_id][0])
+                          if answered[request_id][1] == REGRESSION else
+                          (_label_key(index, request_id, label, answered[request_id][0], classes), None)
+                          for index, (request_id, label) in enumerate(labels)]
                 done = set()
                 for chunk in _chunks(ids, 500):
                     done.update(conn.execute(select(f.c.request_id).where(f.c.request_id.in_(chunk))).scalars())
                 if done:
                     dup = [i for i in ids if i in done]
                     raise DuplicateFeedbackError(f"request id {', '.join(dup[:10])} already has a label", dup)
-                conn.execute(f.insert(), [{"request_id": i, "label": key, "received": now}
-                                          for i, key in zip(ids, keys)])
+                conn.execute(f.insert(), [{"request_id": i, "label": key, "received": now, "label_value": value}
+                                          for i, (key, value) in zip(ids, stored)])
         except IntegrityError as err:  # labelled meanwhile by another worker
             raise DuplicateFeedbackError(f"request ids already labelled: {', '.join(ids[:10])}", ids) from err
         return len(labels)
 
     # -- the report -------------------------------------------------------------------------------
     def groups(self) -> list[dict]:
-        """Per arm and version: requests, errors, rows, latency p50/p99, labels, accuracy with its 95% interval."""
+        """Per arm and version: requests, errors, rows, latency p50/p99, labels, and the quality of the labelled
+        rows: accuracy with its 95% Wilson interval (classification), or MAE and RMSE with their 95% intervals
+        (a regression: :func:`error_figures`)."""
         from sqlalchemy import case, func, select
 
         p, f = self.predictions, self.feedback
@@ -370,6 +442,7 @@ class PredictionStore:
                         func.sum(case((ok, 1), else_=0)).label("rows"),
                         func.count(f.c.request_id).label("labelled"),
                         func.sum(case((f.c.label == p.c.prediction, 1), else_=0)).label("correct"),
+                        func.max(case((p.c.task == REGRESSION, 1), else_=0)).label("regression"),
                         func.min(p.c.created).label("first_at"), func.max(p.c.created).label("last_at"))
                  .select_from(p.outerjoin(f, f.c.request_id == p.c.request_id))
                  .group_by(p.c.arm, p.c.version))
@@ -381,18 +454,55 @@ class PredictionStore:
             for arm, version, _, ms in conn.execute(latency):
                 if ms is not None:
                     latencies.setdefault((arm, version), []).append(float(ms))
+            errors: dict[tuple[str, str], list[tuple]] = {}
+            if any(row["regression"] for row in rows):
+                for arm, version, _, *request in conn.execute(self._request_errors()):
+                    errors.setdefault((arm, version), []).append(request)
         out = []
         for row in rows:
-            labelled, correct = int(row["labelled"] or 0), int(row["correct"] or 0)
-            interval = wilson_interval(correct, labelled)
-            out.append({"arm": row["arm"], "version": row["version"], "requests": int(row["requests"] or 0),
-                        "errors": int(row["errors"] or 0), "rows": int(row["rows"] or 0),
-                        "latency_ms": _percentiles(latencies.get((row["arm"], row["version"]), [])),
-                        "labelled": labelled, "correct": correct,
-                        "accuracy": round(correct / labelled, 6) if labelled else None,
-                        "accuracy_ci95": [round(v, 6) for v in interval] if interval else None,
-                        "first_at": row["first_at"], "last_at": row["last_at"]})
+            group = {"arm": row["arm"], "version": row["version"], "requests": int(row["requests"] or 0),
+                     "errors": int(row["errors"] or 0), "rows": int(row["rows"] or 0),
+                     "latency_ms": _percentiles(latencies.get((row["arm"], row["version"]), []))}
+            if row["regression"]:
+                figures = error_figures(errors.get((row["arm"], row["version"]), []))
+                group.update({"task": REGRESSION, "labelled": figures.pop("rows"), "correct": None,
+                              "accuracy": None, "accuracy_ci95": None, **figures})
+            else:
+                labelled, correct = int(row["labelled"] or 0), int(row["correct"] or 0)
+                interval = wilson_interval(correct, labelled)
+                group.update({"task": "classification", "labelled": labelled, "correct": correct,
+                              "accuracy": round(correct / labelled, 6) if labelled else None,
+                              "accuracy_ci95": [round(v, 6) for v in interval] if interval else None})
+            group.update({"first_at": row["first_at"], "last_at": row["last_at"]})
+            out.append(group)
         return sorted(out, key=lambda g: (g["arm"], _as_int(g["version"]) or 0, str(g["version"])))
+
+    def task(self, arm: str, version: str) -> str | None:
+        """What ``arm`` answered with ``version``: ``classification`` or ``regression`` (None: no answer)."""
+        from sqlalchemy import case, func, select
+
+        p = self.predictions
+        query = (select(func.count(), func.max(case((p.c.task == REGRESSION, 1), else_=0)))
+                 .where(p.c.arm == arm, p.c.version == version, p.c.status < 400))
+        with self.engine.connect() as conn:
+            answered, regression = conn.execute(query).one()
+        if not answered:
+            return None
+        return REGRESSION if regression else "classification"
+
+    def _request_errors(self):
+        """SELECT arm, version, call id, labelled rows, sum of absolute and of squared errors, per request: the
+        regression rows whose prediction and true value are both numbers (add filters)."""
+        from sqlalchemy import func, select
+
+        p, f = self.predictions, self.feedback
+        error = f.c.label_value - p.c.prediction_value
+        return (select(p.c.arm, p.c.version, p.c.call_id, func.count(), func.sum(func.abs(error)),
+                       func.sum(error * error))
+                .select_from(p.join(f, f.c.request_id == p.c.request_id))
+                .where(p.c.task == REGRESSION, p.c.status < 400, p.c.prediction_value.is_not(None),
+                       f.c.label_value.is_not(None))
+                .group_by(p.c.arm, p.c.version, p.c.call_id))
 
     def first_served(self, arm: str, version: str) -> float | None:
         """When ``arm`` began serving ``version`` this time: its first answer after the arm last served another."""
@@ -405,6 +515,14 @@ class PredictionStore:
             query = select(func.min(p.c.created)).where(p.c.arm == arm, p.c.version == version, p.c.status < 400)
             return conn.execute(query if other is None else query.where(p.c.created > other)).scalar()
 
+    def request_errors(self, arm: str, version: str, *, since: float) -> list[tuple[int, float, float]]:
+        """Per labelled request of a regression's ``arm``/``version`` answered at or after ``since``: its labelled
+        rows, the sum of their absolute errors and of their squared errors (the request is the unit)."""
+        p = self.predictions
+        query = self._request_errors().where(p.c.arm == arm, p.c.version == version, p.c.created >= since)
+        with self.engine.connect() as conn:
+            return [(int(n), float(a), float(q)) for _, _, _, n, a, q in conn.execute(query)]
+
     def request_shares(self, arm: str, version: str, *, since: float) -> tuple[list[float], int, int]:
         """Per labelled request of ``arm``/``version`` answered at or after ``since``: its share of correct rows.
 
@@ -416,11 +534,38 @@ class PredictionStore:
         query = (select(func.count(f.c.request_id), func.sum(case((f.c.label == p.c.prediction, 1), else_=0)))
                  .select_from(p.join(f, f.c.request_id == p.c.request_id))
                  .where(p.c.arm == arm, p.c.version == version, p.c.created >= since, p.c.status < 400)
-                 .group_by(p.c.call_id))
+                 .group_by(p.c.arm, p.c.version, p.c.call_id))
         with self.engine.connect() as conn:
             counts = conn.execute(query).all()
         shares = [int(correct or 0) / int(n) for n, correct in counts if n]
         return shares, sum(int(n) for n, _ in counts), sum(int(c or 0) for _, c in counts)
+
+
+def error_figures(requests: Sequence[tuple[int, float, float]]) -> dict:
+    """A regression's quality from its labelled requests, each ``(rows, sum of |error|, sum of error^2)``: rows,
+    MAE and RMSE over rows, with their 95% intervals (None without two labelled requests).
+
+    MAE: the Student t interval of the ratio estimator over requests (:func:`~mlops_core.means.ratio_interval`;
+    with one row a request, the t interval of the mean absolute error). RMSE: the same interval of the mean
+    squared error, square-rooted (a monotone map, so it keeps the 95%); the chi-square interval of a variance
+    would assume normal errors centred on zero, which a model's residuals are not."""
+    from .means import ratio_interval
+
+    sizes = [int(n) for n, _, _ in requests]
+    rows = sum(sizes)
+    out: dict[str, Any] = {"rows": rows, "mae": None, "mae_ci95": None, "rmse": None, "rmse_ci95": None}
+    if not rows:
+        return out
+    absolute = [float(a) for _, a, _ in requests]
+    squared = [float(q) for _, _, q in requests]
+    mse = sum(squared) / rows
+    out["mae"], out["rmse"] = round(sum(absolute) / rows, 6), round(math.sqrt(mse), 6)
+    mae = ratio_interval(absolute, sizes)
+    if mae is not None:
+        out["mae_ci95"] = [round(max(0.0, mae[1]), 6), round(mae[2], 6)]
+        _, low, high = ratio_interval(squared, sizes)
+        out["rmse_ci95"] = [round(math.sqrt(max(0.0, low)), 6), round(math.sqrt(high), 6)]
+    return out
 
 
 def _label_key(index: int, request_id: str, label: Any, version: str | None,
@@ -436,6 +581,30 @@ def _label_key(index: int, request_id: str, label: Any, version: str | None,
                                 f"({shown})",
                                 [request_id], index=index, label=label, classes=known)
     return label_key(found)
+
+
+def _true_value(index: int, request_id: str, label: Any, version: str | None) -> tuple[str, float]:
+    """The text and the number a regression's true value is stored by; InvalidLabelError unless it is a JSON
+    number (not a boolean, not text), finite and at most :data:`MAX_TRUE_VALUE` in size."""
+    if isinstance(label, bool) or not isinstance(label, (int, float)):
+        problem = f"got {_json_kind(label)} instead"
+    elif not abs(label) <= MAX_TRUE_VALUE:  # exact for integers of any size; NaN and infinities fail it too
+        problem = f"got {repr(label)[:40]}, out of range (at most {MAX_TRUE_VALUE:.8g} in size)"
+    else:
+        value = float(label)
+        return _number_text(value), value
+    raise InvalidLabelError(f"expected the true value of version {version}'s prediction (a regression), a finite "
+                            f"number, {problem}", [request_id], index=index, label=label, classes=None)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return f"text {value[:40]!r}"
+    return type(value).__name__
 
 
 def _chunks(items: list, size: int):

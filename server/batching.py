@@ -102,5 +102,7 @@ class Batcher:
             start = 0
             for j in jobs:
                 end = start + len(j.rows)
-                j.answer, j.done = (predictions[start:end], probabilities[start:end]), True
+                # a regression answers no probabilities (None)
+                j.answer = predictions[start:end], None if probabilities is None else probabilities[start:end]
+                j.done = True
                 start = end

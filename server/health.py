@@ -11,6 +11,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from mlops_core.config import redact_uri
 from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 
+from .serving import task_of
+
 __all__ = ["bp"]
 
 bp = Blueprint("health", __name__)
@@ -37,8 +39,9 @@ def _arm(model: LoadedModel | None) -> dict | None:
         "own_transformers": getattr(predictor, "own_transformers", None) or None,
         "source": getattr(model, "source", None),  # artifact: loaded without the AutoML library
         "note": getattr(model, "note", "") or None}  # why the compiled artifact was not used
-    return {"version": model.version, "run_id": model.run_id, "loaded_at": _iso(model.loaded_at),
-            "loaded_at_epoch": model.loaded_at, "columns": list(model.columns), "dtypes": dict(model.dtypes),
+    return {"version": model.version, "run_id": model.run_id, "task": task_of(model),
+            "loaded_at": _iso(model.loaded_at), "loaded_at_epoch": model.loaded_at, "columns": list(model.columns),
+            "dtypes": dict(model.dtypes),
             "inference": inference}
 
 

@@ -147,7 +147,7 @@ class PredictionLog:
         self.record(Prediction(call.call_id if ok else new_request_id(), call.request_ids if ok else (),
                                call.user_id if ok else None, call.arm, call.version,
                                call.predictions if ok else (), call.probabilities if ok else (),
-                               status, round(seconds * 1000, 3), time.time()))
+                               status, round(seconds * 1000, 3), time.time(), task=call.task))
 
     # -- the writer -----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -235,12 +235,13 @@ def _item(prefix: str, item: Any) -> tuple[str, Any]:
         raise ValidationError(_field(prefix, "request_id"), f"expected the request_id string of a /predict answer, "
                                                              f"got {kind(request_id)} instead")
     if "label" not in item:
-        raise ValidationError(_field(prefix, "label"), "missing; expected the true label, one of the model's classes")
+        raise ValidationError(_field(prefix, "label"), "missing; expected the true label, one of the model's classes "
+                                                        "(a regression's: the true value, a number)")
     label = item["label"]
     found = kind(label)
     if found not in ("string", "integer", "number", "boolean"):
-        raise ValidationError(_field(prefix, "label"), f"expected the true label (a string, integer or boolean), "
-                                                        f"got {found} instead")
+        raise ValidationError(_field(prefix, "label"), f"expected the true label (a string, integer or boolean; a "
+                                                        f"regression's: a number), got {found} instead")
     if found == "string" and (not label.strip() or len(label) > MAX_LABEL_CHARS):
         raise ValidationError(_field(prefix, "label"), f"expected a label of 1 to {MAX_LABEL_CHARS} characters, "
                                                         f"got {len(label)} {'blank ' if len(label) else ''}"
@@ -306,7 +307,9 @@ def feedback():
     """Join true labels to logged predictions: one ``{"request_id", "label"}`` or ``{"feedback": [...]}``.
 
     A label is the data's own value, matched to the classes of the version that answered (``1``, ``"1"`` and
-    ``1.0`` name one class); one that is none of them is a 400 naming it and the classes."""
+    ``1.0`` name one class); one that is none of them is a 400 naming it and the classes. For a regression's
+    prediction the label is the true value, a JSON number (not text, not a boolean), finite and at most
+    :data:`~mlops_core.predictions.MAX_TRUE_VALUE` in size; anything else is a 400 naming it."""
     settings = current_app.config["MLOPS_SETTINGS"]
     ab_log: PredictionLog = current_app.extensions["mlops_ab"]
     _check_feedback_token(settings)
@@ -319,7 +322,8 @@ def feedback():
             stored = ab_log.store.add_feedback(labels, classes=classes)
             break
         except InvalidLabelError as err:  # the field it names depends on the body's form
-            raise ValidationError(field.format(err.index), err.args[0], classes=err.classes) from err
+            extra = {"classes": err.classes} if err.classes is not None else {}  # a regression's has none
+            raise ValidationError(field.format(err.index), err.args[0], **extra) from err
         except UnknownRequestError:
             # the prediction may still wait in a writer's queue: flush ours, give the others a moment
             if not flushed:
@@ -334,7 +338,8 @@ def feedback():
 
 @bp.get("/ab/report")
 def report():
-    """Per arm and version: traffic, latency, labelled accuracy; the arms compared (this worker's view)."""
+    """Per arm and version: traffic, latency, labelled accuracy (a regression's: MAE and RMSE); the arms compared
+    (this worker's view)."""
     ab_log: PredictionLog = current_app.extensions["mlops_ab"]
     snapshot = current_app.extensions["mlops_store"].snapshot
     ab_log.flush(timeout=1.0)

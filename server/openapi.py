@@ -1,5 +1,5 @@
 """GET /openapi.json: the service's OpenAPI 3.1 contract, every endpoint, built from the served models: the rows
-from Production's columns, the answers and labels from each arm's classes."""
+from Production's columns, the answers and labels from each arm's classes (a regression arm: numbers)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from flask import Blueprint, current_app, jsonify
 
 from mlops_core.labels import Labels, label_key
+from mlops_core.predictions import MAX_TRUE_VALUE
 
 from .live_ab import MAX_LABEL_CHARS
 from .predict import FLOAT32_MAX, INT64_MAX, INT64_MIN
-from .serving import labels_of
+from .serving import REGRESSION, labels_of, task_of
 
 __all__ = ["bp", "document"]
 
@@ -28,8 +29,9 @@ _ANY_SCALAR = {"anyOf": [_NUMBER, {"type": ["string", "boolean", "null"]}]}
 
 _ERRORS = {
     "400": "the request breaks the schema (a missing or unknown field, a wrong type, a value out of range, a "
-           "batch over its cap, malformed JSON, a label that is none of the classes); `field` names the offending "
-           "part (and `classes` lists the classes for a label)",
+           "batch over its cap, malformed JSON, a label that is none of the classes, a regression's true value "
+           "that is no finite number); `field` names the offending part (and `classes` lists the classes for a "
+           "label)",
     "401": "MLOPS_FEEDBACK_TOKEN is set and the bearer token is missing or wrong",
     "403": "labels could move an alias (MLOPS_AB_RETIRE or MLOPS_AB_PROMOTE on) and no MLOPS_FEEDBACK_TOKEN is "
            "set: feedback is refused (`feedback_refused`)",
@@ -78,17 +80,44 @@ def _kind(classes: Sequence) -> dict:
     return {"type": "string"}
 
 
-def _shape(labels: Labels | None) -> tuple | None:
-    """What makes two arms' answers alike: their classes (``1`` is not ``True`` here) and positive class."""
-    if labels is None:
-        return None
-    return tuple((type(c).__name__, label_key(c)) for c in labels.classes), repr(labels.positive)
+#: what an arm answers with: its labels (a classifier), REGRESSION (numbers), or None (not known)
+Answering = Labels | str | None
+
+_TRUE_VALUE = {"type": "number", "minimum": -MAX_TRUE_VALUE, "maximum": MAX_TRUE_VALUE}
+_ABSENT = {"not": {}}  # a property that must not be there
 
 
-def _answer(labels: Labels | None) -> dict:
-    """The 200 answer of POST /predict from a model with ``labels`` (any shape while none is loaded)."""
+def _shape(arm: Answering) -> tuple | str | None:
+    """What makes two arms' answers alike: their classes (``1`` is not ``True`` here) and positive class; a
+    regression's numbers."""
+    if arm is None or arm == REGRESSION:
+        return arm
+    return tuple((type(c).__name__, label_key(c)) for c in arm.classes), repr(arm.positive)
+
+
+def _common(required: list[str], properties: dict) -> dict:
+    """An answer of POST /predict: ``properties`` first, then what every answer carries."""
+    return _object([*required, "stage", "version", "model"], {
+        **properties,
+        "stage": {"enum": ["Production", "Staging"]}, "version": {"type": "string"}, "model": {"type": "string"},
+        "requested_stage": {"enum": ["Production", "Staging"]}, "fallback": {"type": "boolean"},
+        "request_id": {"type": "string", "description": "for POST /feedback (when the prediction log is on)"},
+        "request_ids": {"type": "array", "items": {"type": "string"}, "description": "one per row of a batch"}})
+
+
+def _answer(labels: Answering) -> dict:
+    """The 200 answer of POST /predict from a model with ``labels`` (a regression's: numbers, no probabilities;
+    any shape while none is loaded)."""
+    if labels == REGRESSION:
+        return _common(["predictions"], {
+            "predictions": {"type": "array", "description": "one per row",
+                            "items": {"type": ["number", "null"],
+                                      "description": "the predicted value (null only when the model's answer is "
+                                                     "not a finite number)"}},
+            "probabilities": {**_ABSENT, "description": "absent: a regression answers numbers, no probabilities"},
+            "classes": {**_ABSENT, "description": "absent: a regression has no classes"}})
     if labels is None:
-        prediction = {"type": ["string", "integer", "boolean"]}
+        prediction = {"type": ["string", "integer", "number", "boolean"]}
         probability = {"type": ["number", "array", "null"], "items": {"type": "number"}}
         extra = {"classes": {"type": "array", "items": prediction,
                              "description": "three classes or more: every label, in the order of each row's "
@@ -107,14 +136,10 @@ def _answer(labels: Labels | None) -> dict:
         probability = {"type": ["number", "null"],
                        "description": f"the probability of the positive class {labels.positive!r}"}
         extra, required = {}, []
-    return _object(["predictions", "probabilities", *required, "stage", "version", "model"], {
+    return _common(["predictions", "probabilities", *required], {
         "predictions": {"type": "array", "items": prediction, "description": "the labels, as in the data"},
         "probabilities": {"type": "array", "items": probability, "description": "one per row"},
-        **extra,
-        "stage": {"enum": ["Production", "Staging"]}, "version": {"type": "string"}, "model": {"type": "string"},
-        "requested_stage": {"enum": ["Production", "Staging"]}, "fallback": {"type": "boolean"},
-        "request_id": {"type": "string", "description": "for POST /feedback (when the prediction log is on)"},
-        "request_ids": {"type": "array", "items": {"type": "string"}, "description": "one per row of a batch"}})
+        **extra})
 
 
 def _spellings(cls) -> str:
@@ -128,28 +153,36 @@ def _spellings(cls) -> str:
     return re.escape(str(cls))
 
 
-def _label(arms: Sequence[Labels | None]) -> dict:
+def _label(arms: Sequence[Answering]) -> dict:
     """A true label for POST /feedback: a class of the version that answered, as in the data (``1``, ``true``) or
-    as text (``"1"``, ``" True"``). The schema names every loaded arm's classes; the server checks the label
-    against the classes of the version that answered its request."""
-    known = [labels for labels in arms if labels is not None]
-    if not known:  # no model loaded: labels are stored unchecked
+    as text (``"1"``, ``" True"``); for a regression's prediction the true value, a finite number. The schema
+    names every loaded arm's classes (and numbers when an arm is a regression); the server checks the label
+    against the version that answered its request."""
+    known = [labels for labels in arms if labels is not None and labels != REGRESSION]
+    numbers = REGRESSION in arms
+    if not known and not numbers:  # no model loaded: labels are stored unchecked (a regression's: numbers)
         return {"type": ["string", "integer", "number", "boolean"], "maxLength": MAX_LABEL_CHARS, "pattern": "\\S",
                 "description": "the true label, as in the data"}
+    value = {**_TRUE_VALUE, "description": "a regression's true value: a JSON number (not text), finite, at most "
+                                           f"{MAX_TRUE_VALUE:.8g} in size"}
+    if not known:
+        return value
     classes = list({(type(c), label_key(c)): c for labels in known for c in labels.classes}.values())  # 1 != True
     texts = "|".join(_spellings(c) for c in classes)
     return {"anyOf": [{"enum": classes}, {"type": "string", "maxLength": MAX_LABEL_CHARS,
-                                          "pattern": f"^\\s*(?:{texts})\\s*$"}],
+                                          "pattern": f"^\\s*(?:{texts})\\s*$"}, *([value] if numbers else [])],
             "description": f"the true label: one of the classes of the version that answered "
                           f"({', '.join(repr(c) for c in classes)}), as in the data or as text: `1`, `\"1\"` and "
-                          "`1.0` name one class, `true` and `\"True\"` another",
+                          "`1.0` name one class, `true` and `\"True\"` another"
+                          + ("; for a regression's prediction, the true value (a number)" if numbers else ""),
             "examples": classes}
 
 
 def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batch: int, version: str | None,
-             arms: Sequence[Labels | None] = ()) -> dict:
+             arms: Sequence[Answering] = ()) -> dict:
     """The OpenAPI 3.1 document of the whole API for a model with these input columns, served by arms with these
-    labels (each arm's answer shape; any shape when none is given)."""
+    labels (``REGRESSION`` for an arm that predicts numbers; each arm's answer shape; any shape when none is
+    given)."""
     row = {"type": "object", "additionalProperties": False, "required": list(columns),
            "properties": {c: _TYPES.get(dtypes.get(c, ""), _ANY_SCALAR) for c in columns}}
     request = {"type": "object", "additionalProperties": False, "required": ["user_id", "features"],
@@ -173,8 +206,12 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
         "field": {"type": "string"}, "request_ids": {"type": "array", "items": {"type": "string"}}})
     arm = {"type": ["object", "null"], "required": ["version", "run_id", "columns", "dtypes"],
            "properties": {"version": {"type": "string"}, "run_id": {"type": "string"},
-                          "columns": {"type": "array", "items": {"type": "string"}}, "dtypes": {"type": "object"}}}
+                          "columns": {"type": "array", "items": {"type": "string"}}, "dtypes": {"type": "object"},
+                          "task": {"enum": ["classification", "regression"]}}}
     comparison = _object(["verdict", "reason", "decision_allowed"], {
+        "metric": {"enum": ["accuracy", "mae", None], "description": "what the arms are compared on (mae: a "
+                                                                      "regression's mean absolute error)"},
+        "lower_is_better": {"type": ["boolean", "null"]},
         "verdict": {"enum": ["nothing_to_compare", "insufficient_labels", "staging_better", "staging_worse",
                              "keep_collecting"]},
         "reason": {"type": "string"}, "decision_allowed": {"type": "boolean"},
@@ -195,18 +232,21 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
                 "requestBody": {"required": True, "content": _json(request)},
                 "responses": {"200": {"description": "predictions (the data's labels) and probabilities per row "
                                                      "(the positive class's for two classes, every class's for "
-                                                     "more, in the order of `classes`), with request ids",
+                                                     "more, in the order of `classes`), with request ids; a "
+                                                     "regression's: the predicted numbers, no probabilities",
                                       "content": _json(answer)}, **_errors("400", "413", "415", "503")}}},
             "/feedback": {"post": {
-                "operationId": "feedback", "summary": "true labels joined to logged predictions",
+                "operationId": "feedback", "summary": "true labels (a regression's true values) joined to logged "
+                                                      "predictions",
                 "security": [{}, {"feedbackToken": []}],
                 "requestBody": {"required": True, "content": _json(feedback)},
                 "responses": {"201": {"description": "labels stored", "content": _json(_object(
                     ["accepted", "request_ids"], {"accepted": {"type": "integer"},
                                                   "request_ids": {"type": "array", "items": {"type": "string"}}}))},
                               **_errors("400", "401", "403", "404", "409", "413", "415")}}},
-            "/ab/report": get("abReport", "per arm and version: traffic, latency, labelled accuracy; the arms "
-                                          "compared by the always-valid sequential test",
+            "/ab/report": get("abReport", "per arm and version: traffic, latency, labelled accuracy (a "
+                                          "regression's MAE and RMSE); the arms compared by the always-valid "
+                                          "sequential test",
                               _object(["groups", "comparison", "settings"], {
                                   "groups": {"type": "array", "items": {"type": "object"}},
                                   "comparison": {"$ref": "#/components/schemas/Comparison"},
@@ -233,12 +273,13 @@ def document(columns: list[str], dtypes: dict[str, str], *, model: str, max_batc
 @bp.get("/openapi.json")
 def openapi():
     """Describe the API for the models loaded now: Production's columns (the settings' features before one is),
-    each arm's answer and labels."""
+    each arm's answer and labels (a regression arm's: numbers)."""
     settings = current_app.config["MLOPS_SETTINGS"]
     snapshot = current_app.extensions["mlops_store"].snapshot
     production = snapshot.production
     columns = list(production.columns) if production else list(settings.features)
     dtypes = dict(production.dtypes) if production else {}
-    arms = [labels_of(m) for m in (production, snapshot.staging) if m is not None]
+    arms = [REGRESSION if task_of(m) == REGRESSION else labels_of(m)
+            for m in (production, snapshot.staging) if m is not None]
     return jsonify(document(columns, dtypes, model=settings.model_name, max_batch=settings.max_batch,
                             version=production.version if production else None, arms=arms))

@@ -15,7 +15,7 @@ from mlops_core.registry import PRODUCTION, STAGING, LoadedModel
 from .ids import new_request_ids
 from .json_errors import NoModelError, ValidationError
 from .jsonbody import kind, read_json
-from .serving import labels_of
+from .serving import REGRESSION, labels_of, task_of
 from .store import ARMS
 
 __all__ = ["bp", "route", "check_request"]
@@ -118,6 +118,15 @@ def route(user_id: int, snapshot) -> tuple[str, LoadedModel, bool]:
     return wanted, model, False
 
 
+def _numbers(predictions) -> list[float | None]:
+    """A regression's predictions as JSON numbers: a value that is not finite (a model overflowing on an extreme
+    row) is null, which JSON can carry, never ``NaN`` or ``Infinity``, which it cannot."""
+    values = [float(p) for p in predictions]
+    if all(map(math.isfinite, values)):
+        return values
+    return [v if math.isfinite(v) else None for v in values]
+
+
 @dataclass
 class Call:
     """What one /predict call did, filled in as it goes: the metrics and the prediction log read it."""
@@ -131,6 +140,7 @@ class Call:
     call_id: str | None = None
     predictions: list | None = None
     probabilities: list | None = None
+    task: str = "classification"  # what the serving version answers: a regression's predictions are numbers
 
 
 @bp.post("/predict")
@@ -138,7 +148,8 @@ def predict():
     """Answer predictions and probabilities for one row or a batch, from the arm the user is routed to.
 
     Predictions are the labels as in the data. Probabilities: the positive class's per row (two classes), or
-    one list per row aligned with ``classes``, which the answer then carries (three classes or more).
+    one list per row aligned with ``classes``, which the answer then carries (three classes or more). A
+    regression version answers the predicted numbers and no ``probabilities`` (each arm by its own task).
 
     The flow, top to bottom: parse and validate → route → predict → answer; then, for every answer
     (errors too), one explicit call each to the metrics and to the prediction log.
@@ -162,15 +173,21 @@ def _answer(app: Flask, req, call: Call):
     snapshot = app.extensions["mlops_store"].snapshot  # one read: the pair stays consistent for this request
     wanted, model, fallback = route(user_id, snapshot)
     call.arm, call.version, call.user_id = ARMS[PRODUCTION] if fallback else ARMS[wanted], model.version, user_id
+    call.task = task_of(model)
     prefix = "features" if len(raw_rows) == 1 and isinstance(body["features"], dict) else "features[{}]"
     rows = [_check_row(prefix.format(i), row, model) for i, row in enumerate(raw_rows)]
     predictions, probabilities = app.extensions["mlops_serving"](model, rows)  # server/serving.py
+    if call.task == REGRESSION:
+        predictions, probabilities = _numbers(predictions), None
     call.rows, call.predictions, call.probabilities = len(rows), predictions, probabilities
     call.call_id, call.request_ids = new_request_ids(len(rows) if batch else None)
-    answer = {"predictions": predictions, "probabilities": probabilities}
-    labels = labels_of(model)  # read after the call: a compiled predictor may learn its labels on the first one
-    if labels is not None and labels.multiclass:  # probabilities are one list per row, in this order
-        answer["classes"] = list(labels.classes)
+    if call.task == REGRESSION:  # the predicted numbers; nothing is a probability
+        answer = {"predictions": predictions}
+    else:
+        answer = {"predictions": predictions, "probabilities": probabilities}
+        labels = labels_of(model)  # read after the call: a compiled predictor may learn its labels on the first one
+        if labels is not None and labels.multiclass:  # probabilities are one list per row, in this order
+            answer["classes"] = list(labels.classes)
     answer.update({"stage": call.arm, "version": model.version, "model": settings.model_name,
                    "requested_stage": ARMS[wanted], "fallback": fallback, "request_id": call.call_id})
     if batch:

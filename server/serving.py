@@ -12,9 +12,11 @@ from mlops_core.registry import LoadedModel
 
 from .batching import Batcher
 
-__all__ = ["Serving", "labels_of"]
+__all__ = ["Serving", "labels_of", "task_of", "REGRESSION"]
 
 log = logging.getLogger(__name__)
+
+REGRESSION = "regression"
 
 
 class Serving:
@@ -47,12 +49,15 @@ class Serving:
                 try:
                     predictor = artifact.load(data, manifest,
                                               fallback=LazyPipeline(lambda: registry.load_model(version)))
-                except artifact.ArtifactError as err:
+                except Exception as err:  # ArtifactError, or a loader bug: the pipeline serves
                     note = f"compiled artifact not used: {first_line(err, 300)}"
+                    if not isinstance(err, artifact.ArtifactError):
+                        log.exception("version %s: reading its compiled artifact failed", version)
                     log.warning("version %s: %s; loading its pipeline", version, note)
                 else:
                     model = LoadedModel(version=str(version), run_id=info["run_id"], model=None,
-                                        columns=predictor.columns, dtypes=predictor.dtypes)
+                                        columns=predictor.columns, dtypes=predictor.dtypes,
+                                        metadata=_task_metadata(predictor))
                     log.info("version %s: serving its compiled artifact (%s kernel)", version,
                              predictor.kernel.__name__)
                     return ServedModel.of(model, predictor, source="artifact")
@@ -68,9 +73,13 @@ class Serving:
             return PipelinePredictor(model, "MLOPS_FASTPATH=pipeline")
         if manifest_reason.startswith("not compiled at registration"):  # compiling again gives the same answer
             return PipelinePredictor(model, manifest_reason)
-        from mlops_core.inference.compile import build_predictor
+        try:
+            from mlops_core.inference.compile import build_predictor
 
-        return build_predictor(model)
+            return build_predictor(model)  # the pipeline itself when the compiled path does not verify
+        except Exception as err:  # a compiler bug must never stop a version from serving
+            log.exception("version %s: compiling failed; serving its pipeline", model.version)
+            return PipelinePredictor(model, f"compiling failed: {type(err).__name__}: {first_line(err, 300)}")
 
     @staticmethod
     def _direct(model: LoadedModel, rows):
@@ -78,10 +87,29 @@ class Serving:
             return model.predictor(rows)
         return PipelinePredictor(model)(rows)  # a version loaded without load(): the pipeline answers
 
-    def __call__(self, model: LoadedModel, rows: list[dict[str, Any]]) -> tuple[list, list]:
+    def __call__(self, model: LoadedModel, rows: list[dict[str, Any]]) -> tuple[list, list | None]:
         """Predictions (the data's labels) and probabilities (6 places) of ``rows`` by ``model``: the positive
-        class's per row for two classes, one list per row aligned with ``labels_of(model).classes`` for more."""
+        class's per row for two classes, one list per row aligned with ``labels_of(model).classes`` for more.
+        A regression: the predicted numbers and None."""
         return self._call(model, rows)
+
+
+def _task_metadata(predictor) -> dict[str, str]:
+    """The ``task`` a compiled predictor answers for, as a LoadedModel's metadata (empty: classification)."""
+    task = getattr(predictor, "task", None)
+    if task is None and getattr(predictor, "labels", ()) is None:  # a compiled predictor without classes
+        task = REGRESSION
+    return {"task": str(task)} if task else {}
+
+
+def task_of(model: LoadedModel | None) -> str | None:
+    """``classification`` or ``regression``: what ``model`` answers (None without a model)."""
+    if model is None:
+        return None
+    try:
+        return model.task
+    except AttributeError:  # an object standing in for a model, without metadata
+        return "classification"
 
 
 def labels_of(model: LoadedModel | None) -> Labels | None:

@@ -258,9 +258,9 @@ def test_no_model_is_503_with_a_clear_message(tmp_path):
     assert client.get("/ready").status_code == 503
     assert client.get("/health").status_code == 200
     assert client.get("/models").get_json()["production"] is None
-    doc = client.get("/openapi.json").get_json()  # no model: answers and labels of any kind
+    doc = client.get("/openapi.json").get_json()  # no model: answers and labels of any kind (numbers too)
     answer = doc["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
-    assert answer["properties"]["predictions"]["items"] == {"type": ["string", "integer", "boolean"]}
+    assert answer["properties"]["predictions"]["items"] == {"type": ["string", "integer", "number", "boolean"]}
     assert "classes" in answer["properties"] and "classes" not in answer["required"]
     assert doc["components"]["schemas"]["Label"]["properties"]["label"]["pattern"] == "\\S"
 

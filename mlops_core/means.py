@@ -1,0 +1,52 @@
+"""Fixed-horizon figures of mean errors (a regression's live A/B): the interval of a mean over requests and
+Welch's test of two such means.
+
+The unit is the request, as in the sequential test (:mod:`mlops_core.sequential`): the rows of one batch
+request are answered by one call on correlated inputs, so they are not independent observations. A figure
+over rows (a mean absolute error: the sum of every row's error over the number of rows) is then a ratio of two
+sums over requests, and its variance is the ratio estimator's linearised (delta-method) one with the requests
+as clusters. With one row a request it is exactly the variance of a mean, and the interval the Student t
+interval of that mean.
+
+Shown beside the always-valid sequential test; valid at one pre-planned look only, so no decision is taken on
+them. scipy is imported on the first call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["ratio_interval", "welch_test"]
+
+
+def ratio_interval(totals: Sequence[float], sizes: Sequence[float], *,
+                   confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """``(estimate, low, high)`` of ``sum(totals) / sum(sizes)``: request ``i`` holds ``sizes[i]`` rows whose
+    values sum to ``totals[i]``. Student t with ``k - 1`` degrees of freedom for ``k`` requests, on the
+    cluster-robust standard error ``sqrt(k / (k - 1) * sum((t_i - r m_i)^2)) / sum(m_i)``. None with fewer than
+    two requests (no spread to measure)."""
+    k = len(totals)
+    rows = float(sum(sizes))
+    if k < 2 or rows <= 0:
+        return None
+    from scipy.stats import t
+
+    estimate = float(sum(totals)) / rows
+    spread = sum((total - estimate * size) ** 2 for total, size in zip(totals, sizes, strict=True))
+    se = math.sqrt(k / (k - 1) * spread) / rows
+    half = float(t.ppf(0.5 + confidence / 2, k - 1)) * se
+    return estimate, estimate - half, estimate + half
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] | None:
+    """Welch's t-test of ``mean(b) - mean(a)``, one value per request: ``(t, two-sided p-value)``; None with
+    fewer than two values in either, or when neither has any spread and their means differ (undefined)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy.stats import ttest_ind
+
+    if max(a) == min(a) and max(b) == min(b):  # no spread at all: equal means are no evidence
+        return (0.0, 1.0) if a[0] == b[0] else None
+    result = ttest_ind(b, a, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
