@@ -77,15 +77,17 @@ def _registry(settings: Settings):
 @click.option("--batch-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
 @click.option("--resample", is_flag=True, help="Draw the batch's rows with replacement (rows repeat, as in exports).")
 @click.option("--no-train", is_flag=True, help="Write current.csv only.")
+@click.option("--table", type=click.Choice(["titanic", "diabetes"]), default=None,
+              help="The bundled table (default: titanic; diabetes with MLOPS_TASK=regression).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def make_data(settings: Settings, strength: float, concept: float, seed: int, batch_fraction: float, resample: bool,
-              no_train: bool, as_json: bool) -> None:
-    """Write data/train.csv and data/current.csv from the bundled Titanic table."""
+              no_train: bool, table: str | None, as_json: bool) -> None:
+    """Write data/train.csv and data/current.csv from a bundled table (Titanic; diabetes for a regression)."""
     from .data import make_datasets
 
     try:
-        train, current = make_datasets(settings, drift=strength, concept=concept, seed=seed,
+        train, current = make_datasets(settings, drift=strength, concept=concept, seed=seed, table=table or "",
                                        batch_fraction=batch_fraction, resample=resample, write_train=not no_train)
     except ValueError as err:
         raise click.UsageError(str(err)) from err

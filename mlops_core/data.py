@@ -17,8 +17,8 @@ from .errors import DataValidationError, first_line
 from .files import atomic_write
 from .labels import MAX_CLASSES_HINT, canonical, label_key
 
-__all__ = ["load_titanic", "make_datasets", "read_csv", "validate_frame", "load_batch", "infer_kinds",
-           "atomic_write_csv", "normalise", "apply_concept", "unseen_rows", "RowSet", "row_hashes"]
+__all__ = ["load_titanic", "load_diabetes", "DEMO_TABLES", "make_datasets", "read_csv", "validate_frame", "load_batch",
+           "infer_kinds", "atomic_write_csv", "normalise", "apply_concept", "RowSet", "row_hashes", "check_fits"]
 
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 _NA_VALUES = ["", "?", "NA", "NaN", "nan", "null", "None"]
@@ -28,6 +28,17 @@ def load_titanic() -> pd.DataFrame:
     """Return the 1309-passenger Titanic table shipped with the package."""
     with resources.files("mlops_core.datasets").joinpath("titanic.csv").open("rb") as fh:
         return pd.read_csv(fh, na_values="?", keep_default_na=True)
+
+
+def load_diabetes() -> pd.DataFrame:
+    """The 442-patient diabetes table bundled with scikit-learn (Efron et al., 2004): ten baseline measures and
+    ``progression``, a number to predict (disease progression one year later): the regression demo."""
+    from sklearn.datasets import load_diabetes as bundled
+
+    return bundled(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"})
+
+
+DEMO_TABLES = {"titanic": load_titanic, "diabetes": load_diabetes}
 
 
 def atomic_write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -55,9 +66,11 @@ def apply_drift(batch: pd.DataFrame, strength: float, *, columns: tuple[str, ...
     return out
 
 
-def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: str) -> pd.DataFrame:
+def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: str,
+                  task: str = "classification") -> pd.DataFrame:
     """Change the label rule: rows in the top ``strength`` share of ``column`` get the opposite label (with more
-    than two classes, the next class in sorted order).
+    than two classes, the next class in sorted order; for a number to predict, its mirror image about the
+    median, so the relationship there is reversed).
 
     0 leaves the labels as they are; 0.5 inverts the rule for the upper half of
     ``column`` (a model of the old rule is then wrong there as often as it was
@@ -70,6 +83,10 @@ def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: 
         return out
     values = pd.to_numeric(out[column], errors="coerce")
     changed = values.rank(pct=True, method="average") > 1.0 - strength  # missing values keep the old rule
+    if task == "regression":
+        values = pd.to_numeric(out[target], errors="coerce")
+        out.loc[changed, target] = 2 * float(values.median()) - values[changed]
+        return out
     classes = sorted(out[target].dropna().unique(), key=label_key)
     following = {c: classes[(i + 1) % len(classes)] for i, c in enumerate(classes)}
     out.loc[changed, target] = out.loc[changed, target].map(following)
@@ -78,7 +95,7 @@ def apply_concept(batch: pd.DataFrame, strength: float, *, target: str, column: 
 
 def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.0, seed: int = 0,
                   train_fraction: float = 0.6, batch_fraction: float = 1.0, resample: bool = False,
-                  write_train: bool = True) -> tuple[Path | None, Path]:
+                  write_train: bool = True, table: str = "") -> tuple[Path | None, Path]:
     """Write ``train.csv`` (the initial reference) and ``current.csv`` (a new batch).
 
     The train/batch split of the Titanic table is fixed; ``seed`` draws which
@@ -89,7 +106,14 @@ def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.
     """
     if not 0 < train_fraction < 1 or not 0 < batch_fraction <= 1:
         raise ValueError("train_fraction must be in (0, 1) and batch_fraction in (0, 1]")
-    table = load_titanic()[[*settings.features, settings.target]]
+    name = table or ("diabetes" if settings.task == "regression" else "titanic")
+    if name not in DEMO_TABLES:
+        raise ValueError(f"unknown demo table {name!r}; expected one of {sorted(DEMO_TABLES)}")
+    full = DEMO_TABLES[name]()
+    missing = [c for c in (*settings.features, settings.target) if c not in full.columns]
+    if missing:
+        raise ValueError(f"the {name} table has no column(s) {missing}; it has {list(full.columns)}")
+    table = full[[*settings.features, settings.target]]
     order = np.random.default_rng(0).permutation(len(table))
     cut = int(len(table) * train_fraction)
     train = table.iloc[order[:cut]].reset_index(drop=True)
@@ -103,7 +127,7 @@ def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.
     if concept:
         if not numeric:
             raise ValueError("--concept needs a numeric drift feature to define where the label rule changes")
-        batch = apply_concept(batch, concept, target=settings.target, column=numeric[0])
+        batch = apply_concept(batch, concept, target=settings.target, column=numeric[0], task=settings.task)
     train_path = atomic_write_csv(train, settings.train_csv) if write_train else None
     return train_path, atomic_write_csv(batch, settings.current_csv)
 
@@ -248,15 +272,6 @@ def row_hashes(frame: pd.DataFrame, columns, kinds: Mapping[str, str], target: s
     return pd.util.hash_pandas_object(rows, index=False).to_numpy(dtype=np.uint64)
 
 
-def unseen_rows(rows: pd.DataFrame, seen: pd.DataFrame, columns: list[str]) -> pd.Series:
-    """True for each row of ``rows`` whose ``columns`` values (missing equal to missing) are not in ``seen``."""
-    if not len(rows) or not len(seen):
-        return pd.Series(True, index=rows.index)
-    keys = pd.util.hash_pandas_object(rows[columns], index=False)
-    known = pd.util.hash_pandas_object(seen[columns], index=False)
-    return ~keys.isin(set(known.to_numpy()))
-
-
 def infer_kinds(frame: pd.DataFrame, columns) -> dict[str, str]:
     """Map each column to ``numeric`` or ``categorical`` from its dtype."""
     return {c: NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
@@ -318,6 +333,8 @@ def _check_labels(out: pd.DataFrame, settings: Settings, *, require_target: bool
 
     Rows without a label stay (their features count for drift); training and the holdout leave them out.
     """
+    if settings.task == "regression":
+        return _check_numbers(out, settings, require_target=require_target)
     target = settings.target
     labels = canonical(out[target])
     out[target] = labels
@@ -329,13 +346,40 @@ def _check_labels(out: pd.DataFrame, settings: Settings, *, require_target: bool
     if fractions:
         shown = sorted(fractions)[:5]
         return [f"target {target!r} holds numbers such as {shown} ({len(classes)} distinct values): classes are "
-                f"needed, and this looks like a number to predict (regression), not a label"]
+                f"needed, and this looks like a number to predict: set MLOPS_TASK=regression"]
     if len(classes) > settings.max_classes:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in classes)
         return [f"target {target!r} has {len(classes)} distinct values, more than MLOPS_MAX_CLASSES="
-                f"{settings.max_classes}: {MAX_CLASSES_HINT}"]
+                f"{settings.max_classes}: " + ("numbers with this many values look like a number to predict: "
+                                               "set MLOPS_TASK=regression (or check MLOPS_TARGET)" if numbers
+                                               else MAX_CLASSES_HINT)]
     if len(classes) < 2:
         return [f"target {target!r} has a single class ({classes[0]!r}); two are needed to train"]
     return []
+
+
+def _check_numbers(out: pd.DataFrame, settings: Settings, *, require_target: bool) -> list[str]:
+    """A regression's target: numbers (text that reads as one is taken), finite, not all the same."""
+    target = settings.target
+    raw = out[target]
+    values = pd.to_numeric(raw.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+    values = values.astype(float)
+    out[target] = values
+    if raw.notna().sum() == 0:
+        return [f"target {target!r} has no values"] if require_target else []
+    problems = []
+    text = (raw.notna() & values.isna()).to_numpy()
+    if text.any():
+        examples = sorted({str(v) for v in raw[text].head(3)})
+        problems.append(f"target {target!r}: {int(text.sum())} non-numeric value(s) such as {examples}"
+                        f"{_first_row(text)}: a regression needs numbers (MLOPS_TASK=regression)")
+    infinite = np.isinf(values.to_numpy())
+    if infinite.any():
+        problems.append(f"target {target!r}: {int(infinite.sum())} infinite value(s){_first_row(infinite)}")
+    finite = values[np.isfinite(values.to_numpy())]
+    if not problems and finite.nunique() < 2:
+        problems.append(f"target {target!r} is constant ({finite.iloc[0]:g}): there is nothing to learn")
+    return problems
 
 
 def load_batch(path: str | os.PathLike, settings: Settings, *, kinds: Mapping[str, str] | None = None,

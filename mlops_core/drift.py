@@ -13,11 +13,12 @@ import pandas as pd
 
 from .data import CATEGORICAL, NUMERIC, infer_kinds
 
-__all__ = ["EMPTY_SHARE", "PREDICTION", "psi", "FeatureProfile", "ReferenceProfile", "DriftReport"]
+__all__ = ["EMPTY_SHARE", "PREDICTION", "PREDICTED_VALUE", "psi", "FeatureProfile", "ReferenceProfile", "DriftReport"]
 
 EMPTY_SHARE = 1e-4
 _MISSING = "<missing>"
 PREDICTION = "predicted_class"  # the output profile: the serving model's predicted labels on its reference
+PREDICTED_VALUE = "predicted_value"  # ... a regression's predicted numbers
 
 
 def psi(reference_shares: np.ndarray, current_shares: np.ndarray) -> float:
@@ -130,9 +131,11 @@ class ReferenceProfile:
     def kinds(self) -> dict[str, str]:
         return {name: p.kind for name, p in self.features.items()}
 
-    def with_output(self, name: str, values) -> ReferenceProfile:
-        """A copy that also profiles a model output (e.g. :data:`PREDICTION`) on the reference rows."""
-        fitted = FeatureProfile.fit(name, np.asarray(values).astype(str), kind=CATEGORICAL)
+    def with_output(self, name: str, values, *, kind: str = CATEGORICAL) -> ReferenceProfile:
+        """A copy that also profiles a model output on the reference rows: :data:`PREDICTION` (classes,
+        categorical) or :data:`PREDICTED_VALUE` (a regression's numbers, in quantile bins)."""
+        values = np.asarray(values, dtype=float) if kind == NUMERIC else np.asarray(values).astype(str)
+        fitted = FeatureProfile.fit(name, values, kind=kind, bins=self.bins)
         return ReferenceProfile(self.features, self.bins, {**self.outputs, name: fitted})
 
     def report(self, frame: pd.DataFrame, features: Iterable[str], *, threshold: float,
@@ -153,8 +156,8 @@ class ReferenceProfile:
         scored = [(c, self.features[c], frame[c].to_numpy()) for c in names if c in self.features]
         informative = [(c, p, frame[c].to_numpy()) for c, p in self.features.items()
                        if c not in names and c in frame.columns]
-        informative += [(c, self.outputs[c], np.asarray(v).astype(str)) for c, v in (outputs or {}).items()
-                        if c in self.outputs]
+        informative += [(c, self.outputs[c], np.asarray(v, dtype=float) if self.outputs[c].kind == NUMERIC
+                         else np.asarray(v).astype(str)) for c, v in (outputs or {}).items() if c in self.outputs]
         details, scores, info = {}, {}, {}
         for group, items in ((scores, scored), (info, informative)):
             for name, profile, values in items:

@@ -17,6 +17,17 @@ The test is chosen before looking, by the promotion metric:
   the usual +1 correction), that of "worse" the share at or above zero, the
   interval their 2.5 and 97.5 percentiles.
 
+For a regression (``rmse``, ``mae``, ``r2``) the test is a paired bootstrap too, of the
+metric on the same rows' errors: the candidate's and the baseline's per-row errors are
+resampled together (2,000 resamples; above 2,000 rows, drawn from the normal law the
+resampled means follow by the central limit theorem, which the row bootstrap would only
+approximate at far greater cost). A bootstrap rather than Wilcoxon's signed-rank test:
+Wilcoxon tests whether the per-row absolute errors' differences are centred on zero, not
+whether the RMSE (or R²) the promotion rule is about improved, and two models can differ
+in one without the other. ``difference`` is then the improvement: the baseline's error
+less the candidate's (R²: the candidate's less the baseline's), so that above zero is
+better for every metric.
+
 Promotion then needs both: a difference above the minimum improvement and a
 p-value of "better" below alpha (alpha 1 is the plain "strictly better" rule, no
 test). The same test the other way (p-value of "worse" below alpha) shows a
@@ -30,7 +41,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Comparison", "compare", "mcnemar", "metric_value"]
+__all__ = ["Comparison", "compare", "compare_errors", "mcnemar", "metric_value"]
 
 _Z95 = 1.959963984540054
 _RESAMPLES = 2000
@@ -221,6 +232,60 @@ def _from_diffs(metric: str, n: int, cand: float, base: float, diffs: np.ndarray
     p_worse = (1 + int(np.sum(diffs >= 0))) / (diffs.size + 1)
     low, high = np.percentile(diffs, [2.5, 97.5])
     return Comparison(metric, "paired_bootstrap", n, cand, base, cand - base, float(low), float(high), float(p),
+                      p_worse=float(p_worse))
+
+
+_ERRORS = {"rmse", "mae", "r2"}
+_EXACT_ROWS = 2_000  # above: the resampled means are drawn from their normal law
+
+
+def compare_errors(metric: str, y, pred_candidate, pred_baseline, *, seed: int = 0) -> Comparison:
+    """Compare two regressors' predictions of ``y`` on the same rows by ``metric`` (``rmse``, ``mae``, ``r2``):
+    the paired bootstrap of the module doc; ``difference`` is the improvement (above zero: the candidate is
+    better)."""
+    if metric not in _ERRORS:
+        raise ValueError(f"unknown regression metric {metric!r}; expected one of {sorted(_ERRORS)}")
+    y = np.asarray(y, dtype=float)
+    e_c, e_b = np.asarray(pred_candidate, dtype=float) - y, np.asarray(pred_baseline, dtype=float) - y
+    n = int(y.size)
+    if metric == "mae":
+        rows = np.column_stack([np.abs(e_c), np.abs(e_b)])
+    elif metric == "rmse":
+        rows = np.column_stack([e_c ** 2, e_b ** 2])
+    else:
+        rows = np.column_stack([e_c ** 2, e_b ** 2, y, y ** 2])
+
+    def values(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if metric == "mae":
+            return means[..., 0], means[..., 1]
+        if metric == "rmse":
+            return np.sqrt(means[..., 0]), np.sqrt(means[..., 1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spread = means[..., 3] - means[..., 2] ** 2
+            return 1 - means[..., 0] / spread, 1 - means[..., 1] / spread
+
+    def improvement(means: np.ndarray) -> np.ndarray:
+        cand, base = values(means)
+        return cand - base if metric == "r2" else base - cand
+
+    if n < 2:
+        return Comparison(metric, "paired_bootstrap", n, math.nan, math.nan, 0.0, -math.inf, math.inf, 1.0)
+    cand, base = (float(v) for v in values(rows.mean(axis=0)))
+    rng = np.random.default_rng(seed)
+    if n <= _EXACT_ROWS:
+        resampled = np.concatenate([rows[rng.integers(0, n, (100, n))].mean(axis=1)
+                                    for _ in range(_RESAMPLES // 100)])
+    else:
+        resampled = rng.multivariate_normal(rows.mean(axis=0), np.cov(rows, rowvar=False) / n, size=_RESAMPLES)
+    diffs = improvement(resampled)
+    diffs = diffs[np.isfinite(diffs)]
+    better = float(improvement(rows.mean(axis=0)))
+    if not diffs.size:
+        return Comparison(metric, "paired_bootstrap", n, cand, base, better, -math.inf, math.inf, 1.0)
+    p = (1 + int(np.sum(diffs <= 0))) / (diffs.size + 1)
+    p_worse = (1 + int(np.sum(diffs >= 0))) / (diffs.size + 1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return Comparison(metric, "paired_bootstrap", n, cand, base, better, float(low), float(high), float(p),
                       p_worse=float(p_worse))
 
 

@@ -65,7 +65,7 @@ def test_bad_label_columns_are_refused_with_what_is_wrong():
     assert "single class (1)" in problem(1)
     many = problem([f"id-{i}" for i in range(len(frame))])
     assert "120 distinct values, more than MLOPS_MAX_CLASSES=50" in many and "an id or a number" in many
-    assert "looks like a number to predict (regression)" in problem(np.linspace(0, 1, len(frame)))
+    assert "looks like a number to predict: set MLOPS_TASK=regression" in problem(np.linspace(0, 1, len(frame)))
     assert "has no values" in problem(np.nan)
 
 

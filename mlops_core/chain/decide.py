@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data import RowSet
 from ..errors import RegistryError
-from ..evidence import Comparison, compare
+from ..evidence import Comparison, compare, compare_errors
 from ..labels import Labels, label_key
 from ..registry import LIFECYCLE, PRODUCTION, STAGING, dumps
 from .context import Context, Judgement, Run
@@ -116,7 +116,7 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
     seen = [RowSet.of(run.training, every, run.kinds, target),
             *(ctx.registry.load_rows(v, kinds=run.kinds) for v in rivals.values())]
     rows, dropped = unseen(run.holdout, seen, target, run.kinds)
-    labels = run.candidate.labels
+    labels = run.candidate.labels  # None: a regression
     proba = labels if settings.promotion_metric == "auc" else None
     candidate_labels, candidate_proba = labels_and_proba(run.candidate.model, rows, features, run.kinds,
                                                          positive=proba)
@@ -127,6 +127,10 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
         known = {**run.profile.kinds, **run.kinds}
         kinds = {c: known.get(c, "numeric") for c in model.columns}
         scored[role] = labels_and_proba(model.model, rows, model.columns, kinds, positive=proba)
+    if labels is None:
+        verdicts = {role: compare_errors(settings.promotion_metric, y.astype(float), candidate_labels.astype(float),
+                                         pred.astype(float), seed=settings.seed) for role, (pred, _) in scored.items()}
+        return verdicts, len(rows), dropped
     encode, n_classes = _codes(labels, [y, candidate_labels, *(pred for pred, _ in scored.values())])
     verdicts = {role: compare(settings.promotion_metric, encode(y), encode(candidate_labels), encode(pred),
                               candidate_proba, rival_proba, seed=settings.seed, n_classes=n_classes)

@@ -49,7 +49,7 @@ def detect(ctx: Context, run: Run) -> Run:
         run.result.reason = (f"drift detected (mean PSI {report.mean_psi:.4f}) but the batch has no {target!r} "
                              f"labels: retraining refused")
     else:
-        learnable, note = _learnable(run.batch, target)
+        learnable, note = _learnable(run.batch, target, regression=settings.task == "regression")
         if learnable is None:
             run.result.status = "refused"
             run.result.reason = f"drift detected (mean PSI {report.mean_psi:.4f}) but {note}: retraining refused"
@@ -63,7 +63,7 @@ def detect(ctx: Context, run: Run) -> Run:
 MIN_CLASS_ROWS = 5  # labelled rows a class needs to be learned (cross-validated) and judged (held out)
 
 
-def _learnable(batch: pd.DataFrame, target: str) -> tuple[pd.DataFrame | None, str]:
+def _learnable(batch: pd.DataFrame, target: str, *, regression: bool = False) -> tuple[pd.DataFrame | None, str]:
     """The labelled rows to train and judge on, and what was left out (a note); ``None`` and why when fewer than
     two classes have :data:`MIN_CLASS_ROWS` rows each.
 
@@ -71,6 +71,13 @@ def _learnable(batch: pd.DataFrame, target: str) -> tuple[pd.DataFrame | None, s
     held out (named, with their count): the candidate is trained on the classes it can learn."""
     labels = batch[target] if target in batch.columns else pd.Series(np.nan, index=batch.index)
     labelled = batch[labels.notna()]
+    if regression:
+        note = (f"{len(batch) - len(labelled)} row(s) without a {target!r} value left out of training and the "
+                f"holdout" if len(labelled) < len(batch) else "")
+        if len(labelled) < 4 * MIN_CLASS_ROWS or labelled[target].nunique() < 2:
+            return None, (f"the batch has {len(labelled)} row(s) with a {target!r} value: a regression needs at "
+                          f"least {4 * MIN_CLASS_ROWS}, not all equal, to be trained and judged")
+        return labelled, note
     counts = labelled[target].value_counts()
     rare = counts[counts < MIN_CLASS_ROWS]
     notes = []
@@ -94,7 +101,7 @@ def _counts(counts: pd.Series) -> str:
 def _new_classes(ctx: Context, run: Run) -> list:
     """Labels of the batch that Production was not trained on (its ``classes`` tag; none known: none new)."""
     target = ctx.settings.target
-    if run.production is None or target not in run.batch.columns:
+    if run.production is None or target not in run.batch.columns or ctx.settings.task == "regression":
         return []
     raw = ctx.registry.describe(run.production)["tags"].get("classes")
     if not raw:
@@ -122,7 +129,7 @@ def _holdout_split(batch, settings: Settings):
     from sklearn.model_selection import train_test_split
 
     y = batch[settings.target]
-    stratify = y if y.value_counts().min() >= 2 else None
+    stratify = y if settings.task != "regression" and y.value_counts().min() >= 2 else None
     fit, hold = train_test_split(batch, test_size=settings.holdout_fraction, random_state=settings.seed,
                                  stratify=stratify)
     return fit.reset_index(drop=True), hold.reset_index(drop=True)

@@ -7,8 +7,8 @@ import logging
 
 import pandas as pd
 
-from ..data import RowSet, normalise
-from ..drift import PREDICTION, ReferenceProfile
+from ..data import NUMERIC, RowSet, normalise
+from ..drift import PREDICTED_VALUE, PREDICTION, ReferenceProfile
 from ..errors import shorten
 from ..registry import COMPILED_TAG, LoadedModel
 from .context import Context, Run
@@ -45,8 +45,9 @@ def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFra
     settings, registry = ctx.settings, ctx.registry
     features = list(settings.features)
     profile = ReferenceProfile.fit(normalise(regime, kinds), features=features, kinds=kinds, bins=settings.bins)
-    predicted = sample_rows(regime, seed=settings.seed)
-    profile = profile.with_output(PREDICTION, labels_and_proba(candidate.model, predicted, features, kinds)[0])
+    predicted = labels_and_proba(candidate.model, sample_rows(regime, seed=settings.seed), features, kinds)[0]
+    profile = (profile.with_output(PREDICTED_VALUE, predicted, kind=NUMERIC) if settings.task == "regression"
+               else profile.with_output(PREDICTION, predicted))
     registry.log_run(run_id, params={"models": ",".join(settings.models) or "all", "fold": settings.fold,
                                      "n_jobs": settings.n_jobs, "seed": settings.seed, "n_train": len(training),
                                      "n_select": candidate.n_select, "select_rows": settings.select_rows,
@@ -58,11 +59,12 @@ def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFra
     registry.log_reference(run_id, profile, training.tail(REFERENCE_ROWS),
                            RowSet.of(training, [*features, settings.target], kinds, settings.target))
     example = training[features].head(5).reset_index(drop=True)
-    labels = candidate.labels.tags()
+    labels = candidate.labels.tags() if candidate.labels is not None else {"task": "regression"}
     uri = registry.log_model(run_id, candidate.model, example, metadata=labels)
     compiled = _log_compiled(ctx, run_id, candidate.model, example, regime[features], labels)
+    chosen_by = settings.promotion_metric if settings.task == "regression" else "accuracy"  # the comparison's sort
     return registry.register(uri, {"mlops.model": candidate.model_name,
-                                   "cv_accuracy": round(candidate.cv_metrics.get("accuracy", 0.0), 6),
+                                   f"cv_{chosen_by}": round(candidate.cv_metrics.get(chosen_by, 0.0), 6),
                                    "rows_select": candidate.n_select, "rows_fit": candidate.n_train,
                                    COMPILED_TAG: compiled, **labels, **tags})
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import RowSet, normalise
-from ..drift import PREDICTION, ReferenceProfile
+from ..drift import PREDICTED_VALUE, PREDICTION, ReferenceProfile
 from ..errors import shorten
 from ..labels import Labels, pipeline_classes
 from ..registry import LoadedModel
@@ -57,14 +57,16 @@ def loaded(ctx: Context, run: Run, version: str) -> LoadedModel:
 
 
 def predicted_classes(ctx: Context, run: Run, profile: ReferenceProfile) -> dict:
-    """Production's predicted classes on the batch, for the drift report's information (never fails the run).
+    """Production's predicted classes (a regression's predicted values) on the batch, for the drift report's
+    information (never fails the run).
 
     Through the version's compiled form when it has one (no AutoML library imported, answers verified equal
     to its pipeline's), else through its pipeline (kept for the decision); on a seeded sample of at most
     :data:`PREDICTED_ROWS` rows (shares of classes: a larger sample changes the PSI shown by less than its
     rounding).
     """
-    if run.production is None or PREDICTION not in profile.outputs or not len(run.batch):
+    output = next((name for name in (PREDICTION, PREDICTED_VALUE) if name in profile.outputs), None)
+    if run.production is None or output is None or not len(run.batch):
         return {}
     batch = sample_rows(run.batch, seed=ctx.settings.seed)
     try:
@@ -72,7 +74,7 @@ def predicted_classes(ctx: Context, run: Run, profile: ReferenceProfile) -> dict
         if labels is None:
             model = loaded(ctx, run, run.production)
             labels = labels_and_proba(model.model, batch, model.columns, run.kinds)[0]
-        return {PREDICTION: labels}
+        return {output: labels}
     except Exception as err:  # information only: a model that cannot score the batch fails later, in context
         log.warning("drift report without the predicted-class shift: %s", shorten(err, 300))
         return {}
