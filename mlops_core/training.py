@@ -3,6 +3,10 @@
 The comparison (models x folds of cross-validation) runs on a stratified, seeded sample of at most
 ``select_rows`` rows (all of them when there are fewer); the winner's whole pipeline (PyCaret's preprocessing and
 the estimator) is then fitted on every row. Labels of any kind (see :mod:`mlops_core.labels`).
+
+With ``dask_scheduler`` set, the comparison runs on that Dask cluster instead (PyCaret's Fugue backend: the sample
+travels to the workers, a task a model; see :mod:`mlops_core.cluster`); the final fit stays here, or, for a
+LightGBM winner on more than ``dask_fit_rows`` rows, goes through ``lightgbm.dask`` across the workers.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from . import cluster
 from .config import NO_PROBABILITIES, Settings
 from .data import NUMERIC, normalise
 from .errors import TrainingError
@@ -88,9 +93,10 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     progress = progress or Progress()
     select = stratified_sample(data, settings.target, settings.select_rows, seed=settings.seed,
                                at_least=2 * settings.fold)
-    with _frozen_heap():
+    with _cluster(settings) as client, _frozen_heap():
         final, comparison = _compare_and_finalise(classification, select, settings, numeric, categorical, progress,
-                                                  fit_all=data if len(select) < len(data) else None)
+                                                  fit_all=data if len(select) < len(data) else None,
+                                                  client=client)
     top = comparison.iloc[0]
     if not hasattr(final, "predict_proba"):
         raise TrainingError(f"{top.get('Model')} gives no probabilities (no predict_proba); serving needs them")
@@ -149,12 +155,15 @@ def _model_ids(exp, settings: Settings) -> list[str]:
 
 
 def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings, numeric: list[str],
-                          categorical: list[str], progress: Progress, *, fit_all: pd.DataFrame | None = None):
+                          categorical: list[str], progress: Progress, *, fit_all: pd.DataFrame | None = None,
+                          client=None):
     """PyCaret's comparison of ``settings.models`` by Accuracy on ``data``; the best pipeline finalised (refitted
     on ``fit_all`` when given: every row, ``data`` being a sample of them), and the table.
 
     Each model is compared in a call of its own (the same setup, so the same folds as one call over all of them)
     so that ``progress`` can follow models x folds; the table is then sorted by Accuracy as PyCaret sorts it.
+    With a Dask ``client``, every model is compared in one call instead, a task each on its workers
+    (:func:`mlops_core.cluster.compare_models`), and the table sorted the same way.
     """
     exp = classification.ClassificationExperiment()
     try:
@@ -166,7 +175,11 @@ def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings
                                                     f"then the final fit")
         deadline = time.monotonic() + settings.budget_minutes * 60 if settings.budget_minutes else None
         fitted, rows = {}, []
-        for model_id in ids:
+        if client is not None:  # on the cluster: every model in one call, a Dask task each
+            fitted, table, _ = cluster.compare_models(exp, ids, client=client, sort="Accuracy", fold=settings.fold,
+                                                      progress=progress)
+            rows = [table]
+        for model_id in ids if client is None else ():
             left = None if deadline is None else (deadline - time.monotonic()) / 60
             if left is not None and left <= 0:
                 break
@@ -182,6 +195,8 @@ def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings
             progress.advance(settings.fold)
         comparison = (pd.concat(rows).sort_values("Accuracy", ascending=False, kind="stable") if rows
                       else pd.DataFrame())
+    except cluster.ClusterError:  # the cluster, not the data: retried
+        raise
     except Exception as err:  # PyCaret raises bare ValueErrors and more from deep inside
         raise TrainingError(f"PyCaret comparison failed: {err}") from err
     if comparison.empty or float(comparison["Accuracy"].max()) <= 0.0:
@@ -190,9 +205,31 @@ def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings
     progress.advance(0, f"fitting {comparison.index[0]} on {len(fit_all) if fit_all is not None else len(data)} rows")
     try:
         final = exp.finalize_model(best)
-        if fit_all is not None:
+        if fit_all is not None and _through_lightgbm_dask(client, final, len(fit_all), settings):
+            final = cluster.fit_lightgbm(client, final, fit_all.drop(columns=[settings.target]),
+                                         fit_all[settings.target])
+        elif fit_all is not None:
             final = clone(final).fit(fit_all.drop(columns=[settings.target]), fit_all[settings.target])
+    except cluster.ClusterError:
+        raise
     except Exception as err:
         raise TrainingError(f"finalising {type(best).__name__} failed: {err}") from err
     progress.advance(1)
     return final, comparison
+
+
+def _cluster(settings: Settings) -> contextlib.AbstractContextManager:
+    """The Dask cluster's client while the block runs when ``settings.dask_scheduler`` names one, else None."""
+    if not settings.dask_scheduler:
+        return contextlib.nullcontext(None)
+    return cluster.connect(settings.dask_scheduler)
+
+
+def _through_lightgbm_dask(client, final, rows: int, settings: Settings) -> bool:
+    """Whether the final fit of ``final`` on ``rows`` rows goes through lightgbm.dask: with a cluster, for a
+    LightGBM estimator, on more than ``settings.dask_fit_rows`` rows (0: never)."""
+    if client is None or not 0 < settings.dask_fit_rows < rows:
+        return False
+    from lightgbm import LGBMModel
+
+    return isinstance(final.steps[-1][1], LGBMModel)
