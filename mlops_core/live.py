@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from .ab import report
+from .ab import compare
 from .config import Settings
 from .predictions import PredictionStore
 
@@ -82,7 +82,8 @@ def decide_live(settings: Settings, *, promote: bool | None = None, retire: bool
             registry = registry or Registry(settings)
             aliases = registry.aliases()
             production, staging = aliases.get(PRODUCTION), aliases.get(STAGING)
-            comparison = report(store, production=production, staging=staging)["comparison"]
+            # judged by this decision's settings (its switches, alpha, labels, effect), whatever the store's are
+            comparison = compare(store, production, staging, settings)
             out = {"status": "kept", "production": production, "staging": staging, "version": None,
                    "reason": comparison["reason"], "comparison": comparison, "run_id": None}
             action = comparison["action"] if comparison["decision_allowed"] else None

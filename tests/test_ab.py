@@ -202,16 +202,29 @@ def test_labels_of_any_kind_are_stored_by_key_and_checked_against_the_versions_c
         store.dispose()
 
 
+def _metadata_before_regression(*, integer_labels: bool):
+    """The store's tables as the versions before regression made them: no ``task``, ``prediction_value`` or
+    ``label_value``; with ``integer_labels``, as the version before labels of any kind (0/1 integer columns)."""
+    from sqlalchemy import Integer, MetaData, Table
+
+    from mlops_core.predictions import _added_columns, _metadata
+
+    added = {(table, column) for table, column, _ in _added_columns()}
+    md = MetaData()
+    for table in _metadata().tables.values():
+        Table(table.name, md, *(c._copy() for c in table.columns if (table.name, c.name) not in added))
+    if integer_labels:
+        md.tables["predictions"].c.prediction.type = Integer()
+        md.tables["feedback"].c.label.type = Integer()
+    return md
+
+
 def _previous_store(url: str, now: float) -> dict[str, str]:
     """A store as the version before labels of any kind wrote it: 0/1 integers in ``prediction`` and ``label``.
     Production v1 answered 1, 1, 0 (labels 1, 0, 0: two right) and one error; returns the request ids."""
-    from sqlalchemy import Integer, create_engine
+    from sqlalchemy import create_engine
 
-    from mlops_core.predictions import _metadata
-
-    md = _metadata()
-    md.tables["predictions"].c.prediction.type = Integer()
-    md.tables["feedback"].c.label.type = Integer()
+    md = _metadata_before_regression(integer_labels=True)
     engine = create_engine(url)
     md.create_all(engine)
     rows = [(f"r{i}", prediction, 200) for i, prediction in enumerate((1, 1, 0))] + [("e0", None, 400)]
@@ -226,13 +239,13 @@ def _previous_store(url: str, now: float) -> dict[str, str]:
     return {"r0": "1", "r1": "1", "r2": "0"}
 
 
-def _store_columns(store: PredictionStore) -> dict[str, str]:
+def _store_columns(store: PredictionStore, names=("prediction", "label")) -> dict[str, str]:
     from sqlalchemy import inspect
 
     with store.engine.connect() as conn:
         inspector = inspect(conn)
         return {f"{table}.{c['name']}": type(c["type"]).__name__.upper() for table in ("predictions", "feedback")
-                for c in inspector.get_columns(table) if c["name"] in ("prediction", "label")}
+                for c in inspector.get_columns(table) if c["name"] in names}
 
 
 def _migrates(url: str, home) -> None:
@@ -244,6 +257,8 @@ def _migrates(url: str, home) -> None:
         group = report(store)["groups"][0]
         assert (group["rows"], group["errors"], group["labelled"], group["correct"]) == (3, 1, 3, 2)
         assert set(_store_columns(store).values()) == {"TEXT"}
+        assert set(_store_columns(store, REGRESSION_COLUMNS)) == {"predictions.task", "predictions.prediction_value",
+                                                                 "feedback.label_value"}  # added too
         with store.engine.connect() as conn:
             assert dict(conn.exec_driver_sql("SELECT request_id, prediction FROM predictions "
                                              "WHERE prediction IS NOT NULL").all()) == before
@@ -322,6 +337,193 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
                                                                           ("Staging", 400, 800)]
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.dispose()
+
+
+# -- a regression's rows -------------------------------------------------------------------------------------
+REGRESSION_COLUMNS = ("task", "prediction_value", "label_value")
+
+
+def _numbers(arm: str, version: str, predictions: list[float], *, created: float | None = None) -> Prediction:
+    """One answered request of a regression version (one row: its request id is the call's)."""
+    item = _item(arm, version, predictions, created=created)
+    return Prediction(**{**item.__dict__, "probabilities": None, "task": "regression"})
+
+
+def _t_interval(totals: list[float], sizes: list[int]) -> tuple[float, float]:
+    """The 95% interval of sum(totals) / sum(sizes), by hand: Student t (k - 1 df) on the requests' linearised
+    ratio (the t interval of a mean when every request is one row)."""
+    from scipy.stats import t
+
+    k, rows = len(totals), sum(sizes)
+    r = sum(totals) / rows
+    se = math.sqrt(k / (k - 1) * sum((a - r * m) ** 2 for a, m in zip(totals, sizes))) / rows
+    q = t.ppf(0.975, k - 1)
+    return r - q * se, r + q * se
+
+
+def test_a_regressions_numbers_are_stored_as_numbers_and_reported_as_mae_and_rmse(tmp_path):
+    """Predicted and true values stored as floats (SQL computes the errors); per arm MAE and RMSE over rows,
+    with 95% intervals over requests (a batch request is one)."""
+    store = PredictionStore(Settings(home=tmp_path))
+    try:
+        singles = [_numbers("Production", "1", [p]) for p in (10.0, 12.5, 7.0, 20.0)]
+        batch = _numbers("Production", "1", [3.0, 4.0, 5.0])
+        store.write(singles + [batch])
+        truth = {singles[0].call_id: 11, singles[1].call_id: 10.0, singles[2].call_id: 7.0,
+                 singles[3].call_id: 26.5, batch.request_ids[0]: 0, batch.request_ids[1]: 4.5,
+                 batch.request_ids[2]: 5.0}
+        assert store.add_feedback(list(truth.items())) == 7
+        with store.engine.connect() as conn:
+            stored = conn.exec_driver_sql(
+                "SELECT p.prediction_value, f.label_value, p.task, p.probability FROM predictions p "
+                "JOIN feedback f ON f.request_id = p.request_id ORDER BY p.prediction_value").all()
+            mae_sql = conn.exec_driver_sql("SELECT AVG(ABS(f.label_value - p.prediction_value)) FROM predictions p "
+                                           "JOIN feedback f ON f.request_id = p.request_id").scalar()
+        assert [tuple(r) for r in stored] == [(3.0, 0.0, "regression", None), (4.0, 4.5, "regression", None),
+                                              (5.0, 5.0, "regression", None), (7.0, 7.0, "regression", None),
+                                              (10.0, 11.0, "regression", None), (12.5, 10.0, "regression", None),
+                                              (20.0, 26.5, "regression", None)]
+        errors = [1.0, 2.5, 0.0, 6.5, 3.0, 0.5, 0.0]  # the singles' |error|, then the batch's rows'
+        assert mae_sql == pytest.approx(sum(errors) / 7)
+        out = report(store)
+        assert json.loads(json.dumps(out)) == out  # JSON as it is
+        group = out["groups"][0]
+        assert (group["task"], group["rows"], group["labelled"], group["requests"]) == ("regression", 7, 7, 5)
+        assert (group["accuracy"], group["correct"]) == (None, None)
+        assert group["mae"] == pytest.approx(sum(errors) / 7, abs=1e-6)
+        assert group["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 7), abs=1e-6)
+        sizes, absolute = [1, 1, 1, 1, 3], [1.0, 2.5, 0.0, 6.5, 3.5]
+        squared = [1.0, 6.25, 0.0, 42.25, 9.25]
+        low, high = _t_interval(absolute, sizes)
+        assert group["mae_ci95"] == pytest.approx([max(0.0, low), high], abs=1e-6)
+        low, high = _t_interval(squared, sizes)
+        assert group["rmse_ci95"] == pytest.approx([math.sqrt(max(0.0, low)), math.sqrt(high)], abs=1e-6)
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize(("label", "accepted"), [
+    (0, True), (-3, True), (2.5, True), (3.4028234663852886e38, True), (-3.4028234663852886e38, True),
+    ("151", False), ("2.5", False), (True, False), (None, False), (float("inf"), False), (float("nan"), False),
+    (10 ** 400, False), (3.5e38, False), (340282346638528860000000000000000000000, False), ([1.0], False),
+])
+def test_a_regressions_true_value_is_a_finite_number(tmp_path, label, accepted):
+    """A JSON number (integer or float) within float32's range, as the features are; never text or a boolean.
+    Refused: an InvalidLabelError naming the version and what came, without classes."""
+    store = PredictionStore(Settings(home=tmp_path))
+    try:
+        item = _numbers("Staging", "4", [1.0])
+        store.write([item])
+        if accepted:
+            store.add_feedback([(item.call_id, label)], classes=lambda version: ("a", "b"))  # the row's task rules
+            with store.engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT label_value FROM feedback").scalar() == float(label)
+        else:
+            with pytest.raises(InvalidLabelError, match="true value of version 4's prediction .a regression., a "
+                                                        "finite number") as err:
+                store.add_feedback([(item.call_id, label)])
+            assert err.value.classes is None and err.value.index == 0
+    finally:
+        store.dispose()
+
+
+def test_a_store_written_before_regression_gains_its_columns_once(tmp_path):
+    """A current store without the regression columns: they are added on first use (its rows read as the
+    classification rows they are), and regression rows join it."""
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'before.db'}"
+    md = _metadata_before_regression(integer_labels=False)
+    engine = create_engine(url)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(md.tables["predictions"].insert(), [
+            {"request_id": f"r{i}", "call_id": f"r{i}", "created": time.time() - 60, "user_id": 2,
+             "arm": "Production", "version": "1", "prediction": y, "probability": 0.5, "status": 200,
+             "latency_ms": 3.0} for i, y in enumerate(("yes", "no"))])
+        conn.execute(md.tables["feedback"].insert(), [{"request_id": "r0", "label": "yes", "received": time.time()}])
+    engine.dispose()
+    store = PredictionStore(Settings(home=tmp_path, ab_store_url=url))
+    try:
+        assert _store_columns(store, REGRESSION_COLUMNS) == {"predictions.task": "VARCHAR",
+                                                             "predictions.prediction_value": "FLOAT",
+                                                             "feedback.label_value": "FLOAT"}
+        old = report(store)["groups"][0]
+        assert (old["task"], old["labelled"], old["correct"], old["accuracy"]) == ("classification", 1, 1, 1.0)
+        numbers = _numbers("Production", "2", [5.0])
+        store.write([numbers])
+        store.add_feedback([(numbers.call_id, 7)])
+        by = {g["version"]: g for g in report(store)["groups"]}
+        assert (by["2"]["task"], by["2"]["mae"], by["2"]["mae_ci95"]) == ("regression", 2.0, None)  # one request
+    finally:
+        store.dispose()
+    again = PredictionStore(Settings(home=tmp_path, ab_store_url=url))  # added once: a current store is left alone
+    try:
+        assert len(report(again)["groups"]) == 2
+    finally:
+        again.dispose()
+
+
+def _errors_store(tmp_path, production: list[float], staging: list[float], **settings) -> PredictionStore:
+    """A store where each arm answered one single-row request per error given (its true value 100, the
+    prediction 100 + error), Staging first: both arms over one period."""
+    store = PredictionStore(Settings(home=tmp_path, **settings))
+    now = time.time()
+    items = [_numbers("Staging", "2", [100.0 + e], created=now - 100 + i * 1e-3) for i, e in enumerate(staging)]
+    items += [_numbers("Production", "1", [100.0 + e], created=now - 50 + i * 1e-3) for i, e in enumerate(production)]
+    store.write(items)
+    store.add_feedback([(i.call_id, 100.0) for i in items])
+    return store
+
+
+@pytest.mark.parametrize(("staging_scale", "verdict", "action"), [
+    (0.5, "staging_better", "promote"), (2.0, "staging_worse", "retire"), (1.0, "keep_collecting", None)])
+def test_regression_arms_are_compared_on_their_mean_absolute_error(tmp_path, staging_scale, verdict, action):
+    """The mSPRT on per-request absolute errors, lower is better: half Production's errors is better, twice is
+    worse, the same errors keep collecting; tau is MLOPS_AB_MIN_EFFECT times the pooled MAE."""
+    import numpy as np
+
+    from mlops_core.sequential import always_valid_p
+
+    rng = np.random.default_rng(3)
+    production = rng.normal(0, 30, 200).tolist()
+    staging = (rng.normal(0, 30, 200) * staging_scale).tolist() if staging_scale != 1.0 else production[::-1]
+    store = _errors_store(tmp_path, production, staging, ab_min_labels=100)
+    try:
+        c = report(store, production="1", staging="2")["comparison"]
+        a, b = np.abs(production), np.abs(staging)
+        assert (c["metric"], c["lower_is_better"], c["production_requests"], c["staging_requests"]) == \
+            ("mae", True, 200, 200)
+        assert c["production_mae"] == pytest.approx(a.mean(), abs=1e-6)
+        assert c["staging_rmse"] == pytest.approx(math.sqrt(np.mean(np.square(staging))), abs=1e-6)
+        assert c["difference"] == pytest.approx(b.mean() - a.mean(), abs=1e-6)
+        tau = 0.05 * (a.sum() + b.sum()) / 400
+        assert c["tau"] == pytest.approx(tau, abs=1e-6)
+        V = a.var(ddof=1) / 200 + b.var(ddof=1) / 200
+        assert c["p_value"] == pytest.approx(float(always_valid_p(b.mean() - a.mean(), V, tau=tau)), rel=1e-9)
+        assert (c["verdict"], c["action"]) == (verdict, action)
+        assert c["decision_allowed"] == (action == "retire")  # promotion is off by default, retirement on
+        if action:
+            assert c["p_value"] < 0.05 and (c["cs_high"] < 0 if action == "promote" else c["cs_low"] > 0)
+            assert "lower is better" in c["reason"]
+        else:
+            assert c["p_value"] == 1.0 and c["cs_low"] < 0 < c["cs_high"]  # the same errors: no difference
+        assert c["fixed_horizon"]["p_value"] > 0 and c["samples_needed_per_arm"] >= 100
+    finally:
+        store.dispose()
+
+
+def test_regression_arms_need_their_labels_and_tasks_must_agree(tmp_path):
+    store = _errors_store(tmp_path, [1.0, -2.0, 3.0], [2.0, 2.0], ab_min_labels=3)
+    try:
+        c = report(store, production="1", staging="2")["comparison"]
+        assert (c["verdict"], c["action"], c["staging_requests"]) == ("insufficient_labels", None, 2)
+        assert c["difference"] == pytest.approx(0.0, abs=1e-9)  # MAE 2 vs 2
+        store.write([_item("Staging", "3", ["yes"])])  # a classifier staged beside a regression
+        c = report(store, production="1", staging="3")["comparison"]
+        assert c["verdict"] == "nothing_to_compare" and "different tasks" in c["reason"] and not c["decision_allowed"]
     finally:
         store.dispose()
 

@@ -192,10 +192,12 @@ def test_the_batcher_slices_answers_of_either_shape():
             release.wait(5)  # the first call runs while the others queue behind it
         if model == "three":
             return [f"c{r}" for r in rows], [[r / 10, 0.5, 0.5 - r / 10] for r in rows]
+        if model == "numbers":  # a regression: no probabilities
+            return [r * 1.5 for r in rows], None
         return [r % 2 == 0 for r in rows], [r / 10 for r in rows]
 
     batcher = Batcher(predict, wait=0.0)
-    jobs = [("two", [0])] + [("three" if i % 2 else "two", list(range(i, i + 1 + i % 3))) for i in range(1, 9)]
+    jobs = [("two", [0])] + [(("three", "two", "numbers")[i % 3], list(range(i, i + 1 + i % 3))) for i in range(1, 10)]
     answers: dict[int, tuple] = {}
     threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, batcher(*jobs[i]))) for i in range(len(jobs))]
     threads[0].start()
@@ -208,7 +210,7 @@ def test_the_batcher_slices_answers_of_either_shape():
     release.set()
     for t in threads:
         t.join(10)
-    assert len(calls) == 3 and sorted(m for m, _ in calls[1:]) == ["three", "two"]  # one call per model
+    assert len(calls) == 4 and sorted(m for m, _ in calls[1:]) == ["numbers", "three", "two"]  # one call a model
     for i, (model, rows) in enumerate(jobs):
         assert answers[i] == predict(model, rows), (i, answers[i])
 
