@@ -1,4 +1,5 @@
-"""AutoML with a PyCaret ClassificationExperiment: compare on a sample, pick by Accuracy, fit the winner on all.
+"""AutoML with a PyCaret experiment (classification, or regression): compare on a sample, pick the best, fit the
+winner on all.
 
 The comparison (models x folds of cross-validation) runs on a stratified, seeded sample of at most
 ``select_rows`` rows (all of them when there are fewer); the winner's whole pipeline (PyCaret's preprocessing and
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -45,6 +47,20 @@ def import_pycaret_classification():
     return classification
 
 
+#: per task: PyCaret's experiment, the comparison's column for each promotion metric, whether higher is better
+SORT_COLUMN = {"accuracy": "Accuracy", "f1": "Accuracy", "auc": "Accuracy", "precision": "Accuracy",
+               "recall": "Accuracy", "rmse": "RMSE", "mae": "MAE", "r2": "R2"}
+
+
+def _experiment(settings: Settings):
+    """A new PyCaret experiment for the settings' task."""
+    if settings.task == "regression":
+        from pycaret.regression import RegressionExperiment
+
+        return RegressionExperiment()
+    return import_pycaret_classification().ClassificationExperiment()
+
+
 @dataclass
 class TrainResult:
     """The finalised best pipeline and how the comparison went."""
@@ -58,7 +74,7 @@ class TrainResult:
     comparison_path: Path
     seconds: float
     n_train: int  # rows the final pipeline was fitted on
-    labels: Labels  # the classes it was trained on and, for two, the positive one
+    labels: Labels | None  # the classes it was trained on and, for two, the positive one (None: a regression)
     n_select: int = 0  # rows the comparison selected the model on (a stratified sample when < n_train)
 
 
@@ -70,13 +86,13 @@ def _metrics(row: pd.Series) -> dict[str, float]:
 
 def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | None = None,
           progress: Progress | None = None) -> TrainResult:
-    """Compare ``settings.models`` by Accuracy on a sample of ``frame`` and fit the best on all of it.
+    """Compare ``settings.models`` on a sample of ``frame`` (by Accuracy; a regression by its promotion metric,
+    RMSE, MAE or R²) and fit the best on all of it.
 
     Writes ``best_model.pkl`` and ``pycaret_compare_results.csv`` under
     ``settings.models_dir``, whatever the working directory.
     """
     started = time.perf_counter()
-    classification = import_pycaret_classification()
     features = list(settings.features)
     kinds = kinds or {}
     numeric = [c for c in features if kinds.get(c, NUMERIC if pd.api.types.is_numeric_dtype(frame[c]) else "")
@@ -84,21 +100,29 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     categorical = [c for c in features if c not in numeric]
     data = normalise(frame[[*features, settings.target]].dropna(subset=[settings.target]).reset_index(drop=True),
                      {**{c: NUMERIC for c in numeric}, **{c: "categorical" for c in categorical}})
-    # the labels as one typed column (ints, booleans or strings): PyCaret label-encodes anything but 0..k-1
-    data[settings.target] = data[settings.target].infer_objects()
-    labels = task_labels(data[settings.target], settings)
-    if len(labels.classes) < 2:
-        raise TrainingError(f"expected at least two classes in {settings.target!r} to train on, got "
-                            f"{list(labels.classes)}")
+    labels = None
+    if settings.task == "regression":
+        data[settings.target] = data[settings.target].astype(float)
+        if data[settings.target].nunique() < 2:
+            raise TrainingError(f"{settings.target!r} has fewer than two distinct values to learn from")
+        # strata for the sample: the target's deciles, so the sample spans its whole range
+        strata = pd.qcut(data[settings.target], 10, labels=False, duplicates="drop")
+    else:
+        # the labels as one typed column (ints, booleans or strings): PyCaret label-encodes anything but 0..k-1
+        data[settings.target] = data[settings.target].infer_objects()
+        labels = task_labels(data[settings.target], settings)
+        if len(labels.classes) < 2:
+            raise TrainingError(f"expected at least two classes in {settings.target!r} to train on, got "
+                                f"{list(labels.classes)}")
+        strata = data[settings.target]
     progress = progress or Progress()
-    select = stratified_sample(data, settings.target, settings.select_rows, seed=settings.seed,
-                               at_least=2 * settings.fold)
+    select = stratified_sample(data, strata, settings.select_rows, seed=settings.seed, at_least=2 * settings.fold)
     with _cluster(settings) as client, _frozen_heap():
-        final, comparison = _compare_and_finalise(classification, select, settings, numeric, categorical, progress,
-                                                  fit_all=data if len(select) < len(data) else None,
+        final, comparison = _compare_and_finalise(_experiment(settings), select, settings, numeric, categorical,
+                                                  progress, fit_all=data if len(select) < len(data) else None,
                                                   client=client)
     top = comparison.iloc[0]
-    if not hasattr(final, "predict_proba"):
+    if labels is not None and not hasattr(final, "predict_proba"):
         raise TrainingError(f"{top.get('Model')} gives no probabilities (no predict_proba); serving needs them")
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     model_path = settings.models_dir / "best_model.pkl"
@@ -107,8 +131,9 @@ def train(frame: pd.DataFrame, settings: Settings, *, kinds: dict[str, str] | No
     atomic_write(model_path, lambda fh: joblib.dump(final, fh))
     metrics = _metrics(top)
     seconds = time.perf_counter() - started
-    log.info("trained %s (cv accuracy %.4f) selected on %d rows, fitted on %d, in %.1fs", top.get("Model"),
-             metrics.get("accuracy", 0.0), len(select), len(data), seconds)
+    log.info("trained %s (cv %s %.4f) selected on %d rows, fitted on %d, in %.1fs", top.get("Model"),
+             settings.promotion_metric, metrics.get(settings.promotion_metric, math.nan), len(select), len(data),
+             seconds)
     return TrainResult(model=final, model_id=str(comparison.index[0]), model_name=str(top.get("Model")),
                        comparison=comparison, cv_metrics=metrics, model_path=model_path,
                        comparison_path=comparison_path, seconds=seconds, n_train=len(data), labels=labels,
@@ -131,15 +156,19 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def stratified_sample(frame: pd.DataFrame, target: str, rows: int, *, seed: int, at_least: int = 10) -> pd.DataFrame:
-    """At most ``rows`` rows of ``frame`` (all of them when it is not larger; 0: all), drawn per class in
-    proportion (each class keeps at least ``at_least`` rows, or all it has), seeded, in their original order."""
+def stratified_sample(frame: pd.DataFrame, strata: str | pd.Series, rows: int, *, seed: int,
+                      at_least: int = 10) -> pd.DataFrame:
+    """At most ``rows`` rows of ``frame`` (all of them when it is not larger; 0: all), drawn per stratum (a class;
+    ``strata`` is a column name or a Series aligned with ``frame``) in proportion (each keeps at least
+    ``at_least`` rows, or all it has), seeded, in their original order."""
     if rows <= 0 or len(frame) <= rows:
         return frame
     rng = np.random.default_rng(seed)
     share = rows / len(frame)
     chosen = []
-    for _, positions in sorted(frame.groupby(target, sort=False).indices.items(), key=lambda kv: label_key(kv[0])):
+    keys = frame[strata] if isinstance(strata, str) else pd.Series(np.asarray(strata), index=frame.index)
+    groups = keys.groupby(keys, sort=False).indices
+    for _, positions in sorted(groups.items(), key=lambda kv: label_key(kv[0])):
         take = min(len(positions), max(int(round(len(positions) * share)), at_least))
         chosen.append(rng.choice(positions, size=take, replace=False))
     return frame.iloc[np.sort(np.concatenate(chosen))].reset_index(drop=True)
@@ -151,21 +180,24 @@ def _model_ids(exp, settings: Settings) -> list[str]:
     if settings.models:
         return list(settings.models)
     table = exp.models(internal=True)
-    return [i for i in table.index if bool(table.loc[i, "Turbo"]) and i not in NO_PROBABILITIES]
+    return [i for i in table.index if bool(table.loc[i, "Turbo"])
+            and (settings.task == "regression" or i not in NO_PROBABILITIES)]
 
 
-def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings, numeric: list[str],
+def _compare_and_finalise(exp, data: pd.DataFrame, settings: Settings, numeric: list[str],
                           categorical: list[str], progress: Progress, *, fit_all: pd.DataFrame | None = None,
                           client=None):
-    """PyCaret's comparison of ``settings.models`` by Accuracy on ``data``; the best pipeline finalised (refitted
+    """PyCaret's comparison of ``settings.models`` on ``data`` (by Accuracy; a regression by RMSE, MAE or R²,
+    its promotion metric); the best pipeline finalised (refitted
     on ``fit_all`` when given: every row, ``data`` being a sample of them), and the table.
 
     Each model is compared in a call of its own (the same setup, so the same folds as one call over all of them)
-    so that ``progress`` can follow models x folds; the table is then sorted by Accuracy as PyCaret sorts it.
+    so that ``progress`` can follow models x folds; the table is then sorted as PyCaret sorts it.
     With a Dask ``client``, every model is compared in one call instead, a task each on its workers
     (:func:`mlops_core.cluster.compare_models`), and the table sorted the same way.
     """
-    exp = classification.ClassificationExperiment()
+    column = SORT_COLUMN[settings.promotion_metric]
+    lower_better = column in ("RMSE", "MAE")
     try:
         exp.setup(data=data, target=settings.target, session_id=settings.seed, fold=settings.fold,
                   n_jobs=settings.n_jobs, numeric_features=numeric, categorical_features=categorical,
@@ -176,7 +208,7 @@ def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings
         deadline = time.monotonic() + settings.budget_minutes * 60 if settings.budget_minutes else None
         fitted, rows = {}, []
         if client is not None:  # on the cluster: every model in one call, a Dask task each
-            fitted, table, _ = cluster.compare_models(exp, ids, client=client, sort="Accuracy", fold=settings.fold,
+            fitted, table, _ = cluster.compare_models(exp, ids, client=client, sort=column, fold=settings.fold,
                                                       progress=progress)
             rows = [table]
         for model_id in ids if client is None else ():
@@ -184,7 +216,7 @@ def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings
             if left is not None and left <= 0:
                 break
             progress.advance(0, f"cross-validating {model_id}")
-            model = exp.compare_models(include=[model_id], sort="Accuracy", n_select=1, budget_time=left,
+            model = exp.compare_models(include=[model_id], sort=column, n_select=1, budget_time=left,
                                        errors="ignore", verbose=False)
             table = exp.pull()
             if isinstance(model, list):
@@ -193,13 +225,14 @@ def _compare_and_finalise(classification, data: pd.DataFrame, settings: Settings
                 fitted[model_id] = model
                 rows.append(table.loc[[model_id]] if model_id in table.index else table.iloc[:1])
             progress.advance(settings.fold)
-        comparison = (pd.concat(rows).sort_values("Accuracy", ascending=False, kind="stable") if rows
+        comparison = (pd.concat(rows).sort_values(column, ascending=lower_better, kind="stable") if rows
                       else pd.DataFrame())
     except cluster.ClusterError:  # the cluster, not the data: retried
         raise
     except Exception as err:  # PyCaret raises bare ValueErrors and more from deep inside
         raise TrainingError(f"PyCaret comparison failed: {err}") from err
-    if comparison.empty or float(comparison["Accuracy"].max()) <= 0.0:
+    if comparison.empty or not np.isfinite(comparison[column].astype(float)).any() or (
+            column == "Accuracy" and float(comparison[column].max()) <= 0.0):
         raise TrainingError(f"no model of {ids or 'all'} trained successfully")
     best = fitted[str(comparison.index[0])]
     progress.advance(0, f"fitting {comparison.index[0]} on {len(fit_all) if fit_all is not None else len(data)} rows")
