@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import importlib.metadata
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,8 @@ from .progress import Progress
 
 __all__ = ["ClusterError", "connect", "needed_packages", "check_workers", "compare_models", "fit_lightgbm",
            "CONNECT_TIMEOUT", "MODEL_TASK"]
+
+log = logging.getLogger(__name__)
 
 #: how long reaching the scheduler (and finding a worker there) may take before the run fails
 CONNECT_TIMEOUT = 10.0
@@ -109,12 +112,12 @@ def check_workers(client: Any, packages: Sequence[str]) -> dict[str, dict[str, s
 
 
 def _lost(err: BaseException) -> bool:
-    """Whether ``err`` says the cluster lost the work (rather than PyCaret failing inside a task)."""
+    """Whether ``err`` says the cluster lost the work (Dask's own errors: a task's workers killed, no worker left
+    within the scheduler's ``no-workers-timeout``, the scheduler gone) rather than PyCaret failing in a task."""
     from concurrent.futures import CancelledError
 
-    from distributed import KilledWorker
-
-    return isinstance(err, (KilledWorker, CancelledError, OSError, TimeoutError))
+    return (type(err).__module__.split(".")[0] == "distributed"
+            or isinstance(err, (CancelledError, OSError, TimeoutError)))
 
 
 class _Follow:
@@ -191,6 +194,8 @@ def compare_models(exp: Any, ids: Sequence[str], *, client: Any, sort: str, fold
     table = table.loc[[i for i in ids if i in table.index]]
     spread = collections.Counter(r["worker"] for r in stream.data if _is_model_task(r["key"]))
     progress.advance(max(len(ids) - follow.done, 0) * fold)
+    log.info("compared %d models on the Dask cluster %s: model tasks per worker %s", len(ids),
+             client.scheduler.address, dict(sorted(spread.items())))
     return fitted, table, dict(sorted(spread.items()))
 
 

@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 DASK = Path(sys.executable).with_name("dask")
 START_SECONDS = 90.0  # the scheduler and both workers up (about 10 s on 2 cores)
+NO_WORKERS_TIMEOUT = 5.0
 
 
 def _wait_for(path: Path, what: str, procs: list[subprocess.Popen], seconds: float) -> None:
@@ -57,7 +58,9 @@ def dask_cluster(tmp_path_factory):
     """``(address, {worker address: Popen})``: a scheduler on a free port of 127.0.0.1 and two one-thread workers
     without nannies (a killed worker stays dead), each process started here and stopped here by its pid."""
     folder = tmp_path_factory.mktemp("dask")
-    env = {**os.environ, "PYCARET_CUSTOM_LOGGING_PATH": str(folder / "pycaret.log")}
+    # a task no worker can run fails after 5 s (Dask's no-workers-timeout; by default it waits for a worker)
+    env = {**os.environ, "PYCARET_CUSTOM_LOGGING_PATH": str(folder / "pycaret.log"),
+           "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": f"{NO_WORKERS_TIMEOUT:g}s"}
     procs: list[subprocess.Popen] = []
     logs = []
 
@@ -226,25 +229,30 @@ def test_a_worker_holding_another_version_is_named_with_both_versions():
 
 
 @pytest.mark.timeout(240)
-def test_a_worker_killed_mid_comparison_costs_time_only_its_task_runs_again_on_the_other(dask_cluster, client,
-                                                                                         tmp_path):
-    """Runs last: the killed worker stays dead (no nanny)."""
+def test_a_worker_killed_mid_comparison_costs_time_only_and_the_last_one_fails_the_run(dask_cluster, client,
+                                                                                      tmp_path):
+    """A worker killed while others live: its task runs again on another, the result is the same. The last
+    worker killed: the run fails with ClusterError once the scheduler's no-workers-timeout passes. Runs last:
+    the killed workers stay dead (no nanny)."""
     from mlops_core.training import train
 
     address, workers = dask_cluster
     settings = Settings(home=tmp_path / "a", **FAST)
     frame = validate_frame(load_titanic()[[*settings.features, settings.target]].head(600), settings)
     expected = train(frame, settings).comparison["Accuracy"]
-    outcome: dict = {}
 
-    def compare():
-        try:
-            outcome["result"] = train(frame, settings.replace(home=tmp_path / "b", dask_scheduler=address))
-        except Exception as err:  # noqa: BLE001 - the test asserts which
-            outcome["error"] = err
+    def compare_and_kill(home: Path) -> tuple[dict, str, list, float]:
+        """Train on the cluster in a thread, kill the worker running a model task; how it ended, which worker,
+        its model tasks, and the seconds from the kill to the end."""
+        outcome: dict = {}
 
-    thread = threading.Thread(target=compare)
-    with distributed.get_task_stream(client) as stream:
+        def compare():
+            try:
+                outcome["result"] = train(frame, settings.replace(home=home, dask_scheduler=address))
+            except Exception as err:  # noqa: BLE001 - the test asserts which
+                outcome["error"] = err
+
+        thread = threading.Thread(target=compare)
         thread.start()
         deadline, victim, killed = time.monotonic() + 120, None, []
         while victim is None and time.monotonic() < deadline and thread.is_alive():
@@ -256,11 +264,21 @@ def test_a_worker_killed_mid_comparison_costs_time_only_its_task_runs_again_on_t
             time.sleep(0.05)
         assert victim is not None, "no comparison task was seen running"
         workers[victim].send_signal(signal.SIGKILL)  # the worker process the fixture started, by its pid
+        killed_at = time.monotonic()
         thread.join(180)
-    assert not thread.is_alive()
+        assert not thread.is_alive()
+        return outcome, victim, killed, time.monotonic() - killed_at
+
+    with distributed.get_task_stream(client) as stream:
+        outcome, victim, killed, _ = compare_and_kill(tmp_path / "b")
     assert "error" not in outcome, outcome.get("error")  # rescheduled, not failed
     result = outcome["result"]
     assert (result.comparison["Accuracy"] == expected.loc[result.comparison.index]).all()
     finished = {str(r["key"]): r["worker"] for r in _model_tasks(stream)}
     assert len(finished) == len(FAST["models"])
     assert all(finished[str(k)] != victim for k in killed)  # the killed task ran again, on the other worker
+    outcome, _, _, seconds = compare_and_kill(tmp_path / "c")  # the last worker
+    assert isinstance(outcome.get("error"), ClusterError), outcome
+    assert seconds < NO_WORKERS_TIMEOUT + 30
+    assert "lost the comparison" in str(outcome["error"]) and "NoWorkerError" in str(outcome["error"])
+    assert not (tmp_path / "c" / "models" / "best_model.pkl").exists()
