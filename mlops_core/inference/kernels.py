@@ -9,8 +9,9 @@ A kernel is a function ``x -> (predicted labels, predict_proba matrix)``. Three 
 
 No converted graph and no hand kernel is trusted: each must reproduce the pipeline's outputs on the probe rows
 (labels equal, probabilities within the kernel's ``tolerance``). :func:`choose_kernel` does that for the
-registration (every candidate verified, the verified ones timed, the fastest kept) and for the server (the
-registration's ranking tried in order, the first that reproduces the stored outputs kept).
+registration (the candidates verified, the verified ones timed, the best kept: the fastest, but ONNX Runtime,
+which costs every worker ~40 MB, only when it is much faster than the best kernel without it) and for the server
+(the registration's ranking tried in order, the first that reproduces the stored outputs kept).
 """
 
 from __future__ import annotations
@@ -26,15 +27,23 @@ from ..errors import first_line
 from .libraries import hand_kernel
 from .predictors import generic_kernel
 
-__all__ = ["KINDS", "ONNX_TOLERANCE", "HAND_PENALTY", "Choice", "candidates", "choose_kernel", "convert_onnx",
-           "onnx_kernel"]
+__all__ = ["KINDS", "ONNX_TOLERANCE", "HAND_PENALTY", "ONNX_WORKER_MB", "ONNX_FACTOR", "ONNX_SAVING_US", "Choice",
+           "candidates", "choose_kernel", "convert_onnx", "onnx_kernel", "onnx_pays", "rank"]
 
-#: the candidates, in the order preferred when they are as fast: the maintained runtime first
+#: the candidates, in the order preferred when they are as fast
 KINDS = ("onnx", "hand", "generic")
 #: ONNX Runtime computes in its own order (and trees in float32): equal to the pipeline within this, not bit for bit
 ONNX_TOLERANCE = 1e-6
-#: a hand kernel is chosen over a verified ONNX graph only when it is this many times faster on one row
+#: a hand kernel (private attributes) is chosen over the estimator's own methods only when this many times faster
 HAND_PENALTY = 1.5
+#: what importing ONNX Runtime and holding a session adds to a serving worker (bench/memory; STACK-NOTES)
+ONNX_WORKER_MB = 40
+#: ONNX Runtime serves only when the best kernel without it is this many times slower on one row ...
+ONNX_FACTOR = 3.0
+#: ... and slower by this many microseconds a call (a request costs a worker about a millisecond)
+ONNX_SAVING_US = 100.0
+_ONNX_RULE = (f"ONNX Runtime, ~{ONNX_WORKER_MB} MB more in every worker, serves only when the best kernel without "
+              f"it is {ONNX_FACTOR:g}x slower and {ONNX_SAVING_US:g} us slower a call")
 _BATCH = 32  # the batch size timed beside one row
 
 
@@ -109,7 +118,8 @@ def candidates(estimator, graph: tuple[bytes, str] | None | Callable[[], tuple[b
 @dataclass
 class Choice:
     """The outcome of :func:`choose_kernel`: the kind chosen (None: no candidate verified), why, and per kind
-    what happened (``name``: the kernel's name, ``us_1``/``us_32``: its time a call, ``rejected``: why not)."""
+    what happened (``name``: the kernel's name, ``us_1``/``us_32``: its time a call, ``rejected``: why not,
+    ``unchecked``: timed only, too slow to serve before the kernels that verified)."""
 
     kind: str | None
     reason: str
@@ -117,8 +127,9 @@ class Choice:
 
     @property
     def ranking(self) -> list[str]:
-        """The kinds that verified, best first: the order a server tries them in."""
-        return [k for k, r in self.report.items() if "rejected" not in r]
+        """The kinds that verified, best first: the order a server tries them in (the generic kernel last in any
+        case)."""
+        return [k for k, r in self.report.items() if "rejected" not in r and "unchecked" not in r]
 
 
 def choose_kernel(compiled, check: Callable[[Any], str | None], makers: dict[str, Callable[[], Any]], *,
@@ -126,39 +137,72 @@ def choose_kernel(compiled, check: Callable[[Any], str | None], makers: dict[str
     """Set ``compiled.kernel`` to the best candidate that ``check(compiled)`` (None: reproduces the pipeline)
     accepts, and say which, and why.
 
-    With ``timing`` (the feature matrices to time on: one row each, then a batch), every candidate is built,
-    checked and the verified ones timed (``measure(kernel, inputs)``: seconds a call, default the best of a few
-    rounds); the one fastest on one row serves (the common request), a hand kernel counted :data:`HAND_PENALTY`
-    times slower than it is. Without, the kinds in ``order`` (default :data:`KINDS`) are tried in that order, then
-    the generic one if it was not among them, and the first that verifies serves.
+    With ``timing`` (the feature matrices to time on: one row each, then a batch), at registration: the kernels
+    that need nothing more in a worker (hand, generic) are built, checked and the verified ones timed
+    (``measure(kernel, inputs)``: seconds a call, default the best of a few rounds); the fastest on one row (the
+    common request) is the best of them, a hand kernel counted :data:`HAND_PENALTY` times slower than it is (the
+    generic kernel, always the last resort at load, is only timed when it is slower than that: not checked). ONNX
+    Runtime adds ~:data:`ONNX_WORKER_MB` MB to every worker that imports it: the estimator is converted and its
+    graph checked only when it could pay for that, and serves only when the best kernel without it is
+    :data:`ONNX_FACTOR` times slower and :data:`ONNX_SAVING_US` microseconds slower on one row (:func:`rank`).
+    Without ``timing``, at load: the kinds in ``order`` (default :data:`KINDS`) are tried in that order, then the
+    generic one if it was not among them, and the first that verifies serves.
     """
     measure = measure or _per_call
-    kinds = [k for k in (order or KINDS) if k in makers and k != "generic"]
-    if "generic" in makers:
-        kinds.append("generic")  # the estimator's own methods: the last resort, always tried
     report: dict[str, dict[str, Any]] = {}
     kernels = {}
-    for kind in kinds:
+
+    def attempt(kind: str, *, unless_slower_than: float | None = None) -> None:
+        """Build, check and (at registration) time the ``kind`` kernel; with ``unless_slower_than``, timed first
+        and left unchecked when it is that slow on one row (it could not serve before what is faster)."""
         entry = report[kind] = {}
         try:
             kernel = makers[kind]()
             if kernel is None:
                 entry["rejected"] = "none for this estimator"
-                continue
+                return
             entry["name"] = kernel.__name__
+            if unless_slower_than is not None:
+                entry["us_1"] = round(measure(kernel, timing[0]) * 1e6, 1)
+                if entry["us_1"] >= unless_slower_than:
+                    entry["us_32"] = round(measure(kernel, [timing[1]]) * 1e6, 1)
+                    entry["unchecked"] = "slower than the hand kernel (checked at load, when it is needed)"
+                    return
             compiled.kernel = kernel
             problem = check(compiled)
         except Exception as err:  # e.g. no converter, a graph that does not load, a missing private API
             problem = f"failed: {type(err).__name__}: {first_line(err, 200)}"
         if problem is not None:
+            entry.pop("us_1", None)
             entry["rejected"] = problem
-            continue
+            return
         kernels[kind] = kernel
-        if timing is None:
-            break
-        singles, batch = timing
-        entry["us_1"] = round(measure(kernel, singles) * 1e6, 1)
-        entry["us_32"] = round(measure(kernel, [batch]) * 1e6, 1)
+        if timing is not None:
+            singles, batch = timing
+            if "us_1" not in entry:
+                entry["us_1"] = round(measure(kernel, singles) * 1e6, 1)
+            entry["us_32"] = round(measure(kernel, [batch]) * 1e6, 1)
+
+    if timing is None:
+        kinds = [k for k in (order or KINDS) if k in makers and k != "generic"]
+        if "generic" in makers:
+            kinds.append("generic")  # the estimator's own methods: the last resort, always tried
+        for kind in kinds:
+            attempt(kind)
+            if kind in kernels:
+                break
+    else:
+        if "hand" in makers:
+            attempt("hand")
+        if "generic" in makers:  # the last resort at load in any case: checked here only when it could serve
+            attempt("generic", unless_slower_than=HAND_PENALTY * report["hand"]["us_1"] if "hand" in kernels else None)
+        if "onnx" in makers:
+            best = min((report[k]["us_1"] for k in kernels), default=None)
+            if best is not None and best < ONNX_SAVING_US:  # no graph can be ONNX_SAVING_US faster
+                report["onnx"] = {"rejected": f"not converted: the fastest kernel without ONNX Runtime takes "
+                                              f"{best:g} us a call, and {_ONNX_RULE}"}
+            else:
+                attempt("onnx")
     if not kernels:
         reasons = "; ".join(f"{k}: {r['rejected']}" for k, r in report.items())
         return Choice(None, f"no kernel reproduces the pipeline ({reasons})", report)
@@ -167,25 +211,53 @@ def choose_kernel(compiled, check: Callable[[Any], str | None], makers: dict[str
         rejected = [f"{k}: {r['rejected']}" for k, r in report.items() if k != kind]
         reason = f"{kind} verified" + (f" (rejected: {'; '.join(rejected)})" if rejected else "")
     else:
-        def score(k):
-            return report[k]["us_1"] * (HAND_PENALTY if k == "hand" else 1.0)
-        ranked = sorted(kernels, key=lambda k: (score(k), KINDS.index(k)))
+        ranked = rank({k: report[k]["us_1"] for k in kernels})
         kind = ranked[0]
-        report = {k: report[k] for k in [*ranked, *(k for k in report if k not in kernels)]}
+        report = {k: report[k] for k in [*ranked, *(k for k in KINDS if k in report and k not in kernels)]}
         reason = _why(kind, report)
     compiled.kernel = kernels[kind]
     return Choice(kind, reason, report)
 
 
+def onnx_pays(onnx_us: float, other_us: float) -> bool:
+    """Whether a kernel taking ``onnx_us`` a call through ONNX Runtime is worth its memory against the best kernel
+    without it, taking ``other_us``: :data:`ONNX_FACTOR` times faster and :data:`ONNX_SAVING_US` faster."""
+    return other_us >= ONNX_FACTOR * onnx_us and other_us - onnx_us >= ONNX_SAVING_US
+
+
+def rank(us_1: dict[str, float]) -> list[str]:
+    """The verified kinds (each with its time a call on one row), best first: the order a server tries them in.
+
+    Of the kernels needing nothing more in a worker, the fastest (a hand kernel counted :data:`HAND_PENALTY` times
+    its time: it reads private attributes, the estimator's own methods do not) comes first; ONNX Runtime comes
+    before it only when :func:`onnx_pays` against the fastest of them."""
+    def score(kind: str) -> tuple[float, int]:
+        return us_1[kind] * (HAND_PENALTY if kind == "hand" else 1.0), KINDS.index(kind)
+
+    rest, ranked = dict(us_1), []
+    while rest:
+        others = sorted((k for k in rest if k != "onnx"), key=score)
+        pick = "onnx" if "onnx" in rest and (
+            not others or onnx_pays(rest["onnx"], min(rest[k] for k in others))) else others[0]
+        ranked.append(pick)
+        del rest[pick]
+    return ranked
+
+
 def _why(kind: str, report: dict[str, dict[str, Any]]) -> str:
     chosen = report[kind]
-    text = (f"{kind} ({chosen['name']}) fastest verified: {chosen['us_1']:g} us a call on 1 row, "
-            f"{chosen['us_32']:g} us on {_BATCH}")
     timed = [k for k, r in report.items() if k != kind and "rejected" not in r]
+    faster = [k for k in timed if report[k]["us_1"] < chosen["us_1"]]
+    text = (f"{kind} ({chosen['name']}) fastest verified{' without ONNX Runtime' if 'onnx' in faster else ''}: "
+            f"{chosen['us_1']:g} us a call on 1 row, {chosen['us_32']:g} us on {_BATCH}")
     if timed:
-        text += "; then " + ", ".join(f"{k} ({report[k]['name']}) {report[k]['us_1']:g} us" for k in timed)
-    if "hand" in timed and report["hand"]["us_1"] < chosen["us_1"]:
-        text += f" (a hand kernel serves only when {HAND_PENALTY:g}x faster)"
+        text += "; then " + ", ".join(f"{k} ({report[k]['name']}) {report[k]['us_1']:g} us"
+                                      + (f" ({report[k]['unchecked']})" if "unchecked" in report[k] else "")
+                                      for k in timed)
+    if "hand" in faster:
+        text += f" (a hand kernel serves only when {HAND_PENALTY:g}x faster than the estimator's own methods)"
+    if kind == "onnx" or "onnx" in timed:
+        text += f" ({_ONNX_RULE})"
     rejected = [f"{k}: {r['rejected']}" for k, r in report.items() if "rejected" in r]
     if rejected:
         text += "; rejected: " + "; ".join(rejected)
@@ -194,7 +266,8 @@ def _why(kind: str, report: dict[str, dict[str, Any]]) -> str:
 
 def _per_call(kernel, inputs: list, *, budget: float = 0.02) -> float:
     """The best mean time (seconds) of one call of ``kernel`` over ``inputs``, in at least 3 rounds and about
-    ``budget`` seconds (at most 10x that for a slow kernel)."""
+    ``budget`` seconds; one round when a round takes longer than the budget (a slow kernel: its time is what
+    counts, not its last percent), and at most about 10x the budget."""
     kernel(inputs[0])  # a first call may set things up
     best, spent, rounds = float("inf"), 0.0, 0
     while rounds < 3 or spent < budget:
@@ -203,7 +276,6 @@ def _per_call(kernel, inputs: list, *, budget: float = 0.02) -> float:
             kernel(x)
         elapsed = time.perf_counter() - started
         best, spent, rounds = min(best, elapsed / len(inputs)), spent + elapsed, rounds + 1
-        if spent > 10 * budget:
+        if spent > 10 * budget or (elapsed > budget and spent >= budget):
             break
     return best
-

@@ -183,10 +183,9 @@ class CompiledPredictor:
         """The pipeline's labels (decoded from the kernel's) and ``predict_proba`` matrix of ``rows``."""
         predictions, proba = self.kernel(self.matrix(rows))
         if self._decode is not None:
-            decode = self._decode
-            out = np.empty(len(predictions), dtype=object)
-            out[:] = [decode[p] for p in np.asarray(predictions).tolist()]
-            predictions = out
+            decode, codes = self._decode, np.asarray(predictions).ravel().tolist()
+            predictions = np.empty(len(codes), dtype=object)
+            predictions[:] = [decode[p] for p in codes]
         return predictions, proba
 
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
