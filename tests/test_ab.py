@@ -266,9 +266,15 @@ def _migrates(url: str, home) -> None:
         store.write([words, _item("Production", "1", [1], call="r9", created=now - 20)])
         store.add_feedback([(words.request_ids[0], "no"), (words.request_ids[1], "no"), ("r9", "1")],
                            classes={"1": (0, 1), "2": ("no", "yes")}.get)
+        numbers = _numbers("Production", "5", [5.0, 6.0], created=now - 10)  # a regression's rows join it too
+        store.write([numbers])
+        store.add_feedback(list(zip(numbers.request_ids, (7, 6.0))))
         by = {(g["arm"], g["version"]): g for g in report(store)["groups"]}
         assert (by[("Production", "1")]["labelled"], by[("Production", "1")]["correct"]) == (4, 3)
         assert (by[("Staging", "2")]["labelled"], by[("Staging", "2")]["correct"]) == (2, 1)
+        regression = by[("Production", "5")]
+        assert (regression["task"], regression["labelled"], regression["mae"]) == ("regression", 2, 1.0)
+        assert regression["rmse"] == pytest.approx(math.sqrt(2), abs=1e-6)
     finally:
         store.dispose()
     again = PredictionStore(Settings(home=home, ab_store_url=url))  # altered once: a current store is left alone
