@@ -79,8 +79,8 @@ def test_schemathesis_finds_no_contract_break(served, tmp_path):
 @pytest.fixture(scope="module")
 def served_regression(bootstrapped, tmp_path_factory):
     """gunicorn serving a regression as Production (no Staging: odd users get it too): a scikit-learn pipeline on
-    the bundled diabetes table, registered with ``task: regression`` under a model name of its own in a copy of
-    the session's registry."""
+    two columns of the bundled diabetes table (few columns: a short coverage phase), registered with ``task:
+    regression`` under a model name of its own in a copy of the session's registry; one worker."""
     from sklearn.datasets import load_diabetes
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LinearRegression
@@ -92,7 +92,7 @@ def served_regression(bootstrapped, tmp_path_factory):
     home = tmp_path_factory.mktemp("contract-regression") / "home"
     shutil.copytree(bootstrapped.home, home)
     frame = load_diabetes(as_frame=True).frame
-    x = frame.drop(columns=["target"])
+    x = frame[["bmi", "s5"]]
     model = Pipeline([("impute", SimpleImputer()), ("lr", LinearRegression())]).fit(x, frame["target"])
     registry = Registry(Settings(home=home, model_name="diabetes", experiment="diabetes"))
     run_id = registry.create_run("diabetes")
