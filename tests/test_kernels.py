@@ -398,10 +398,12 @@ def test_an_onnx_kernel_loads_with_onnx_runtime_alone_on_one_thread(registered, 
         "options = predictor.kernel.session.get_session_options()\n"
         "heavy = sorted(m for m in ('skl2onnx', 'onnx', 'pycaret', 'category_encoders') if m in sys.modules)\n"
         "print(json.dumps({'kernel': predictor.kernel.__name__, 'answer': answer, 'heavy': heavy,"
+        " 'graph_kept': predictor.onnx is not None,"
         " 'threads': [options.intra_op_num_threads, options.inter_op_num_threads],"
         " 'mode': str(options.execution_mode)}))\n")
     result = python_json(code)
     assert result["kernel"] == "onnx" and result["heavy"] == [], result["heavy"]
+    assert not result["graph_kept"]  # the session holds its own copy of the graph
     assert result["threads"] == [1, 1] and result["mode"].endswith("ORT_SEQUENTIAL")
     labels, probabilities = PipelinePredictor(model)(rows)
     assert result["answer"][0] == labels
@@ -505,6 +507,8 @@ def test_at_load_the_stored_ranking_is_tried_in_order_and_the_generic_kernel_las
                                timed=False)  # only what verified at registration, then the generic kernel
     assert choice.kind == "generic" and list(choice.report) == ["onnx", "generic"]
     assert choice.reason.startswith("generic verified (rejected: onnx: the compiled")
+    compiled, choice = _choose({"generic": 1.0, "hand": 7.0}, order=[], timed=False)  # nothing ranked: generic
+    assert choice.kind == "generic" and list(choice.report) == ["generic"]
 
 
 def test_the_knn_kernel_leaves_a_tie_at_the_kth_neighbour_to_the_estimator():

@@ -140,6 +140,7 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
     if manifest.get("kernel_reason"):
         choice.reason = f"{choice.reason}; at registration: {manifest['kernel_reason']}"
     compiled.kernel_choice = choice
+    compiled.onnx = None  # the graph's bytes: an ONNX Runtime session holds its own copy
     return compiled
 
 

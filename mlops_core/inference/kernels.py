@@ -184,7 +184,7 @@ def choose_kernel(compiled, check: Callable[[Any], str | None], makers: dict[str
             entry["us_32"] = round(measure(kernel, [batch]) * 1e6, 1)
 
     if timing is None:
-        kinds = [k for k in (order or KINDS) if k in makers and k != "generic"]
+        kinds = [k for k in (KINDS if order is None else order) if k in makers and k != "generic"]
         if "generic" in makers:
             kinds.append("generic")  # the estimator's own methods: the last resort, always tried
         for kind in kinds:

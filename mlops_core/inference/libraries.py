@@ -385,7 +385,7 @@ class _Trees:
             for k, (structure, values) in enumerate(trees):
                 blocks.append(_model_tree(i * self.per_round + k, structure, values))
         blocks.append("end of trees\n")
-        self.booster = Booster(model_str="".join(blocks), params={"num_threads": 1})
+        self.booster = Booster(model_str="".join(blocks))  # one thread: the single-row calls' own parameters
         self._single = _LightGBMSingleRow(self.booster, 0, "num_threads=1", self.count if leaves else self.per_round,
                                           kind="leaves" if leaves else "raw")
 
