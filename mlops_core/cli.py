@@ -212,11 +212,16 @@ def up(settings: Settings, port: int, ui_port: int, no_ui: bool) -> None:
 
 
 def _ab_text(report: dict) -> str:
+    regression = any(g.get("task") == "regression" for g in report["groups"])
+    score, key = ("MAE", "mae") if regression else ("accuracy", "accuracy")
     lines = [f"{'arm':<10} {'version':>7} {'requests':>8} {'errors':>6} {'p50 ms':>7} {'p99 ms':>7} "
-             f"{'labelled':>8} {'accuracy':>8}  95% interval"]
+             f"{'labelled':>8} {score:>8}  95% interval" + ("  RMSE  95% interval" if regression else "")]
     for g in report["groups"]:
-        acc = f"{g['accuracy']:.4f}" if g["accuracy"] is not None else "-"
-        ci = "[{:.4f}, {:.4f}]".format(*g["accuracy_ci95"]) if g["accuracy_ci95"] else "-"
+        acc = f"{g[key]:.4f}" if g.get(key) is not None else "-"
+        ci = "[{:.4f}, {:.4f}]".format(*g[f"{key}_ci95"]) if g.get(f"{key}_ci95") else "-"
+        if regression:
+            rmse = f"{g['rmse']:.4f}" if g.get("rmse") is not None else "-"
+            ci += f"  {rmse}  " + ("[{:.4f}, {:.4f}]".format(*g["rmse_ci95"]) if g.get("rmse_ci95") else "-")
         lat = g["latency_ms"]
         p50, p99 = (f"{lat[k]:.1f}" if lat[k] is not None else "-" for k in ("p50", "p99"))
         lines.append(f"{g['arm']:<10} {g['version'] or '-':>7} {g['requests']:>8} {g['errors']:>6} {p50:>7} "
@@ -229,7 +234,8 @@ def _ab_text(report: dict) -> str:
                      f"{1 - c['alpha']:.0%} confidence sequence [{c['cs_low']:+.4f}, {c['cs_high']:+.4f}], "
                      f"always-valid p={c['p_value']:.3g}")
         if c["fixed_horizon"]:
-            lines.append(f"(fixed-horizon z-test p={c['fixed_horizon']['p_value']:.3g}: valid at one pre-planned "
+            test = "Welch t-test" if c.get("metric") == "mae" else "z-test"
+            lines.append(f"(fixed-horizon {test} p={c['fixed_horizon']['p_value']:.3g}: valid at one pre-planned "
                          f"look only)")
     still = c["samples_still_needed"]
     if c["samples_needed_per_arm"] is not None:
@@ -263,7 +269,8 @@ def ab_report(settings: Settings, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def ab_promote(settings: Settings, dry_run: bool, as_json: bool) -> None:
-    """Promote Staging if the live sequential test shows it more accurate than Production (whatever the setting)."""
+    """Promote Staging if the live sequential test shows it better than Production (higher accuracy; a regression:
+    lower MAE), whatever the setting."""
     from .live import decide_live
 
     obj = decide_live(settings, promote=True, retire=False, dry_run=dry_run)

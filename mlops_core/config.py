@@ -80,7 +80,8 @@ class Settings:
     ab_alpha: float = 0.05  # error rate of the always-valid sequential test (any number of looks)
     ab_power: float = 0.8  # power used for the samples still needed
     ab_min_labels: int = 200  # labelled requests per arm before a verdict (and a live decision)
-    ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting (the test's mixing scale)
+    ab_min_effect: float = 0.05  # smallest accuracy difference worth detecting (the test's mixing scale; a
+    # regression: the smallest MAE difference, as a share of the arms' pooled MAE)
     ab_promote: bool = False  # promote Staging on live evidence from the watcher's schedule
     ab_retire: bool = True  # retire a Staging challenger that live evidence shows worse (Staging synced back)
     ab_promote_minutes: float = 15.0  # how often the watcher evaluates the live A/B (promote, retire)
