@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,6 +102,58 @@ def test_a_run_past_its_wall_time_is_terminated_and_fails_with_timeout(settings,
     [pid] = child_pids(caplog)
     assert_gone(pid)
     assert "run=timeout" in caplog.text
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def _servers() -> list[int]:
+    """Our child processes that are run servers (``python -m mlops_watcher.child --serve FD``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if _parent(int(stat.parent.name)) == os.getpid() and b"--serve" in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_runs_are_forked_from_one_run_server_and_stopped_by_their_pid(settings, caplog):
+    """With spares on, each run is a fork of one warm run server, not a process the watcher starts: a run past its
+    wall time is stopped by its pid, the next run is forked by the same server, and closing the runner ends it."""
+    caplog.set_level("INFO", logger="watcher")
+    make_datasets(settings)  # an empty registry: the run would bootstrap (train) after its imports
+    bad = settings.current_csv.with_name("bad.csv")
+    bad.write_bytes(b"pclass,sex,survived\n" + b"1,male,0\n" * 20)
+    runner = ChildRunner(grace=2.0, max_seconds=3.0)
+    outcomes = []
+    try:
+        runner.warm(settings)
+        [server] = _servers()
+        first = threading.Thread(target=lambda: outcomes.append(runner(settings, threading.Event(),
+                                                                       settings.current_csv)))
+        first.start()
+        deadline = time.monotonic() + 30
+        while not child_pids(caplog) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _parent(child_pids(caplog)[0]) == server  # forked by the server, while it runs
+        first.join(60)
+        outcomes.append(runner(settings, threading.Event(), bad))
+        assert _servers() == [server]
+    finally:
+        runner.close()
+
+    timed_out, rejected = outcomes
+    assert (timed_out.outcome, timed_out.error, timed_out.reason) == ("failed", "Timeout", "run exceeded 3 s")
+    assert rejected.outcome == "rejected" and "missing column(s)" in rejected.reason, rejected
+    runs = child_pids(caplog)
+    assert len(set(runs)) == 2 and server not in runs
+    for pid in (*runs, server):
+        assert_gone(pid)
 
 
 class SlowTimeout(FakeRunner):
