@@ -27,19 +27,19 @@ OUTAGE = float(os.environ.get("MLOPS_TEST_OUTAGE_SECONDS", "10"))  # ten refresh
 
 
 @pytest.fixture(scope="module")
-def abc_home(bootstrapped, tmp_path_factory) -> Settings:
-    """Production v1, Staging v3, and an archived v2 (two drifted batches whose challengers lost)."""
+def abc_home(ab_home, tmp_path_factory) -> Settings:
+    """Production v1, Staging v3, and an archived v2 (two drifted batches whose challengers lost): the session's
+    ab_home (v2 the first batch's challenger) and a second drifted batch."""
     from mlops_core.data import make_datasets
     from mlops_core.pipeline import run
 
     dst = tmp_path_factory.mktemp("abc") / "home"
-    shutil.copytree(bootstrapped.home, dst)
-    s = bootstrapped.replace(home=dst, tracking_uri="")
-    for seed, drift, version in ((5, 0.5, "2"), (7, 0.8, "3")):
-        make_datasets(s, seed=seed, drift=drift, write_train=False)
-        result = run(s.replace(min_improvement=1.0))
-        assert result.version == version and result.status in ("staged", "archived"), result
-        Registry(s).make_challenger(version)  # it beat no one: the challenger by hand, v2 archived
+    shutil.copytree(ab_home.home, dst)
+    s = ab_home.replace(home=dst, tracking_uri="")
+    make_datasets(s, seed=7, drift=0.8, write_train=False)
+    result = run(s.replace(min_improvement=1.0))
+    assert result.version == "3" and result.status in ("staged", "archived"), result
+    Registry(s).make_challenger("3")  # it beat no one: the challenger by hand, v2 archived
     assert Registry(s).aliases() == {"production": "1", "staging": "3"}
     return s
 
