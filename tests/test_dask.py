@@ -124,6 +124,9 @@ def test_the_chain_compares_on_the_workers_and_registers_what_an_in_process_run_
     tasks = _model_tasks(stream)
     assert len(tasks) == len(FAST["models"])  # a task a model, each on a worker of the cluster
     assert {r["worker"] for r in tasks} <= set(workers)
+    # the workers ran PyCaret and Fugue, never this project's code: they need the [dask] extra's packages only
+    imported = client.run(lambda: ("pycaret" in sys.modules, "mlops_core" in sys.modules))
+    assert all(imported[r["worker"]][0] for r in tasks) and not any(ours for _, ours in imported.values())
     assert local.version == remote.version == "2"
     assert (remote.status, remote.production, remote.staging) == (local.status, local.production, local.staging)
     tags = [Registry(s).describe("2")["tags"] for s in (here, there)]
