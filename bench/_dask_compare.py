@@ -76,8 +76,8 @@ class LocalCluster:
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
             out.close()
 
-        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info),
-              log="scheduler.log")
+        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+              "--scheduler-file", str(info), log="scheduler.log")
         deadline = time.monotonic() + 90
         while not info.exists() or not info.stat().st_size:
             if time.monotonic() > deadline or self.procs[0].poll() is not None:

@@ -74,8 +74,9 @@ def dask_cluster(tmp_path_factory):
 
     scheduler_file = folder / "scheduler.json"
     try:
-        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-              str(scheduler_file), log="scheduler.log")
+        # its HTTP server (health, metrics) listens even with no dashboard: on a free port, like the scheduler
+        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
+              "--scheduler-file", str(scheduler_file), log="scheduler.log")
         _wait_for(scheduler_file, "the Dask scheduler", procs, START_SECONDS)
         address = json.loads(scheduler_file.read_text())["address"]
         for name in ("w1", "w2"):
