@@ -4,12 +4,12 @@ The compiled path reads fitted objects the libraries do not document as API: PyC
 columns and ``CleanColumnNames``, scikit-learn's tree arrays (decision trees, random and extra-trees forests,
 SAMME.R AdaBoost), its fitted attributes and inner functions (logistic regression and LDA, QDA, Gaussian naive
 Bayes, the training rows of k nearest neighbours, gradient boosting's stages, a multilayer perceptron's forward
-pass, the prior DummyClassifier), LightGBM's inner predictor and its C single-row call; for two classes or more.
-Each was checked
+pass, the prior DummyClassifier), LightGBM's inner predictor and its C single-row call, which also runs
+scikit-learn's forests and boosted trees written as LightGBM models; for two classes or more. Each was checked
 against the versions in :data:`TESTED`; with any other version installed, :func:`untested` names it and the
 callers fall back cleanly (a step is not compiled, a hand kernel is not used: the pipeline, ONNX Runtime or
-the estimator's own public ``predict_proba`` answers instead). Verification against the pipeline still guards
-every version that is used.
+the estimator's own public ``predict_proba`` answers instead; with another LightGBM, scikit-learn's ensembles
+get their tree-by-tree kernels). Verification against the pipeline still guards every version that is used.
 """
 
 from __future__ import annotations
