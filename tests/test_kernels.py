@@ -538,7 +538,8 @@ def test_the_knn_kernel_leaves_a_tie_at_the_kth_neighbour_to_the_estimator():
 @pytest.mark.parametrize("classes", [2, 10])
 def test_tree_ensembles_run_by_lightgbm_answer_bit_for_bit_as_scikit_learn(classes):
     """Forests, SAMME.R AdaBoost and gradient boosting written as LightGBM models: the same leaves, the same sums in
-    the same order, so the same bits (ties between classes included: an even number of trees)."""
+    the same order, so the same bits (ties between classes included: an even number of trees); larger requests
+    through scikit-learn's own tree arrays, bit for bit too."""
     from sklearn.ensemble import (
         AdaBoostClassifier,
         ExtraTreesClassifier,
@@ -562,8 +563,10 @@ def test_tree_ensembles_run_by_lightgbm_answer_bit_for_bit_as_scikit_learn(class
         labels, proba = kernel(queries)
         assert np.array_equal(proba, estimator.predict_proba(queries)), type(estimator).__name__
         assert list(labels) == list(estimator.predict(queries))
-        for i in range(0, len(queries), 37):
+        for i in range(0, len(queries), 37):  # one row, and the largest request LightGBM answers
             assert np.array_equal(kernel(queries[i:i + 1])[1], proba[i:i + 1])
+            chunk = queries[i:i + libraries.SINGLE_ROWS]
+            assert np.array_equal(kernel(chunk)[1], proba[i:i + len(chunk)])
     ties = RandomForestClassifier(n_estimators=2, random_state=0).fit(x, y)
     assert np.any(ties.predict_proba(queries).max(axis=1) == 0.5)  # the premise: some rows tie
     assert list(libraries.hand_kernel(ties)(queries)[0]) == list(ties.predict(queries))

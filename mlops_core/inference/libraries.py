@@ -104,8 +104,6 @@ def hand_kernel(estimator):
         return decision_tree
     if isinstance(estimator, ForestClassifier) and estimator.n_outputs_ == 1 and all(
             type(e) in (DecisionTreeClassifier, ExtraTreeClassifier) for e in estimator.estimators_):
-        if not untested("lightgbm"):
-            return _forest_lightgbm(estimator)
         trees = [(e.tree_, e.n_classes_) for e in estimator.estimators_]
         n, classes = estimator.n_classes_, estimator.classes_
 
@@ -116,7 +114,7 @@ def hand_kernel(estimator):
                 proba += tree.predict(x32)[:, :k]
             proba /= len(trees)
             return classes.take(np.argmax(proba, axis=1), axis=0), proba
-        return forest
+        return forest if untested("lightgbm") else _by_size(_forest_lightgbm(estimator), forest)
     if kind is DummyClassifier and estimator.strategy == "prior" and estimator.n_outputs_ == 1 and not (
             estimator.sparse_output_):
         label, prior = estimator.classes_[estimator.class_prior_.argmax()], estimator.class_prior_
@@ -126,7 +124,8 @@ def hand_kernel(estimator):
         return prior_class
     if (kind is AdaBoostClassifier and estimator.algorithm == "SAMME.R" and estimator.n_classes_ >= 2
             and all(type(e) is DecisionTreeClassifier and e.n_outputs_ == 1 for e in estimator.estimators_)):
-        return _adaboost(estimator) if untested("lightgbm") else _adaboost_lightgbm(estimator)
+        return _adaboost(estimator) if untested("lightgbm") else _by_size(_adaboost_lightgbm(estimator),
+                                                                          _adaboost(estimator))
     if kind is QuadraticDiscriminantAnalysis:
         return _qda(estimator)
     if kind is KNeighborsClassifier and estimator.weights == "uniform" and estimator.effective_metric_ == "euclidean" \
@@ -138,13 +137,27 @@ def hand_kernel(estimator):
     if kind is GaussianNB:
         return _naive_bayes(estimator)
     if kind is GradientBoostingClassifier:
-        return _gradient_boosting(estimator) if untested("lightgbm") else _gradient_boosting_lightgbm(estimator)
+        return _gradient_boosting(estimator) if untested("lightgbm") else _by_size(
+            _gradient_boosting_lightgbm(estimator), _gradient_boosting(estimator))
     if kind is MLPClassifier and estimator._label_binarizer.y_type_ in ("binary", "multiclass"):
         return _mlp(estimator)
     if (type(estimator).__name__ == "LGBMClassifier" and estimator.n_classes_ >= 2
             and not callable(estimator.objective) and not untested("lightgbm")):
         return _lightgbm(estimator)
     return None
+
+
+def _by_size(few, many):
+    """``few`` (scikit-learn's trees run by LightGBM, a row at a time) for requests of up to :data:`SINGLE_ROWS`
+    rows, ``many`` (scikit-learn's own tree arrays, one call a tree for all the rows: cheaper on a large batch)
+    above; both answer bit for bit as the estimator, and verification checks both sizes (``single_rows``)."""
+    if few is None or many is None:
+        return few or many
+
+    def kernel(x):
+        return few(x) if len(x) <= SINGLE_ROWS else many(x)
+    kernel.__name__, kernel.single_rows, kernel.trees = few.__name__, SINGLE_ROWS, few.trees
+    return kernel
 
 
 def _adaboost(estimator):
@@ -374,7 +387,7 @@ class _Trees:
       summed by LightGBM in round order from 0.0, one raw score a tree of the round.
 
     Rows go one by one through LightGBM's single-row API (a few microseconds a row; its matrix API cost more on
-    every size served)."""
+    small requests); the kernels hand larger requests to scikit-learn's own tree arrays (:func:`_by_size`)."""
 
     def __init__(self, rounds: list[list[tuple[str, list[float]]]], width: int, *, leaves: bool):
         from lightgbm import Booster
