@@ -7,7 +7,8 @@ rows and the pipeline's outputs on them (in one call, and on each row alone when
 them), and the version's labels (its classes in the estimator's order, as the pipeline's ``predict`` gives them,
 and the positive class); beside it a manifest with the pickle's SHA-256, the labels (``Labels.tags``: JSON), the
 kernel chosen and why (each candidate's time a call, or why it was rejected), and every module the pickle
-imports. A pickle that would import PyCaret is not stored. An artifact stored before labels of any kind (no
+imports. A regression's (no labels) stores ``task: regression`` in both instead, so that a version served from
+its artifact alone is known as one. A pickle that would import PyCaret is not stored. An artifact stored before labels of any kind (no
 labels) answers with its estimator's classes, 0/1, as it did.
 
 A server (:func:`load`) checks the manifest's format and hash and the pickle's modules before unpickling,
@@ -79,14 +80,21 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
     if not predictor.compiled:
         return None, {"format": FORMAT, "compiled": False, "reason": predictor.reason}
     choice, expected = predictor.kernel_choice, predictor.expected
+    ranking = choice.ranking
+    if predictor.task == "regression" and "onnx" in ranking and "generic" in ranking[:ranking.index("onnx")]:
+        # a server tries the generic kernel last: a graph ranked after it would serve first, and cost its memory
+        ranking = [k for k in ranking if k != "onnx"]
     payload = {"format": FORMAT, "columns": predictor.columns, "dtypes": predictor.dtypes, "ops": predictor.ops,
                "layout": predictor.layout, "dtype": predictor.dtype.str, "estimator": predictor.estimator,
-               "onnx": predictor.onnx if "onnx" in choice.ranking else None,  # a rejected graph is not stored
-               "kernels": choice.ranking, "probe": probe,
+               "onnx": predictor.onnx if "onnx" in ranking else None,  # a rejected graph is not stored
+               "kernels": ranking, "probe": probe,
                "predictions": list(expected.predictions), "probabilities": expected.probabilities,
                "row_wise": expected.row_wise_computed,  # computed when a row-wise kernel was checked
-               "own_transformers": predictor.own_transformers,
-               "classes": list(predictor.labels.classes), "labels": predictor.labels.tags()}
+               "own_transformers": predictor.own_transformers}
+    if predictor.task == "regression":
+        payload["task"] = "regression"
+    else:
+        payload.update(classes=list(predictor.labels.classes), labels=predictor.labels.tags())
     try:
         data = pickle.dumps(payload, protocol=5)
     except Exception as err:  # e.g. an op that is a closure
@@ -97,7 +105,7 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
         return None, {"format": FORMAT, "compiled": False,
                       "reason": f"the compiled form would import {needs[0]} to load"}
     return data, {"format": FORMAT, "compiled": True, "sha256": hashlib.sha256(data).hexdigest(),
-                  "labels": predictor.labels.tags(),
+                  "task": predictor.task, "labels": None if predictor.labels is None else predictor.labels.tags(),
                   "kernel": predictor.kernel.__name__, "kernel_kind": choice.kind, "kernel_reason": choice.reason,
                   "kernels": choice.report, "own_transformers": predictor.own_transformers,
                   "probe_rows": len(probe), "columns": predictor.columns,
@@ -121,10 +129,14 @@ def load(data: bytes, manifest: dict[str, Any], *, fallback=None) -> CompiledPre
     try:
         payload = pickle.loads(data)
         # artifacts stored before labels of any kind have neither: their estimator's classes are the labels
+        task = payload.get("task", "classification")
+        if task != manifest.get("task", "classification"):
+            raise ArtifactError(f"the manifest's task is {manifest.get('task', 'classification')!r}, the "
+                                f"artifact's {task!r}")
         labels = Labels.from_tags(payload["labels"], payload["classes"]) if "classes" in payload else None
         compiled = CompiledPredictor(payload["columns"], payload["dtypes"], payload["ops"], payload["layout"],
                                      payload["dtype"], payload["estimator"], fallback=fallback,
-                                     own_transformers=payload.get("own_transformers"), labels=labels)
+                                     own_transformers=payload.get("own_transformers"), labels=labels, task=task)
         probe = payload["probe"]
         # artifacts stored before issue 26 hold the answers row by row under "alone"
         row_wise = payload["row_wise"] if "row_wise" in payload else payload.get("alone")

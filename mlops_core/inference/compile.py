@@ -29,6 +29,7 @@ from .predictors import (
     UNSEEN,
     CompiledPredictor,
     PipelinePredictor,
+    is_regressor,
     label_values,
     missing,
     to_frame,
@@ -142,7 +143,13 @@ def compile_pipeline(model) -> CompiledPredictor:
     """The compiled predictor of ``model`` (a LoadedModel), or :class:`Unsupported`; not yet verified."""
     pipeline = model.model
     steps = getattr(pipeline, "steps", None)
-    if not steps or not hasattr(steps[-1][1], "predict_proba"):
+    regression = model.labels is None
+    if regression:
+        if not steps or not is_regressor(steps[-1][1]):
+            raise Unsupported("not a pipeline ending in a regressor")
+        if any(pycaret_labels_only(step) for _, step in steps[:-1]):  # PyCaret's transform_target=True
+            raise Unsupported("the pipeline transforms the target (transform_target): its inverse is not compiled")
+    elif not steps or not hasattr(steps[-1][1], "predict_proba"):
         raise Unsupported("not a pipeline ending in a classifier")
     if any(model.dtypes.get(c, "") not in NUMERIC_TYPES | {"string"} for c in model.columns):
         raise Unsupported(f"column types {sorted(set(model.dtypes.values()))}")
@@ -166,6 +173,9 @@ def compile_pipeline(model) -> CompiledPredictor:
     if any(d != dtype and d.kind == "f" and d.itemsize < dtype.itemsize for d in sample.dtypes):
         raise Unsupported("mixed float widths")
     estimator, labels = steps[-1][1], model.labels
+    if regression:
+        return CompiledPredictor(model.columns, model.dtypes, ops, list(sample.columns), dtype, estimator,
+                                 fallback=PipelinePredictor(model), own_transformers=own, task="regression")
     if len(labels.classes) != np.size(getattr(estimator, "classes_", ())):
         raise Unsupported(f"expected one estimator class for each of the pipeline's classes {list(labels.classes)}, "
                           f"got {np.size(getattr(estimator, 'classes_', ()))}")
@@ -212,19 +222,24 @@ class Expected:
     it (at registration, called only when a row-wise kernel asks), or None (not stored)."""
 
     def __init__(self, predictions, probabilities, row_wise=None):
-        self.predictions, self.probabilities = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
+        self.predictions, self.probabilities = np.asarray(predictions), _proba(probabilities)
         self._row_wise = row_wise
 
     def row_wise(self):
         if callable(self._row_wise):
             predictions, probabilities = self._row_wise()
-            self._row_wise = np.asarray(predictions), np.asarray(probabilities, dtype=np.float64)
+            self._row_wise = np.asarray(predictions), _proba(probabilities)
         return self._row_wise
 
     @property
     def row_wise_computed(self):
         """The answers row by row when they were computed (or stored), else None."""
         return None if callable(self._row_wise) else self._row_wise
+
+
+def _proba(probabilities):
+    """Probabilities as a float64 matrix; None (a regression's) stays None."""
+    return None if probabilities is None else np.asarray(probabilities, dtype=np.float64)
 
 
 def check_features(compiled: CompiledPredictor, fallback: PipelinePredictor, rows: list[dict[str, Any]]) -> str | None:
@@ -240,7 +255,8 @@ def check_features(compiled: CompiledPredictor, fallback: PipelinePredictor, row
 def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], expected: Expected) -> str | None:
     """None when the compiled path gives the pipeline's answers (``expected``) on ``rows``, in one batch and in
     the request sizes its kernel treats differently; else what differed. Probabilities may differ by the kernel's
-    ``tolerance`` (ONNX Runtime's: 1e-6), else by 1e-9. A ``row_wise`` kernel is checked on the pipeline's
+    ``tolerance`` (ONNX Runtime's: 1e-6), else by 1e-9; a regression's predictions within that, relative
+    (:func:`_compare_numbers`). A ``row_wise`` kernel is checked on the pipeline's
     answers on each row alone."""
     tolerance = getattr(compiled.kernel, "tolerance", _TOLERANCE)
     if getattr(compiled.kernel, "row_wise", False):
@@ -260,7 +276,8 @@ def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], expec
         for start in picks[::size]:
             chunk = rows[start:start + size]
             p2, q2 = compiled.raw(chunk)
-            problem = _compare(p2, q2, p0[start:start + len(chunk)], q0[start:start + len(chunk)],
+            problem = _compare(p2, q2, p0[start:start + len(chunk)],
+                               None if q0 is None else q0[start:start + len(chunk)],
                                f" (a request of {len(chunk)} rows)", tolerance)
             if problem is not None:
                 return problem
@@ -268,6 +285,8 @@ def check_outputs(compiled: CompiledPredictor, rows: list[dict[str, Any]], expec
 
 
 def _compare(p1, q1, p0, q0, where: str, tolerance: float) -> str | None:
+    if q0 is None or q1 is None:  # a regression: numbers, no probabilities
+        return _compare_numbers(p1, q1, p0, q0, where, tolerance)
     if q1.shape != q0.shape:
         return f"the compiled probabilities have the shape {q1.shape}, the pipeline's {q0.shape}{where}"
     if not same_labels(p1, p0):
@@ -279,6 +298,33 @@ def _compare(p1, q1, p0, q0, where: str, tolerance: float) -> str | None:
     worst = float(np.max(np.abs(q1 - q0))) if q0.size else 0.0
     if not worst <= tolerance:
         return f"the compiled probabilities differ from the pipeline's by {worst:.3g}{where}"
+    return None
+
+
+def _compare_numbers(p1, q1, p0, q0, where: str, tolerance: float) -> str | None:
+    """A regression's predictions: each within ``tolerance`` relative to the larger of its own magnitude and the
+    median magnitude of the pipeline's predictions compared (a floor, for predictions near 0 that are sums of
+    larger terms); NaN where the pipeline answers NaN, the same infinities."""
+    if q0 is not None or q1 is not None:
+        return f"expected no probabilities for a regression, got {type(q1 if q1 is not None else q0).__name__}{where}"
+    try:
+        got, expected = np.asarray(p1, dtype=np.float64).ravel(), np.asarray(p0, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as err:
+        return f"the compiled predictions are not numbers ({err}){where}"
+    if got.shape != expected.shape:
+        return f"the compiled predictions have the shape {got.shape}, the pipeline's {expected.shape}{where}"
+    finite = np.isfinite(expected)
+    if not np.array_equal(np.isfinite(got), finite) or not np.array_equal(got[~finite], expected[~finite],
+                                                                          equal_nan=True):
+        return f"the compiled predictions are not finite where the pipeline's are (or are where not){where}"
+    if not finite.any():
+        return None
+    floor = float(np.median(np.abs(expected[finite])))
+    error = np.abs(got[finite] - expected[finite]) / np.maximum(np.abs(expected[finite]), floor or 1.0)
+    worst = int(np.argmax(error))
+    if not error[worst] <= tolerance:
+        return (f"the compiled predictions differ from the pipeline's by {error[worst]:.3g} relative "
+                f"({got[finite][worst]!r} for {expected[finite][worst]!r}){where}")
     return None
 
 

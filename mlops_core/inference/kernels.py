@@ -1,6 +1,7 @@
 """Kernels: the final estimator on a feature matrix, and the choice of the one that serves a version.
 
-A kernel is a function ``x -> (predicted labels, predict_proba matrix)``. Three kinds compete for each version:
+A kernel is a function ``x -> (predicted labels, predict_proba matrix)``; a regressor's ``x -> (predicted
+numbers, None)``, verified within a relative tolerance (1e-9; ONNX Runtime's 1e-6). Three kinds compete for each version:
 
 - ``onnx``: the estimator converted by skl2onnx at registration (:func:`convert_onnx`) and run by ONNX Runtime
   (:func:`onnx_kernel`, which needs neither skl2onnx nor onnx: a serving worker stays light);
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import first_line
 from .libraries import hand_kernel
-from .predictors import generic_kernel
+from .predictors import generic_kernel, is_regressor
 
 __all__ = ["KINDS", "ONNX_TOLERANCE", "HAND_PENALTY", "ONNX_WORKER_MB", "ONNX_FACTOR", "ONNX_SAVING_US", "Choice",
            "candidates", "choose_kernel", "convert_onnx", "onnx_kernel", "onnx_pays", "rank"]
@@ -58,8 +59,8 @@ def convert_onnx(estimator, *, width: int, dtype) -> tuple[bytes, str]:
     tensor = {np.dtype(np.float32): FloatTensorType, np.dtype(np.float64): DoubleTensorType}.get(reads)
     if tensor is None:
         raise TypeError(f"expected float32 or float64 features, got {reads}")
-    graph = convert_sklearn(estimator, initial_types=[("x", tensor([None, width]))],
-                            options={id(estimator): {"zipmap": False}})  # probabilities as a matrix
+    options = None if is_regressor(estimator) else {id(estimator): {"zipmap": False}}  # probabilities as a matrix
+    graph = convert_sklearn(estimator, initial_types=[("x", tensor([None, width]))], options=options)
     return graph.SerializeToString(), reads.str
 
 
@@ -86,6 +87,17 @@ def onnx_kernel(graph: bytes, dtype: str):
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+    if len(inputs) == 1 and len(outputs) == 1:  # a regressor's graph: the predictions (relative tolerance)
+        name, reads, run = inputs[0].name, np.dtype(dtype), session.run
+
+        def onnx_regression(x):
+            x = np.ascontiguousarray(x, dtype=reads)
+            if not np.isfinite(x).all():
+                raise ValueError("non-finite features")
+            return run(outputs, {name: x})[0].astype(np.float64).reshape(len(x)), None
+        onnx_regression.tolerance = ONNX_TOLERANCE
+        onnx_regression.session = session
+        return onnx_regression
     if len(inputs) != 1 or len(outputs) != 2:
         raise ValueError(f"expected one input and two outputs (label, probabilities), got {len(inputs)} and "
                          f"{outputs}")

@@ -23,7 +23,7 @@ from ..registry import LoadedModel
 from .ops import missing
 
 __all__ = ["PipelinePredictor", "CompiledPredictor", "LazyPipeline", "ServedModel", "generic_kernel", "answer",
-           "label_values", "NUMERIC_TYPES", "UNSEEN", "missing", "to_frame"]
+           "label_values", "is_regressor", "NUMERIC_TYPES", "UNSEEN", "missing", "to_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class PipelinePredictor:
         self.model = model
         self.reason = reason
         self.labels = model.labels
+        self.task = "regression" if self.labels is None else "classification"
         pipeline = model.model
         steps = getattr(pipeline, "steps", None)
         # predict and predict_proba each run every preprocessing step; serving runs them once for both
@@ -119,11 +120,21 @@ class PipelinePredictor:
         return answer(predictions, proba, self.labels)
 
 
+def is_regressor(estimator) -> bool:
+    """Whether ``estimator`` predicts numbers (scikit-learn's ``_estimator_type``, which LightGBM's share)."""
+    return getattr(estimator, "_estimator_type", None) == "regressor"
+
+
 def generic_kernel(estimator):
-    """``predict`` and ``predict_proba`` of a copy without ``feature_names_in_`` (sklearn warns, slowly, on arrays)."""
+    """``predict`` and ``predict_proba`` of a copy without ``feature_names_in_`` (sklearn warns, slowly, on arrays);
+    a regressor's: ``predict`` and None."""
     est = copy.copy(estimator)
     if isinstance(getattr(est, "feature_names_in_", None), np.ndarray):
         del est.feature_names_in_
+    if is_regressor(est):
+        def generic_regression(x):
+            return np.asarray(est.predict(x), dtype=np.float64).reshape(len(x)), None
+        return generic_regression
 
     def generic(x):
         return est.predict(x), est.predict_proba(x)
@@ -141,14 +152,16 @@ class CompiledPredictor:
     label-encodes its target. ``labels`` are the pipeline's own (its classes in the estimator's order, the
     positive one): :meth:`raw` decodes the kernel's answers to them, so it answers as the pipeline's
     ``predict`` (strings, booleans, integers as in the data). Without ``labels`` (an artifact stored before
-    labels of any kind), the estimator's classes are the labels.
+    labels of any kind), the estimator's classes are the labels. A regression (``task="regression"``) has no
+    labels: its kernel answers ``(predicted numbers, None)``.
     """
 
     compiled = True
     reason = ""
 
     def __init__(self, columns: list[str], dtypes: dict[str, str], ops: list, layout: list[str], dtype, estimator,
-                 kernel=None, fallback=None, own_transformers: list[str] | None = None, labels: Labels | None = None):
+                 kernel=None, fallback=None, own_transformers: list[str] | None = None, labels: Labels | None = None,
+                 task: str = "classification"):
         self.columns, self.dtypes = list(columns), dict(dtypes)
         self.ops = ops
         self.layout = layout  # the estimator's input columns, in the pipeline's order
@@ -163,6 +176,10 @@ class CompiledPredictor:
         numeric = {c for c in self.columns if self.dtypes.get(c, "") in NUMERIC_TYPES}
         self._numeric = [c for c in self.columns if c in numeric]
         self._strings = [c for c in self.columns if c not in numeric]
+        self.task = task
+        if task == "regression":
+            self.labels, self._decode = None, None
+            return
         codes = label_values(estimator.classes_)
         self.labels = labels if labels is not None else Labels.from_tags({}, codes)
         if len(self.labels.classes) != len(codes):
