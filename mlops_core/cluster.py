@@ -158,7 +158,7 @@ def _name(key: Any) -> Any:
 
 
 def _is_model_task(key: Any) -> bool:
-    first = key[0] if isinstance(key, tuple) else key
+    first = key[0] if isinstance(key, (tuple, list)) else key
     return str(first).startswith(MODEL_TASK)
 
 
