@@ -103,7 +103,8 @@ class PipelinePredictor:
         is not paid a row)."""
         if self._once is None:
             answers = [self.raw([row]) for row in rows]
-            return np.concatenate([p for p, _ in answers]), np.vstack([q for _, q in answers])
+            return np.concatenate([p for p, _ in answers]), (
+                None if self.labels is None else np.vstack([q for _, q in answers]))
         preprocess, estimator = self._once
         features = preprocess.transform(to_frame(rows, self.model))
         matrix = features.to_numpy() if hasattr(features, "to_numpy") else np.asarray(features)
@@ -113,7 +114,8 @@ class PipelinePredictor:
             predicted, probabilities = own(matrix[i:i + 1])
             labels.append(predicted)
             proba.append(probabilities)
-        return self.model.model.inverse_transform(np.concatenate(labels)), np.vstack(proba)
+        predictions = self.model.model.inverse_transform(np.concatenate(labels))
+        return predictions, None if self.labels is None else np.vstack(proba)
 
     def __call__(self, rows: list[dict[str, Any]]) -> tuple[list, list]:
         predictions, proba = self.served(rows)
