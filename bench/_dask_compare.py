@@ -1,7 +1,8 @@
-"""The comparison in-process vs on a local Dask cluster (issue 29), for ``bench/scale --dask``; run by hand.
+"""The comparison in-process vs on a local Dask cluster (issue 29): ``bench/scale --dask``; run by hand.
 
-    .venv/bin/python bench/_dask_compare.py                          # 50k rows, 4 models x 5 folds, 1 and 2 workers
-    .venv/bin/python bench/_dask_compare.py --rows 20000 --workers 1,2,4 --models lr,dt
+    .venv/bin/python bench/scale --dask                              # 50k rows, 4 models x 5 folds, 1 and 2 workers
+    .venv/bin/python bench/scale --dask 1,2,4 --select-rows 20000
+    .venv/bin/python bench/_dask_compare.py --rows 20000 --workers 2 --models lr,dt --fold 2
 
 Data: the Titanic table resampled to ``--rows`` rows with noise on age and fare (bench/scale's rows): what
 travels to the workers is the comparison's sample, MLOPS_SELECT_ROWS (50,000) rows by default, so the default
