@@ -41,7 +41,10 @@ def intake(ctx: Context, current: Path, *, source: str | None = None, digest: st
         kinds = {**infer_kinds(raw, new), **{c: profile.kinds[c] for c in settings.features if c in profile.features}}
         batch = validate_frame(raw, settings, kinds=kinds, require_target=False, source=name)
         if settings.target in batch.columns and settings.task != "regression":
-            task_labels(batch[settings.target], settings)  # refused up front (exit 2): no positive class, AUC...
+            try:  # refused up front (exit 2): no positive class, AUC for more than two classes
+                task_labels(batch[settings.target], settings)
+            except SettingsError as err:
+                raise SettingsError(f"{name}: {err}") from err
     run = Run(source=name, digest=digest, batch=batch, kinds=kinds, production=production, profile=profile,
               result=RunResult(OPEN, digest=digest, timings=ctx.timer.seconds))
     if not force and production is not None and (done := registry.processed_run(digest, production)):
