@@ -19,6 +19,7 @@ then SIGKILL, by its pid). Without a server (``spare=False``) each run is a fres
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -539,6 +540,10 @@ def _serve(sock: socket.socket) -> int:
     while True:
         if steps and not (steps[0][0] and _readable(sock, steps[0][0])):
             steps.pop(0)[1]()
+            # what the imports made is for good: out of the collector's sight, a run's collections never walk it
+            # (0.4-0.6 s of CPU a run) nor copy its pages
+            gc.collect()
+            gc.freeze()
             continue
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1, 3)

@@ -24,6 +24,7 @@ from _watching import FakeRunner, acquire
 
 from mlops_core.data import make_datasets
 from mlops_core.errors import MAX_PROBLEM_CHARS, DataValidationError, shorten
+from mlops_core.pipeline import pipeline_lock
 from mlops_watcher.child import MAX_REASON, ChildRunner
 from mlops_watcher.daemon import Watcher
 
@@ -123,33 +124,33 @@ def _servers() -> list[int]:
 
 @pytest.mark.timeout(120)
 def test_runs_are_forked_from_one_run_server_and_stopped_by_their_pid(settings, caplog):
-    """With spares on, each run is a fork of one warm run server, not a process the watcher starts: a run past its
-    wall time is stopped by its pid, the next run is forked by the same server, and closing the runner ends it."""
+    """With spares on, each run is a fork of one warm run server, not a process the watcher starts: a shutdown stops
+    the run by its pid, the server forks the next, and closing the runner ends the server."""
     caplog.set_level("INFO", logger="watcher")
-    make_datasets(settings)  # an empty registry: the run would bootstrap (train) after its imports
+    make_datasets(settings)
     bad = settings.current_csv.with_name("bad.csv")
     bad.write_bytes(b"pclass,sex,survived\n" + b"1,male,0\n" * 20)
-    runner = ChildRunner(grace=2.0, max_seconds=3.0)
-    outcomes = []
+    runner, stop, outcomes = ChildRunner(grace=2.0), threading.Event(), []
     try:
         runner.warm(settings)
         [server] = _servers()
-        first = threading.Thread(target=lambda: outcomes.append(runner(settings, threading.Event(),
-                                                                       settings.current_csv)))
-        first.start()
-        deadline = time.monotonic() + 30
-        while not child_pids(caplog) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _parent(child_pids(caplog)[0]) == server  # forked by the server, while it runs
-        first.join(60)
         outcomes.append(runner(settings, threading.Event(), bad))
+        with pipeline_lock(settings):  # the next run waits for the home's lock: it runs until it is stopped
+            waiting = threading.Thread(target=lambda: outcomes.append(runner(settings, stop, settings.current_csv)))
+            waiting.start()
+            deadline = time.monotonic() + 60
+            while len(child_pids(caplog)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _parent(child_pids(caplog)[1]) == server  # forked by the server, while it runs
+            stop.set()
+            waiting.join(30)
         assert _servers() == [server]
     finally:
         runner.close()
 
-    timed_out, rejected = outcomes
-    assert (timed_out.outcome, timed_out.error, timed_out.reason) == ("failed", "Timeout", "run exceeded 3 s")
+    rejected, stopped = outcomes
     assert rejected.outcome == "rejected" and "missing column(s)" in rejected.reason, rejected
+    assert stopped.outcome == "aborted" and "run=terminate" in caplog.text, stopped
     runs = child_pids(caplog)
     assert len(set(runs)) == 2 and server not in runs
     for pid in (*runs, server):
