@@ -134,7 +134,7 @@ def make_datasets(settings: Settings, *, drift: float = 0.0, concept: float = 0.
 
 #: memory a run needs per byte of CSV, above the libraries' own (measured by bench/scale: the file's bytes, the
 #: parsed frame, the training part and PyCaret's fitted copies of it, the holdout scored in chunks)
-MEMORY_PER_CSV_BYTE = 16
+MEMORY_PER_CSV_BYTE = 22
 BASE_MEMORY = 600 * 2 ** 20  # the libraries a run imports (PyCaret, MLflow, scikit-learn...)
 
 
