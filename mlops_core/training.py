@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from . import cluster
+from .cluster import ClusterError, compare_models, connect, fit_lightgbm
 from .config import NO_PROBABILITIES, Settings
 from .data import NUMERIC, normalise
 from .errors import TrainingError
@@ -208,7 +208,7 @@ def _compare_and_finalise(exp, data: pd.DataFrame, settings: Settings, numeric: 
         deadline = time.monotonic() + settings.budget_minutes * 60 if settings.budget_minutes else None
         fitted, rows = {}, []
         if client is not None:  # on the cluster: every model in one call, a Dask task each
-            fitted, table, _ = cluster.compare_models(exp, ids, client=client, sort=column, fold=settings.fold,
+            fitted, table, _ = compare_models(exp, ids, client=client, sort=column, fold=settings.fold,
                                                       progress=progress)
             rows = [table]
         for model_id in ids if client is None else ():
@@ -227,7 +227,7 @@ def _compare_and_finalise(exp, data: pd.DataFrame, settings: Settings, numeric: 
             progress.advance(settings.fold)
         comparison = (pd.concat(rows).sort_values(column, ascending=lower_better, kind="stable") if rows
                       else pd.DataFrame())
-    except cluster.ClusterError:  # the cluster, not the data: retried
+    except ClusterError:  # the cluster, not the data: retried
         raise
     except Exception as err:  # PyCaret raises bare ValueErrors and more from deep inside
         raise TrainingError(f"PyCaret comparison failed: {err}") from err
@@ -239,11 +239,11 @@ def _compare_and_finalise(exp, data: pd.DataFrame, settings: Settings, numeric: 
     try:
         final = exp.finalize_model(best)
         if fit_all is not None and _through_lightgbm_dask(client, final, len(fit_all), settings):
-            final = cluster.fit_lightgbm(client, final, fit_all.drop(columns=[settings.target]),
+            final = fit_lightgbm(client, final, fit_all.drop(columns=[settings.target]),
                                          fit_all[settings.target])
         elif fit_all is not None:
             final = clone(final).fit(fit_all.drop(columns=[settings.target]), fit_all[settings.target])
-    except cluster.ClusterError:
+    except ClusterError:
         raise
     except Exception as err:
         raise TrainingError(f"finalising {type(best).__name__} failed: {err}") from err
@@ -255,7 +255,7 @@ def _cluster(settings: Settings) -> contextlib.AbstractContextManager:
     """The Dask cluster's client while the block runs when ``settings.dask_scheduler`` names one, else None."""
     if not settings.dask_scheduler:
         return contextlib.nullcontext(None)
-    return cluster.connect(settings.dask_scheduler)
+    return connect(settings.dask_scheduler)
 
 
 def _through_lightgbm_dask(client, final, rows: int, settings: Settings) -> bool:

@@ -8,8 +8,8 @@ them), and the version's labels (its classes in the estimator's order, as the pi
 and the positive class); beside it a manifest with the pickle's SHA-256, the labels (``Labels.tags``: JSON), the
 kernel chosen and why (each candidate's time a call, or why it was rejected), and every module the pickle
 imports. A regression's (no labels) stores ``task: regression`` in both instead, so that a version served from
-its artifact alone is known as one. A pickle that would import PyCaret is not stored. An artifact stored before labels of any kind (no
-labels) answers with its estimator's classes, 0/1, as it did.
+its artifact alone is known as one. A pickle that would import PyCaret is not stored. An artifact stored before
+labels of any kind (no labels) answers with its estimator's classes, 0/1, as it did.
 
 A server (:func:`load`) checks the manifest's format and hash and the pickle's modules before unpickling,
 rebuilds the kernels in the registration's ranking until one reproduces the stored outputs on every probe row

@@ -1,7 +1,8 @@
 """Kernels: the final estimator on a feature matrix, and the choice of the one that serves a version.
 
 A kernel is a function ``x -> (predicted labels, predict_proba matrix)``; a regressor's ``x -> (predicted
-numbers, None)``, verified within a relative tolerance (1e-9; ONNX Runtime's 1e-6). Three kinds compete for each version:
+numbers, None)``, verified within a relative tolerance (1e-9; ONNX Runtime's 1e-6). Three kinds compete for each
+version:
 
 - ``onnx``: the estimator converted by skl2onnx at registration (:func:`convert_onnx`) and run by ONNX Runtime
   (:func:`onnx_kernel`, which needs neither skl2onnx nor onnx: a serving worker stays light);
