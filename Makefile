@@ -21,6 +21,7 @@ test: $(STAMP)  ## run the whole test suite, one process per CPU (installs first
 	scripts/ensure-postgres
 	@# bytecode is compiled on first import (install --no-compile) and must be kept: PYTHONDONTWRITEBYTECODE, set
 	@# on some machines, would make every test process compile every module it imports again
+	@# loadfile as tests/conftest.py refines it: the long modules first; those of independent tests test by test
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)

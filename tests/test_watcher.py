@@ -51,7 +51,7 @@ from mlops_watcher.daemon import TargetHandler, Watcher
 slow = pytest.mark.slow  # starts the daemon, whose runs import MLflow (and PyCaret on drift) in a child
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap; a module-scoped one would make the module one xdist group (conftest)
 def batches(tmp_path_factory):
     """Distinct batch contents (bytes): ``("plain", seed)`` without drift, ``("drift", seed)`` drifted."""
     scratch = Settings(home=tmp_path_factory.mktemp("batches"), **FAST)
