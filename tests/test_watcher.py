@@ -51,7 +51,7 @@ from mlops_watcher.daemon import TargetHandler, Watcher
 slow = pytest.mark.slow  # starts the daemon, whose runs import MLflow (and PyCaret on drift) in a child
 
 
-@pytest.fixture(scope="session")  # cheap; a module-scoped one would make the module one xdist group (conftest)
+@pytest.fixture(scope="module")
 def batches(tmp_path_factory):
     """Distinct batch contents (bytes): ``("plain", seed)`` without drift, ``("drift", seed)`` drifted."""
     scratch = Settings(home=tmp_path_factory.mktemp("batches"), **FAST)
@@ -120,25 +120,42 @@ def test_each_way_of_dropping_a_batch_runs_once_on_complete_content(daemon, batc
     assert [r["sha256"] for r in daemon.runs(after=start)] == [sha(c) for c in (chunked, copied, rewritten, renamed)]
 
 
-@slow
-def test_two_batches_within_a_second_give_at_most_two_runs_last_on_newest(daemon, batches):
-    target = daemon.settings.current_csv
-    first, second = batches("drift", 201), batches("drift", 202)
-    mark = daemon.mark()
-    for content in (first, second):
-        tmp = target.with_name(".incoming.tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, target)
-        # the second lands within a second of the first, typically while the first run is under way
-        time.sleep(0.9)
-    last = daemon.ended(sha(second), after=mark, timeout=180)
-    assert last["run"] == "done" and last["status"] in ("promoted", "staged", "archived", "no_drift")
-    daemon.barrier()
+#: a line of ours: key=value with a timestamp, from the watcher or the library
+OURS = re.compile(r"^ts=\S+ level=\w+ logger=(watcher|mlops_core(\.\w+)*) ")
 
-    runs = [r["sha256"] for r in daemon.runs(after=mark)]
-    assert 1 <= len(runs) <= 2 and runs[-1] == sha(second)
-    aliases = assert_registry_consistent(daemon.settings)
-    assert aliases[PRODUCTION] == (last["production"])
+
+@slow
+def test_two_drifted_batches_within_a_second_give_at_most_two_runs_last_on_newest_and_print_only_our_lines(
+        fresh, batches, tmp_path):
+    """Coalescing on the real daemon, and no library chatter a user cannot act on while it trains and registers:
+    MLflow's pickle caution and registration prints, PyCaret's FutureWarnings, MLflow's database set-up lines.
+    Every line of the daemon's log is one of ours, in our format (one daemon for both: each drifted run trains)."""
+    seed_state(fresh)
+    daemon = Daemon(fresh, tmp_path / "watcher.log").start()
+    target = fresh.current_csv
+    first, second = batches("drift", 201), batches("drift", 202)
+    try:
+        mark = daemon.mark()
+        for content in (first, second):
+            tmp = target.with_name(".incoming.tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, target)
+            # the second lands within a second of the first, typically while the first run is under way
+            time.sleep(0.9)
+        last = daemon.ended(sha(second), after=mark, timeout=180)
+        assert last["run"] == "done" and last["status"] in ("promoted", "staged", "archived", "no_drift")
+        daemon.barrier()
+
+        runs = [r["sha256"] for r in daemon.runs(after=mark)]
+        assert 1 <= len(runs) <= 2 and runs[-1] == sha(second)
+        aliases = assert_registry_consistent(fresh)
+        assert aliases[PRODUCTION] == (last["production"])
+    finally:
+        assert daemon.stop() == 0
+    lines = [line for line in daemon.log_path.read_text().splitlines() if line.strip()]
+    assert any("registered version 2" in line for line in lines)  # what MLflow printed, said once, by us
+    foreign = [line for line in lines if not OURS.match(line)]
+    assert not foreign, "\n".join(foreign[:20])
 
 
 @slow
@@ -334,22 +351,3 @@ def test_live_ab_promotion_is_evaluated_on_its_schedule_between_runs(fresh, capl
     # no labelled traffic yet: the evaluation keeps the aliases as they are
     assert lines and lines[0].startswith("ab=kept version=- production=1 staging=1"), lines
     assert Registry(settings).aliases() == {"production": "1", "staging": "1"}
-
-
-OURS = re.compile(r"^ts=\S+ level=\w+ logger=(watcher|mlops_core(\.\w+)*) ")
-
-
-@slow
-def test_a_drifted_run_through_the_watcher_prints_only_our_own_lines(fresh, tmp_path):
-    """No library chatter a user cannot act on: MLflow's pickle caution and registration prints, PyCaret's
-    FutureWarnings, MLflow's database set-up lines. Every line is one of ours, in our format."""
-    d = Daemon(fresh, tmp_path / "watcher.log").start()
-    try:
-        make_datasets(fresh, drift=0.5, concept=0.5, seed=2, write_train=False)
-        assert d.ended(sha(fresh.current_csv.read_bytes()), after=0)["status"] in {"promoted", "staged"}
-    finally:
-        assert d.stop() == 0
-    lines = [line for line in d.log_path.read_text().splitlines() if line.strip()]
-    assert any("registered version 2" in line for line in lines)  # what MLflow printed, said once, by us
-    foreign = [line for line in lines if not OURS.match(line)]
-    assert not foreign, "\n".join(foreign[:20])
