@@ -28,10 +28,10 @@ def pytest_configure(config):
 #: test_airflow_dag first, as it needs no bootstrapped home: the other worker builds that one for both meanwhile
 LONGEST_FIRST = ("test_airflow_dag.py", "test_reliability_watcher.py", "test_kernels.py", "test_watcher.py",
                  "test_labels.py", "test_decisions.py", "test_dask.py", "test_server_labels.py", "test_scale_out.py",
-                 "test_server_gunicorn.py", "test_openapi.py", "test_end_to_end.py", "test_reliability_faults.py",
-                 "test_ab_gunicorn.py", "test_pipeline.py", "test_reliability_http.py", "test_regression.py",
-                 "test_server_regression.py", "test_inference.py", "test_hooks.py", "test_bad_data.py",
-                 "test_watcher_child.py", "test_stack.py", "test_store.py", "test_cli.py")
+                 "test_server_gunicorn.py", "test_openapi.py", "test_kernels_regression.py", "test_end_to_end.py",
+                 "test_reliability_faults.py", "test_ab_gunicorn.py", "test_pipeline.py", "test_reliability_http.py",
+                 "test_regression.py", "test_server_regression.py", "test_inference.py", "test_hooks.py",
+                 "test_bad_data.py", "test_watcher_child.py", "test_stack.py", "test_store.py", "test_cli.py")
 
 #: long modules whose tests share no module-scoped fixture: under ``--dist loadfile`` their tests go to the workers
 #: one by one, not the module whole (a module-scoped fixture added to one of them would be built on each worker
