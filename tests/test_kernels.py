@@ -499,10 +499,16 @@ def test_a_rejected_kernel_says_why_and_none_verified_says_each_reason():
     assert choice.reason.startswith("no kernel reproduces the pipeline (")
 
 
-def test_at_load_the_stored_ranking_is_tried_in_order_and_the_generic_kernel_last():
-    compiled, choice = _choose({"generic": 1.0, "hand": 7.0, "onnx": 3.0}, order=["generic", "hand", "onnx"],
+def test_at_load_the_stored_ranking_is_tried_in_order_and_the_generic_kernel_last_when_unranked():
+    compiled, choice = _choose({"generic": 1.0, "hand": 7.0, "onnx": 3.0}, order=["hand", "generic", "onnx"],
                                timed=False)
     assert choice.kind == "hand" and list(choice.report) == ["hand"]  # the first that verifies; none timed
+    # ranked fastest at registration, the estimator's own methods serve first at load too (as the manifest says)
+    compiled, choice = _choose({"generic": 1.0, "hand": 7.0}, order=["generic", "hand"], timed=False)
+    assert choice.kind == "generic" and list(choice.report) == ["generic"]
+    compiled, choice = _choose({"generic": 1.0, "hand": 7.0}, order=["generic", "hand"], wrong={"generic"},
+                               timed=False)
+    assert choice.kind == "hand" and list(choice.report) == ["generic", "hand"]
     compiled, choice = _choose({"generic": 1.0, "hand": 7.0, "onnx": 3.0}, order=["onnx"], wrong={"onnx"},
                                timed=False)  # only what verified at registration, then the generic kernel
     assert choice.kind == "generic" and list(choice.report) == ["onnx", "generic"]

@@ -81,9 +81,6 @@ def export(model, frame) -> tuple[bytes | None, dict[str, Any]]:
         return None, {"format": FORMAT, "compiled": False, "reason": predictor.reason}
     choice, expected = predictor.kernel_choice, predictor.expected
     ranking = choice.ranking
-    if predictor.task == "regression" and "onnx" in ranking and "generic" in ranking[:ranking.index("onnx")]:
-        # a server tries the generic kernel last: a graph ranked after it would serve first, and cost its memory
-        ranking = [k for k in ranking if k != "onnx"]
     payload = {"format": FORMAT, "columns": predictor.columns, "dtypes": predictor.dtypes, "ops": predictor.ops,
                "layout": predictor.layout, "dtype": predictor.dtype.str, "estimator": predictor.estimator,
                "onnx": predictor.onnx if "onnx" in ranking else None,  # a rejected graph is not stored

@@ -140,8 +140,8 @@ class Choice:
 
     @property
     def ranking(self) -> list[str]:
-        """The kinds that verified, best first: the order a server tries them in (the generic kernel last in any
-        case)."""
+        """The kinds that verified, best first: the order a server tries them in (then the generic kernel, when it
+        is not among them)."""
         return [k for k, r in self.report.items() if "rejected" not in r and "unchecked" not in r]
 
 
@@ -197,8 +197,8 @@ def choose_kernel(compiled, check: Callable[[Any], str | None], makers: dict[str
             entry["us_32"] = round(measure(kernel, [batch]) * 1e6, 1)
 
     if timing is None:
-        kinds = [k for k in (KINDS if order is None else order) if k in makers and k != "generic"]
-        if "generic" in makers:
+        kinds = [k for k in (KINDS if order is None else order) if k in makers]
+        if "generic" in makers and "generic" not in kinds:
             kinds.append("generic")  # the estimator's own methods: the last resort, always tried
         for kind in kinds:
             attempt(kind)
