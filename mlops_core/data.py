@@ -15,7 +15,7 @@ import pandas as pd
 from .config import Settings
 from .errors import DataValidationError, first_line
 from .files import atomic_write
-from .labels import MAX_CLASSES_HINT, canonical, label_key
+from .labels import MAX_CLASSES_HINT, canonical, label_key, label_keys
 
 __all__ = ["load_titanic", "load_diabetes", "DEMO_TABLES", "make_datasets", "read_csv", "validate_frame", "load_batch",
            "infer_kinds", "atomic_write_csv", "normalise", "apply_concept", "RowSet", "row_hashes", "check_fits"]
@@ -218,12 +218,12 @@ def normalise(frame: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:
     NaN) is ``np.nan``, the one that scikit-learn's imputers treat as missing.
     Columns not in ``kinds`` are left as they are; the input is not changed.
     """
-    out = frame.copy()
+    out = frame.copy(deep=False)  # columns replaced, not written into: the input keeps its own
     for col, kind in kinds.items():
         if col not in out.columns:
             continue
         if kind == NUMERIC:
-            out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64", copy=False)
         else:
             values = out[col].astype("object")
             out[col] = values.where(values.notna(), np.nan)
@@ -268,7 +268,8 @@ def row_hashes(frame: pd.DataFrame, columns, kinds: Mapping[str, str], target: s
     row read from a CSV, a parquet file or a frame in memory hashes alike."""
     rows = normalise(frame[list(columns)], {c: k for c, k in kinds.items() if c != target})
     if target in rows.columns:
-        rows[target] = rows[target].map(lambda v: v if pd.isna(v) else label_key(v)).astype(object)
+        keys = label_keys(rows[target])
+        rows[target] = pd.Series(np.where(keys == None, np.nan, keys), index=rows.index, dtype=object)  # noqa: E711
     return pd.util.hash_pandas_object(rows, index=False).to_numpy(dtype=np.uint64)
 
 
@@ -296,7 +297,8 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
         problems.append(f"{len(frame)} row(s), expected at least {settings.min_rows}")
     present = [c for c in settings.features if c in frame.columns]
     kinds = {**infer_kinds(frame, present), **(kinds or {})}
-    out = frame[[*present, *([settings.target] if has_target else [])]].copy()
+    # the columns taken, not copied: each one checked is replaced by its clean form, none is written into
+    out = pd.DataFrame({c: frame[c] for c in [*present, *([settings.target] if has_target else [])]}, copy=False)
     for col in present:
         if len(out) and out[col].isna().all():
             problems.append(f"column {col!r} has no values (all missing)")
@@ -312,14 +314,16 @@ def validate_frame(frame: pd.DataFrame, settings: Settings, *, kinds: Mapping[st
         infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
         if infinite.any():
             problems.append(f"column {col!r}: {int(infinite.sum())} infinite value(s){_first_row(infinite)}")
-        out[col] = values.astype(float)
+        out[col] = values.astype(float, copy=False)
     if has_target and len(out):
         problems += _check_labels(out, settings, require_target=require_target)
         if out[settings.target].isna().all():
             out = out.drop(columns=[settings.target])
     if problems:
         raise DataValidationError(source, problems)
-    return normalise(out, {c: kinds.get(c, CATEGORICAL) for c in present}).reset_index(drop=True)
+    out = normalise(out, {c: kinds.get(c, CATEGORICAL) for c in present})
+    out.index = pd.RangeIndex(len(out))  # not reset_index: that copies every column
+    return out
 
 
 def _first_row(mask: np.ndarray) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -225,58 +224,87 @@ class DriftReport:
                 "n_current": self.n_current, "details": self.details}
 
     def save(self, folder: Path, *, stem: str = "drift_report", picture: bool = True) -> dict[str, Path]:
-        """Write ``drift_report.json``, ``drift_flag.txt`` and (with ``picture``) ``drift_report.png`` into
+        """Write ``drift_report.json``, ``drift_flag.txt`` and (with ``picture``) ``drift_report.svg`` into
         ``folder``; returns the paths written."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"json": folder / f"{stem}.json", "flag": folder / "drift_flag.txt", "png": folder / f"{stem}.png"}
+        paths = {"json": folder / f"{stem}.json", "flag": folder / "drift_flag.txt", "svg": folder / f"{stem}.svg"}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=1))
         paths["flag"].write_text(f"drift={str(self.drift).lower()}\nmean_psi={self.mean_psi:.6f}\n"
                                  f"threshold={self.threshold}\n")
         if not picture:
-            del paths["png"]
+            del paths["svg"]
             return paths
-        self.plot(paths["png"])
+        self.plot(paths["svg"])
         return paths
 
     def plot(self, path: Path) -> Path:
-        """Draw reference vs current shares per bin: small multiples, worst PSI first."""
-        import matplotlib
+        """Draw reference vs current shares per bin as an SVG picture (the MLflow UI shows it): small
+        multiples, worst PSI first, the trigger features' titles in bold.
 
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure  # the OO API keeps pyplot's global state out
-
-        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+        Written as text, not through a plotting library: a few milliseconds, where drawing a PNG with
+        matplotlib took about a second of CPU on every run (two thirds of a run that finds no drift)."""
         scores = {**self.info, **self.psi}
         names = sorted(self.details, key=lambda n: -scores.get(n, 0.0)) or ["(none)"]
-        with matplotlib.rc_context({"font.family": "DejaVu Sans"}):
-            return self._draw(Figure, names, scores, path)
-
-    def _draw(self, Figure, names, scores, path: Path) -> Path:
         cols = 1 if len(names) <= 2 else 2
         rows = -(-len(names) // cols)
-        fig = Figure(figsize=(6.5 * cols, 3.0 * rows))
-        # fixed margins in inches (room for the suptitle, the rotated bin labels and the titles): a layout
-        # engine measured every text first and took twice as long as the drawing itself
-        height = 3.0 * rows
-        fig.subplots_adjust(left=0.8 / (6.5 * cols), right=1 - 0.15 / (6.5 * cols), top=1 - 0.75 / height,
-                            bottom=0.9 / height, hspace=1.1 / 2.1, wspace=0.25)
-        axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax in axes[len(names):]:
-            ax.set_visible(False)
-        for ax, name in zip(axes, names):
+        title = (f"mean PSI of the trigger features {self.mean_psi:.3f} (threshold {self.threshold}): "
+                 f"{'drift' if self.drift else 'no drift'}")
+        width, height = _PANEL_W * cols, _TOP + _PANEL_H * rows
+        out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+               f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Verdana, sans-serif" font-size="11">',
+               f'<rect width="{width}" height="{height}" fill="white"/>',
+               f'<text x="{width / 2:g}" y="22" text-anchor="middle" font-size="14">{_esc(title)}</text>']
+        for i, name in enumerate(names):
             d = self.details.get(name)
-            if not d:
-                continue
-            x = np.arange(len(d["bins"]))
-            ax.bar(x - 0.2, d["reference"], 0.4, label="reference")
-            ax.bar(x + 0.2, d["current"], 0.4, label="current")
-            ax.set_xticks(x, d["bins"], rotation=45, ha="right", fontsize=7)
-            ax.set_ylabel("share of rows")
-            role = "trigger" if name in self.psi else "information"
-            ax.set_title(f"{name}: PSI {scores[name]:.3f} ({role})", fontweight="bold" if role == "trigger" else None)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"mean PSI of the trigger features {self.mean_psi:.3f} (threshold {self.threshold}): "
-                     f"{'drift' if self.drift else 'no drift'}")
-        fig.savefig(path, dpi=80)
+            if d:
+                role = "trigger" if name in self.psi else "information"
+                out += _panel(_PANEL_W * (i % cols), _TOP + _PANEL_H * (i // cols), name, d,
+                              f"{name}: PSI {scores[name]:.3f} ({role})", bold=role == "trigger")
+        out.append("</svg>\n")
+        Path(path).write_text("\n".join(out), encoding="utf-8")
         return Path(path)
+
+
+_PANEL_W, _PANEL_H, _TOP = 520, 250, 36  # pixels: one feature's panel, the picture's title band
+_COLOURS = {"reference": "#1f77b4", "current": "#ff7f0e"}
+
+
+def _esc(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _panel(x0: float, y0: float, name: str, d: dict, title: str, *, bold: bool) -> list[str]:
+    """One feature's bars (reference and current share of rows per bin) in the box at ``(x0, y0)``."""
+    left, right, top, bottom = x0 + 56, x0 + _PANEL_W - 16, y0 + 30, y0 + _PANEL_H - 70
+    bins, ref, cur = d["bins"], d["reference"], d["current"]
+    peak = max([*ref, *cur, 1e-9])
+    step = (right - left) / max(len(bins), 1)
+    bar = step * 0.4
+
+    def y(v: float) -> float:
+        return bottom - (bottom - top) * v / peak
+
+    weight = ' font-weight="bold"' if bold else ""
+    out = [f'<text x="{(left + right) / 2:g}" y="{y0 + 18:g}" text-anchor="middle" font-size="12"{weight}>'
+           f'{_esc(title)}</text>',
+           f'<line x1="{left:g}" y1="{bottom:g}" x2="{right:g}" y2="{bottom:g}" stroke="black"/>',
+           f'<line x1="{left:g}" y1="{top:g}" x2="{left:g}" y2="{bottom:g}" stroke="black"/>',
+           f'<text x="{x0 + 14:g}" y="{(top + bottom) / 2:g}" text-anchor="middle" '
+           f'transform="rotate(-90 {x0 + 14:g} {(top + bottom) / 2:g})">share of rows</text>']
+    for tick in (0.0, peak / 2, peak):
+        out.append(f'<text x="{left - 4:g}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="9">{tick:.2f}</text>')
+    for i, label in enumerate(bins):
+        centre = left + step * (i + 0.5)
+        for series, values, shift in (("reference", ref, -bar), ("current", cur, 0.0)):
+            top_y = y(values[i])
+            out.append(f'<rect x="{centre + shift:.1f}" y="{top_y:.1f}" width="{bar:.1f}" '
+                       f'height="{bottom - top_y:.1f}" fill="{_COLOURS[series]}"><title>{_esc(series)} '
+                       f'{_esc(label)}: {values[i]:.3f}</title></rect>')
+        out.append(f'<text x="{centre:.1f}" y="{bottom + 10:g}" text-anchor="end" font-size="8" '
+                   f'transform="rotate(-45 {centre:.1f} {bottom + 10:g})">{_esc(str(label)[:24])}</text>')
+    for j, series in enumerate(_COLOURS):
+        ly = top + 4 + 14 * j
+        out += [f'<rect x="{right - 78:g}" y="{ly:g}" width="10" height="10" fill="{_COLOURS[series]}"/>',
+                f'<text x="{right - 64:g}" y="{ly + 9:g}" font-size="9">{series}</text>']
+    return out

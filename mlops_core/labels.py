@@ -23,8 +23,8 @@ import pandas as pd
 
 from .errors import SettingsError
 
-__all__ = ["Labels", "canonical", "canonical_value", "label_key", "positive_of", "pipeline_classes", "task_labels",
-           "MAX_CLASSES_HINT", "TRUE_WORDS"]
+__all__ = ["Labels", "canonical", "canonical_value", "label_key", "label_keys", "distinct", "positive_of",
+           "pipeline_classes", "task_labels", "MAX_CLASSES_HINT", "TRUE_WORDS"]
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t"})
 _BOOL_WORDS = {"true": True, "false": False}
@@ -52,6 +52,33 @@ def label_key(value: Any) -> str:
     return str(int(number)) if number.is_integer() else text
 
 
+def label_keys(values: Iterable[Any]) -> np.ndarray:
+    """:func:`label_key` of each value (``None`` for a missing one), an object array: computed once per distinct
+    value, so ten million labels of a few classes cost a factorisation, not ten million calls. (Values of mixed
+    types go one by one: a hash table holds ``True`` and ``1`` as one value, their keys differ.)"""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    if pd.api.types.infer_dtype(series, skipna=True) not in _ONE_TYPE:
+        return np.array([None if _missing(v) else label_key(v) for v in series], dtype=object)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    keys = np.array([label_key(v) for v in uniques] + [None], dtype=object)
+    return keys[codes]  # the sentinel -1 picks the trailing None
+
+
+def distinct(values: Iterable[Any]) -> dict[str, Any]:
+    """The first value of each label key among ``values`` (missing ones left out), in order of appearance."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    keys = pd.Series(label_keys(series), dtype=object)
+    first = keys.dropna().drop_duplicates()
+    return dict(zip(first.tolist(), series.to_numpy()[first.index.to_numpy()].tolist()))
+
+
+_ONE_TYPE = frozenset({"string", "integer", "floating", "boolean", "empty", "categorical"})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and value != value)
+
+
 def canonical(labels: pd.Series) -> pd.Series:
     """The label column in its one form: integers, booleans or stripped strings (missing values stay missing).
 
@@ -63,22 +90,22 @@ def canonical(labels: pd.Series) -> pd.Series:
     if not len(present):
         return out
     if pd.api.types.is_bool_dtype(present):
-        values = [bool(v) for v in present]
+        values = present.astype(bool)
     elif pd.api.types.is_numeric_dtype(present):
         numbers = present.astype(float)
         whole = bool(np.isfinite(numbers).all() and (numbers % 1 == 0).all())
-        values = [int(v) for v in numbers] if whole else list(numbers)  # fractions: refused later as numbers
+        values = numbers.astype(np.int64) if whole else numbers  # fractions: refused later as numbers
     else:
         texts = present.astype(str).str.strip()
         keys = texts.str.lower()
         numbers = pd.to_numeric(texts, errors="coerce")
         if keys.isin(_BOOL_WORDS.keys()).all():
-            values = [_BOOL_WORDS[k] for k in keys]
+            values = keys.eq("true")
         elif numbers.notna().all() and np.isfinite(numbers).all() and (numbers % 1 == 0).all():
-            values = [int(v) for v in numbers]
+            values = numbers.astype(np.int64)
         else:
-            values = list(texts)
-    out[present.index] = pd.Series(values, index=present.index, dtype=object)
+            values = texts
+    out[present.index] = values.astype(object)  # Python ints, bools and strings
     return out
 
 
@@ -159,13 +186,13 @@ class Labels:
     def codes(self, values: Iterable[Any], *, universe: Sequence[Any] | None = None) -> np.ndarray:
         """``values`` as integer codes: for a binary task 1 for the positive class and 0 for the other; for a
         multiclass one the index in ``universe`` (default ``classes``). A value in neither is -1."""
+        keys = label_keys(values)
         if not self.multiclass and self.positive is not None and universe is None:
             positive = label_key(self.positive)
-            negative = {label_key(c) for c in self.classes} - {positive}
-            return np.array([1 if (k := label_key(v)) == positive else 0 if k in negative else -1
-                             for v in values], dtype=int)
+            negative = [label_key(c) for c in self.classes if label_key(c) != positive]
+            return np.where(keys == positive, 1, np.where(pd.Series(keys).isin(negative), 0, -1)).astype(int)
         index = {label_key(c): i for i, c in enumerate(universe if universe is not None else self.classes)}
-        return np.array([index.get(label_key(v), -1) for v in values], dtype=int)
+        return pd.Series(keys, dtype=object).map(index).fillna(-1).to_numpy(dtype=int)
 
     def positive_column(self, classes: Sequence[Any]) -> int:
         """The ``predict_proba`` column of the positive class in a model's ``classes`` (last one without it)."""
@@ -200,8 +227,8 @@ class Labels:
 def task_labels(values: Iterable[Any], settings) -> Labels:
     """The labels a run trains and judges with, from the labelled values and the settings; refused up front
     (exit 2) when the settings cannot serve them: no positive class for two, AUC promotion for more."""
-    labels = Labels.of((v for v in values if not pd.isna(v)), settings.positive_label or None,
-                       target=settings.target)
+    present = pd.Series(values, dtype=object) if not isinstance(values, pd.Series) else values
+    labels = Labels.of(present.dropna().unique().tolist(), settings.positive_label or None, target=settings.target)
     if labels.multiclass and settings.promotion_metric == "auc":
         raise SettingsError(f"MLOPS_PROMOTION_METRIC=auc needs two classes; {settings.target!r} has "
                             f"{len(labels.classes)} ({', '.join(repr(c) for c in labels.classes[:10])}"

@@ -8,7 +8,9 @@ MLflow (about a second and 170 MB a process) is imported when one of these is fi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,7 +19,9 @@ from typing import Any
 
 from .config import Settings
 
-__all__ = ["LoadedModel", "mlflow", "connect", "fluent", "load_pipeline"]
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedModel", "mlflow", "connect", "fluent", "load_pipeline", "seed_sqlite"]
 
 
 @dataclass
@@ -57,7 +61,57 @@ def mlflow():
 
 def connect(settings: Settings):
     """MLflow's client for the settings' tracking and registry URI."""
+    seed_sqlite(settings.tracking_uri)
     return mlflow().MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def seed_sqlite(uri: str) -> None:
+    """Start a new embedded (SQLite) registry from a copy of an empty one whose schema MLflow has migrated.
+
+    MLflow creates a new database by running its ~60 schema migrations (2-3 s of CPU, each new home); the
+    result is the same for every home of one MLflow version, so it is built once into the user's cache
+    (``$XDG_CACHE_HOME/mlops`` or ``~/.cache/mlops``, one file per MLflow version) and copied. It holds tables
+    only: MLflow adds the default experiment, with this home's artifact root, when it first opens the copy (and
+    verifies the schema, as on any database). Any problem with the cache (not writable, say) leaves MLflow to
+    create the database itself."""
+    if not uri.startswith("sqlite:///"):
+        return
+    target = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not target or target == ":memory:" or os.path.exists(target):
+        return
+    try:
+        template = _template(mlflow().__version__)
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        partial = f"{target}.{os.getpid()}.seeding"
+        shutil.copyfile(template, partial)
+        try:
+            os.link(partial, target)  # never over a database another process has just created
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(partial)
+    except Exception as err:  # noqa: BLE001 - a cache is an optimisation: MLflow migrates a new file itself
+        log.debug("no migrated SQLite template for %s (%s: %s); MLflow creates it", uri, type(err).__name__, err)
+
+
+def _template(version: str) -> str:
+    """The migrated empty database of MLflow ``version`` in the user's cache, built when missing."""
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                         "mlops")
+    path = os.path.join(cache, f"mlflow-{version}-schema.db")
+    if not os.path.exists(path):
+        import sqlalchemy
+        from mlflow.store.db.utils import _initialize_tables
+
+        os.makedirs(cache, exist_ok=True)
+        partial = f"{path}.{os.getpid()}.partial"
+        engine = sqlalchemy.create_engine(f"sqlite:///{partial}")
+        try:
+            _initialize_tables(engine)  # what MLflow runs on a new database, before adding its default experiment
+        finally:
+            engine.dispose()
+        os.replace(partial, path)  # whole or not at all, whoever builds it at the same time
+    return path
 
 
 @contextlib.contextmanager
@@ -70,6 +124,7 @@ def fluent(uri: str) -> Iterator[Any]:
     own settings); both are put back as they were on the way out.
     """
     module = mlflow()
+    seed_sqlite(uri)
     before = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
     module.set_tracking_uri(uri)
     module.set_registry_uri(uri)

@@ -417,10 +417,7 @@ def _warm_validation() -> None:
 
 
 def _warm_registry() -> None:
-    """Import MLflow (about two seconds) and matplotlib: a batch that passes validation records a run, with
-    its drift report drawn."""
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+    """Import MLflow (about two seconds): a batch that passes validation records a run."""
     import mlflow.sklearn  # noqa: F401
     import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401 - the client's first call imports them: 2 s
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
@@ -440,7 +437,6 @@ def _warm_registration() -> None:
     import mlflow.store.model_registry.sqlalchemy_workspace_store  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_workspace_store  # noqa: F401
     import mlflow.tracing.processor.otel  # noqa: F401
-    import PIL.PngImagePlugin  # noqa: F401 - the drift picture
     import pyarrow.dataset  # noqa: F401 - the reference data stored with a version
     import pyarrow.parquet  # noqa: F401
     import skl2onnx  # noqa: F401

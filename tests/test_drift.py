@@ -2,6 +2,7 @@
 
 import json
 import math
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,17 @@ def test_report_verdict_is_strictly_above_threshold_and_round_trips(tmp_path):
     saved = json.loads(paths["json"].read_text())
     assert saved["drift"] is True and set(saved) >= {"psi", "mean_psi", "threshold", "drift"}
     assert paths["flag"].read_text().startswith("drift=true")
-    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the picture: an SVG document, one panel a feature (the trigger's title in bold), two bars a bin
+    svg = ElementTree.fromstring(paths["svg"].read_text())
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = {t.text: t.attrib for t in svg.iter(f"{ns}text")}
+    assert texts[f"age: PSI {report.psi['age']:.3f} (trigger)"].get("font-weight") == "bold"
+    assert "font-weight" not in texts[f"sex: PSI {report.info['sex']:.3f} (information)"]
+    assert "mean PSI of the trigger features" in svg.find(f"{ns}text").text
+    bars = [r for r in svg.iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    assert len(bars) == 2 * sum(len(d["bins"]) for d in report.details.values())
+    heights = {r.find(f"{ns}title").text: float(r.get("height")) for r in bars}
+    assert heights[f"reference {report.details['age']['bins'][0]}: {report.details['age']['reference'][0]:.3f}"] > 0
 
 
 def test_a_feature_new_to_the_reference_is_marked_no_reference_not_scored():

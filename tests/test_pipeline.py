@@ -87,7 +87,7 @@ def test_drifted_batch_creates_a_version_with_both_holdout_scores(fresh):
     client = MlflowClient(s.tracking_uri)
     names = {a.path for a in client.list_artifacts(result.run_id)}
     names |= {a.path for a in client.list_artifacts(result.run_id, "drift")}
-    assert {"decision.json", "pycaret_compare_results.csv", "drift/drift_report.png",
+    assert {"decision.json", "pycaret_compare_results.csv", "drift/drift_report.svg",
             "drift/drift_report.json", "reference"} <= names
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..config import Settings
+    from ..data import RowSet
     from ..drift import DriftReport, ReferenceProfile
     from ..evidence import Comparison
     from ..registry import Registry
@@ -105,6 +106,7 @@ class Run:
     fit_rows: pd.DataFrame | None = None  # the batch's rows a candidate may learn from
     holdout: pd.DataFrame | None = None  # ... and those only used to judge it
     training: pd.DataFrame | None = None  # what the candidate was trained on (history rows included)
+    seen: RowSet | None = None  # ... as one hash a row (built once: judged against, then stored with the version)
     candidate: TrainResult | None = None
     judgement: Judgement | None = None
     version: str | None = None  # the candidate's registered version

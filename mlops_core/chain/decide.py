@@ -16,7 +16,7 @@ import numpy as np
 from ..data import RowSet
 from ..errors import RegistryError
 from ..evidence import Comparison, compare, compare_errors
-from ..labels import Labels, label_key
+from ..labels import Labels, distinct, label_key
 from ..registry import LIFECYCLE, PRODUCTION, STAGING, dumps
 from .context import Context, Judgement, Run
 from .scoring import labels_and_proba, loaded, unseen
@@ -113,8 +113,9 @@ def _judge(ctx: Context, run: Run, rivals: dict[str, str]) -> tuple[dict[str, Co
     features, target = list(settings.features), settings.target
     models = {role: loaded(ctx, run, v) for role, v in rivals.items()}
     every = [*features, target]
-    seen = [RowSet.of(run.training, every, run.kinds, target),
-            *(ctx.registry.load_rows(v, kinds=run.kinds) for v in rivals.values())]
+    if run.seen is None:
+        run.seen = RowSet.of(run.training, every, run.kinds, target)
+    seen = [run.seen, *(ctx.registry.load_rows(v, kinds=run.kinds) for v in rivals.values())]
     rows, dropped = unseen(run.holdout, seen, target, run.kinds)
     labels = run.candidate.labels  # None: a regression
     proba = labels if settings.promotion_metric == "auc" else None
@@ -145,8 +146,8 @@ def _codes(labels: Labels, arrays: list[np.ndarray]):
     universe = list(labels.classes)
     keys = {label_key(c) for c in universe}
     for values in arrays:
-        for value in values:
-            if not _missing(value) and (key := label_key(value)) not in keys:
+        for key, value in distinct(values).items():
+            if key not in keys:
                 keys.add(key)
                 universe.append(value)
     if len(universe) == 2 and labels.positive is not None:
@@ -154,8 +155,6 @@ def _codes(labels: Labels, arrays: list[np.ndarray]):
     return (lambda values: labels.codes(values, universe=universe)), len(universe)
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def _record_scores(ctx: Context, run: Run) -> None:

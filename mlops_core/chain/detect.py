@@ -13,7 +13,7 @@ import pandas as pd
 from ..config import Settings
 from ..data import normalise, read_csv
 from ..drift import DriftReport, ReferenceProfile
-from ..labels import label_key
+from ..labels import distinct, label_key
 from ..registry import PRODUCTION, Registry
 from .context import Context, Run
 from .decide import finish
@@ -107,7 +107,7 @@ def _new_classes(ctx: Context, run: Run) -> list:
     if not raw:
         return []
     known = {label_key(c) for c in json.loads(raw)}
-    return sorted({v for v in run.batch[target].dropna() if label_key(v) not in known}, key=label_key)
+    return sorted((v for k, v in distinct(run.batch[target]).items() if k not in known), key=label_key)
 
 
 def illustrate(ctx: Context, run: Run) -> Run:
@@ -118,7 +118,7 @@ def illustrate(ctx: Context, run: Run) -> Run:
         return run
     with ctx.timer("picture"):
         try:
-            path = run.report.plot(ctx.settings.data_dir / "drift_report.png")
+            path = run.report.plot(ctx.settings.data_dir / "drift_report.svg")
             ctx.registry.log_run(run.run_id, artifacts={"drift": [path]})
         except Exception as err:  # the picture is for people
             log.warning("drift picture not drawn: %s", err)
@@ -129,7 +129,11 @@ def _holdout_split(batch, settings: Settings):
     from sklearn.model_selection import train_test_split
 
     y = batch[settings.target]
-    stratify = y if settings.task != "regression" and y.value_counts().min() >= 2 else None
+    stratify = None
+    if settings.task != "regression" and y.value_counts().min() >= 2:
+        # the classes' codes in sorted order: the split scikit-learn draws on the labels themselves, without its
+        # sorting ten million Python objects
+        stratify = pd.Categorical(y, categories=np.sort(y.unique())).codes
     fit, hold = train_test_split(batch, test_size=settings.holdout_fraction, random_state=settings.seed,
                                  stratify=stratify)
     return fit.reset_index(drop=True), hold.reset_index(drop=True)

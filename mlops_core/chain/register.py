@@ -27,19 +27,20 @@ def register(ctx: Context, run: Run) -> Run:
     with ctx.timer("register"):
         regime = pd.concat([run.fit_rows, run.holdout], ignore_index=True)
         run.version = run.result.version = register_model(
-            ctx, run.run_id, run.candidate, training=run.training, regime=regime, kinds=run.kinds,
+            ctx, run.run_id, run.candidate, training=run.training, regime=regime, kinds=run.kinds, seen=run.seen,
             tags={"mlops.source": "drift", "mlops.batch_sha256": run.digest,
                   **(run.judgement.tags if run.judgement else {})})
     return run
 
 
 def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFrame, regime: pd.DataFrame,
-                   kinds: dict, tags: dict) -> str:
+                   kinds: dict, tags: dict, seen: RowSet | None = None) -> str:
     """Log a trained pipeline, its comparison and reference to ``run_id``; create a version and return it.
 
     The drift reference is fitted on ``regime`` (the batch the version was trained for), so later batches of
     the same regime do not score as drift against a mix of old and new rows; ``training`` is stored as the
-    rows the version has seen (holdout hygiene of later decisions): one hash a row, and its most recent
+    rows the version has seen (holdout hygiene of later decisions): one hash a row (``seen``, when the judgement
+    built it already), and its most recent
     :data:`REFERENCE_ROWS` rows as data (``history_rows``, people), so what is logged stays bounded.
     """
     settings, registry = ctx.settings, ctx.registry
@@ -56,8 +57,9 @@ def register_model(ctx: Context, run_id: str, candidate, *, training: pd.DataFra
                                      "n_regime": len(regime)},
                      metrics={f"cv_{k}": v for k, v in candidate.cv_metrics.items()},
                      artifacts={"": candidate.comparison_path})
-    registry.log_reference(run_id, profile, training.tail(REFERENCE_ROWS),
-                           RowSet.of(training, [*features, settings.target], kinds, settings.target))
+    if seen is None:
+        seen = RowSet.of(training, [*features, settings.target], kinds, settings.target)
+    registry.log_reference(run_id, profile, training.tail(REFERENCE_ROWS), seen)
     example = training[features].head(5).reset_index(drop=True)
     labels = candidate.labels.tags() if candidate.labels is not None else {"task": "regression"}
     uri = registry.log_model(run_id, candidate.model, example, metadata=labels)
