@@ -77,11 +77,11 @@ def seed_sqlite(uri: str) -> None:
     if not uri.startswith("sqlite:///"):
         return
     target = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if not target or target == ":memory:" or os.path.exists(target):
-        return
+    if not target or target == ":memory:" or os.path.exists(target) or not os.path.isdir(
+            os.path.dirname(os.path.abspath(target))):
+        return  # a folder that is not there: MLflow says so, as without the template
     try:
         template = _template(mlflow().__version__)
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         partial = f"{target}.{os.getpid()}.seeding"
         shutil.copyfile(template, partial)
         try:
