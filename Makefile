@@ -8,11 +8,18 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test up lint bench clean
 
+# uv (from PyPI, pinned) installs the same pinned set as pip in about 10 s where pip takes 80; pip is the
+# fallback when uv cannot be had or cannot reach the index (uv does not compile bytecode either)
+UV     := uv==0.13.9
+EXTRAS := .[test,airflow,postgres,dask]
+
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (PyCaret 3.3 supports Python <= 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade "pip>=24"
-	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[test,airflow,postgres,dask]"
+	{ $(BIN)/pip install --quiet "$(UV)" && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e "$(EXTRAS)"; } || \
+	{ echo "uv unavailable: installing with pip"; $(BIN)/pip install --quiet --upgrade "pip>=24" && \
+	  $(BIN)/pip install --quiet --no-compile -c constraints.txt -e "$(EXTRAS)"; }
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
