@@ -12,6 +12,7 @@ STAMP  := $(VENV)/.installed
 # fallback when uv cannot be had or cannot reach the index (uv does not compile bytecode either)
 UV     := uv==0.13.9
 EXTRAS := .[test,airflow,postgres,dask]
+WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (PyCaret 3.3 supports Python <= 3.11)"; exit 1; }
@@ -29,7 +30,8 @@ test: $(STAMP)  ## run the whole test suite, one process per CPU (installs first
 	@# bytecode is compiled on first import (install --no-compile) and must be kept: PYTHONDONTWRITEBYTECODE, set
 	@# on some machines, would make every test process compile every module it imports again
 	@# loadfile as tests/conftest.py refines it: the long modules first; those of independent tests test by test
-	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=25
+	@# one worker more than CPUs: the tests wait on servers, daemons and clusters about a sixth of their time
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 up: $(STAMP)  ## bring the loop up on the embedded SQLite registry (Ctrl-C stops it)
 	$(BIN)/mlops up

@@ -44,7 +44,35 @@ def import_pycaret_classification():
     """Import PyCaret's classification module (its log file is placed by ``runtime.prepare_process``)."""
     from pycaret import classification
 
+    _memoise_tuning_grids()
     return classification
+
+
+def _memoise_tuning_grids() -> None:
+    """PyCaret builds every model's tuning grids again on each set-up, comparison and final fit (eight times a
+    training): ``np_list_arange`` rounds each of their values one by one, about 130,000 calls and 0.8 s of CPU
+    a training that never tunes. The grids depend on their arguments only: kept once built, each caller given
+    its own copy. (Its containers modules import the function by name, so it is replaced there.)"""
+    import importlib
+
+    from pycaret.utils import generic
+
+    if getattr(generic.np_list_arange, "memoised", False):
+        return
+    build, built = generic.np_list_arange, {}
+
+    def np_list_arange(start, stop, step, inclusive=False):
+        key = (type(start), start, type(stop), stop, type(step), step, bool(inclusive))
+        if key not in built:
+            built[key] = build(start, stop, step, inclusive=inclusive)
+        return list(built[key])
+
+    np_list_arange.memoised = True
+    generic.np_list_arange = np_list_arange
+    for name in ("classification", "regression"):
+        module = importlib.import_module(f"pycaret.containers.models.{name}")
+        if getattr(module, "np_list_arange", None) is build:
+            module.np_list_arange = np_list_arange
 
 
 #: per task: PyCaret's experiment, the comparison's column for each promotion metric, whether higher is better
@@ -57,6 +85,7 @@ def _experiment(settings: Settings):
     if settings.task == "regression":
         from pycaret.regression import RegressionExperiment
 
+        _memoise_tuning_grids()
         return RegressionExperiment()
     return import_pycaret_classification().ClassificationExperiment()
 

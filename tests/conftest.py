@@ -24,9 +24,9 @@ def pytest_configure(config):
 
 #: the modules that take longest, longest first (seconds of a full run, summed per module): ``make test`` runs
 #: pytest-xdist with ``--dist loadfile --no-loadscope-reorder``, which hands out work in collection order as a
-#: worker frees up. The long ones first and the many short tests last keep both workers busy to the end;
-#: test_airflow_dag first, as it needs no bootstrapped home: the other worker builds that one for both meanwhile
-LONGEST_FIRST = ("test_airflow_dag.py", "test_reliability_watcher.py", "test_kernels.py", "test_watcher.py",
+#: worker frees up. The long ones first and the many short tests last keep the workers busy to the end;
+#: test_kernels first, as it needs no bootstrapped home: another worker builds that one for all meanwhile
+LONGEST_FIRST = ("test_kernels.py", "test_airflow_dag.py", "test_reliability_watcher.py", "test_watcher.py",
                  "test_labels.py", "test_decisions.py", "test_dask.py", "test_server_labels.py", "test_scale_out.py",
                  "test_server_gunicorn.py", "test_openapi.py", "test_kernels_regression.py", "test_end_to_end.py",
                  "test_reliability_faults.py", "test_ab_gunicorn.py", "test_pipeline.py", "test_reliability_http.py",
