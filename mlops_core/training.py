@@ -263,15 +263,18 @@ def _compare_and_finalise(exp, data: pd.DataFrame, settings: Settings, numeric: 
     if comparison.empty or not np.isfinite(comparison[column].astype(float)).any() or (
             column == "Accuracy" and float(comparison[column].max()) <= 0.0):
         raise TrainingError(f"no model of {ids or 'all'} trained successfully")
-    best = fitted[str(comparison.index[0])]
+    best = fitted.pop(str(comparison.index[0]))
+    fitted.clear()  # the other models' memory, before the final fit needs its own
     progress.advance(0, f"fitting {comparison.index[0]} on {len(fit_all) if fit_all is not None else len(data)} rows")
     try:
         final = exp.finalize_model(best)
-        if fit_all is not None and _through_lightgbm_dask(client, final, len(fit_all), settings):
-            final = fit_lightgbm(client, final, fit_all.drop(columns=[settings.target]),
-                                         fit_all[settings.target])
-        elif fit_all is not None:
-            final = clone(final).fit(fit_all.drop(columns=[settings.target]), fit_all[settings.target])
+        if fit_all is not None:
+            # the caller's own frame: its target column taken out in place rather than the features copied
+            y = fit_all.pop(settings.target)
+            if _through_lightgbm_dask(client, final, len(fit_all), settings):
+                final = fit_lightgbm(client, final, fit_all, y)
+            else:
+                final = clone(final).fit(fit_all, y)
     except ClusterError:
         raise
     except Exception as err:

@@ -38,9 +38,11 @@ def test_the_sample_is_stratified_seeded_and_keeps_rare_classes():
 def test_the_comparison_selects_on_the_sample_and_the_winner_is_fitted_on_every_row(tmp_path):
     settings = Settings(home=tmp_path, models=("dt",), fold=2, select_rows=200)
     frame = _labelled(600)
+    given = frame.copy()
     shown = io.StringIO()
     result = train(frame, settings, kinds={"age": "numeric", "fare": "numeric"}, progress=Bar(shown))
     assert (result.n_select, result.n_train) == (200, 600)
+    pd.testing.assert_frame_equal(frame, given)  # the final fit takes the target out of its own copy, not this
     tree = result.model.steps[-1][1].tree_
     assert tree.n_node_samples[0] == 600  # the root of the final tree saw every row
     text = shown.getvalue()
@@ -95,3 +97,14 @@ def test_one_bad_cell_in_many_rows_is_named_by_its_row_and_column():
         validate_frame(frame, settings, kinds={"age": "numeric"})
     assert "column 'age': 1 non-numeric value(s) such as ['forty'], the first at row 123457 (line 123458)" \
         in str(info.value)
+
+
+def test_a_batch_labelled_throughout_is_learned_from_without_a_copy_and_unlabelled_rows_are_counted_out():
+    from mlops_core.chain.detect import _learnable
+
+    batch = _labelled(300)
+    rows, note = _learnable(batch, "survived")
+    assert rows is batch and note == ""  # at 1M rows a copy was a tenth of the run's peak memory
+    partly = batch.assign(survived=batch["survived"].where(batch.index % 10 != 0))
+    rows, note = _learnable(partly, "survived")
+    assert len(rows) == 270 and rows["survived"].notna().all() and note.startswith("30 row(s) without")

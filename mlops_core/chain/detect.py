@@ -56,6 +56,10 @@ def detect(ctx: Context, run: Run) -> Run:
         else:
             run.result.notes += [note] if note else []
             run.fit_rows, run.holdout = _holdout_split(learnable, settings)
+            del learnable
+            # the two parts hold every row the later stages use: the whole is let go before training (at 1M rows
+            # its arrays are a tenth of the run's peak)
+            run.batch = run.batch.iloc[:0]
             return run
     return finish(ctx, run)
 
@@ -70,7 +74,8 @@ def _learnable(batch: pd.DataFrame, target: str, *, regression: bool = False) ->
     Rows without a label are left out (counted); so are the rows of a class too rare to be cross-validated and
     held out (named, with their count): the candidate is trained on the classes it can learn."""
     labels = batch[target] if target in batch.columns else pd.Series(np.nan, index=batch.index)
-    labelled = batch[labels.notna()]
+    present = labels.notna()
+    labelled = batch if present.all() else batch[present]  # no copy of a batch labelled throughout
     if regression:
         note = (f"{len(batch) - len(labelled)} row(s) without a {target!r} value left out of training and the "
                 f"holdout" if len(labelled) < len(batch) else "")
@@ -89,8 +94,7 @@ def _learnable(batch: pd.DataFrame, target: str, *, regression: bool = False) ->
     if counts.size - len(rare) < 2:
         return None, (f"the batch's labels hold {_counts(counts)}: a classifier needs at least two classes of "
                       f"{MIN_CLASS_ROWS} rows or more to be trained and judged")
-    keep = ~labelled[target].isin(rare.index) if len(rare) else slice(None)
-    return labelled[keep], "; ".join(notes)
+    return (labelled[~labelled[target].isin(rare.index)] if len(rare) else labelled), "; ".join(notes)
 
 
 def _counts(counts: pd.Series) -> str:
