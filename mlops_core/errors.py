@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = ["MlopsError", "DataValidationError", "RegistryError", "TrainingError", "BusyError", "SettingsError",
-           "shorten", "first_line", "MAX_PROBLEM_CHARS", "MAX_PROBLEMS"]
+           "shorten", "first_line", "MAX_PROBLEM_CHARS", "MAX_PROBLEMS",
+           "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError", "InvalidLabelError"]
 
 #: the longest one problem may be: problems quote cell values, and a cell can hold megabytes
 MAX_PROBLEM_CHARS = 300
@@ -66,3 +70,33 @@ class BusyError(MlopsError, RuntimeError):
 
 class SettingsError(MlopsError, ValueError):
     """The settings do not fit the data (a feature named that no file has): bad usage, exit 2."""
+
+
+class FeedbackError(MlopsError, ValueError):
+    """Feedback that cannot be joined; ``ids`` names the request ids at fault."""
+
+    def __init__(self, message: str, ids: Sequence[str]):
+        self.ids = list(ids)
+        super().__init__(message)
+
+
+class UnknownRequestError(FeedbackError, LookupError):
+    """Feedback for a request id that no logged prediction carries."""
+
+
+class DuplicateFeedbackError(FeedbackError):
+    """Feedback for a request id that already has a label."""
+
+
+class InvalidLabelError(FeedbackError):
+    """A label that is none of the classes of the version that answered the request, or, for a regression, no
+    finite number.
+
+    ``index`` is its place in the labels given, ``label`` the value and ``classes`` the classes it was checked
+    against (None for a regression's true value)."""
+
+    def __init__(self, message: str, ids: Sequence[str], *, index: int, label: Any,
+                 classes: Sequence[Any] | None):
+        self.index, self.label = index, label
+        self.classes = list(classes) if classes is not None else None
+        super().__init__(message, ids)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["ratio_interval", "welch_test"]
+__all__ = ["ratio_interval", "welch_test", "error_figures", "percentiles"]
 
 
 def ratio_interval(totals: Sequence[float], sizes: Sequence[float], *,
@@ -59,3 +60,38 @@ def _moments(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample variance."""
     mean = math.fsum(values) / len(values)
     return mean, math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def error_figures(requests: Sequence[tuple[int, float, float]]) -> dict:
+    """A regression's quality from its labelled requests, each ``(rows, sum of |error|, sum of error^2)``: rows,
+    MAE and RMSE over rows, with their 95% intervals (None without two labelled requests).
+
+    MAE: the Student t interval of the ratio estimator over requests (:func:`~mlops_core.means.ratio_interval`;
+    with one row a request, the t interval of the mean absolute error). RMSE: the same interval of the mean
+    squared error, square-rooted (a monotone map, so it keeps the 95%); the chi-square interval of a variance
+    would assume normal errors centred on zero, which a model's residuals are not."""
+    sizes = [int(n) for n, _, _ in requests]
+    rows = sum(sizes)
+    out: dict[str, Any] = {"rows": rows, "mae": None, "mae_ci95": None, "rmse": None, "rmse_ci95": None}
+    if not rows:
+        return out
+    absolute = [float(a) for _, a, _ in requests]
+    squared = [float(q) for _, _, q in requests]
+    mse = sum(squared) / rows
+    out["mae"], out["rmse"] = round(sum(absolute) / rows, 6), round(math.sqrt(mse), 6)
+    mae = ratio_interval(absolute, sizes)
+    if mae is not None:
+        out["mae_ci95"] = [round(max(0.0, mae[1]), 6), round(mae[2], 6)]
+        _, low, high = ratio_interval(squared, sizes)
+        out["rmse_ci95"] = [round(math.sqrt(max(0.0, low)), 6), round(math.sqrt(high), 6)]
+    return out
+
+
+def percentiles(values: list[float]) -> dict:
+    """The median and 99th percentile of ``values``, rounded to 3 decimals (None without values)."""
+    if not values:
+        return {"p50": None, "p99": None}
+    import numpy as np
+
+    p50, p99 = np.percentile(np.asarray(values), [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,9 +26,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings, redact_uri
-from .errors import MlopsError
+from .errors import DuplicateFeedbackError, FeedbackError, InvalidLabelError, UnknownRequestError
 from .forks import PerProcess
 from .labels import canonical_value, label_key
+from .means import error_figures, percentiles
+from .prediction_schema import (
+    add_regression_columns,
+    as_int,
+    labels_as_text,
+    number_text,
+    stored_key,
+    stored_number,
+    stored_probability,
+    tables,
+)
 from .proportions import wilson_interval
 
 __all__ = ["PredictionStore", "Prediction", "FeedbackError", "UnknownRequestError", "DuplicateFeedbackError",
@@ -42,36 +52,6 @@ REGRESSION = "regression"
 #: the largest true value of a regression taken, in size (the features' bound: float32's largest); squared
 #: errors of values this size still sum in double precision without overflowing
 MAX_TRUE_VALUE = 3.4028234663852886e38
-
-
-class FeedbackError(MlopsError, ValueError):
-    """Feedback that cannot be joined; ``ids`` names the request ids at fault."""
-
-    def __init__(self, message: str, ids: Sequence[str]):
-        self.ids = list(ids)
-        super().__init__(message)
-
-
-class UnknownRequestError(FeedbackError, LookupError):
-    """Feedback for a request id that no logged prediction carries."""
-
-
-class DuplicateFeedbackError(FeedbackError):
-    """Feedback for a request id that already has a label."""
-
-
-class InvalidLabelError(FeedbackError):
-    """A label that is none of the classes of the version that answered the request, or, for a regression, no
-    finite number.
-
-    ``index`` is its place in the labels given, ``label`` the value and ``classes`` the classes it was checked
-    against (None for a regression's true value)."""
-
-    def __init__(self, message: str, ids: Sequence[str], *, index: int, label: Any,
-                 classes: Sequence[Any] | None):
-        self.index, self.label = index, label
-        self.classes = list(classes) if classes is not None else None
-        super().__init__(message, ids)
 
 
 @dataclass(frozen=True)
@@ -96,35 +76,6 @@ def store_url(settings: Settings) -> str:
     return settings.ab_store_url or f"sqlite:///{settings.home / 'predictions.db'}"
 
 
-def _metadata():
-    from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
-
-    md = MetaData()
-    Table("predictions", md,
-          Column("request_id", String(32), primary_key=True),
-          Column("call_id", String(32), nullable=False),
-          Column("created", Float, nullable=False),
-          Column("user_id", BigInteger),
-          Column("arm", String(16), nullable=False),
-          Column("version", String(32)),
-          Column("prediction", Text),  # the label's key (labels.label_key); a regression's value as text
-          # the positive class's probability (two classes), the predicted class's (more)
-          Column("probability", Float),
-          Column("status", Integer, nullable=False),
-          Column("latency_ms", Float),
-          Column("task", String(16)),  # "classification" or "regression" (NULL: written before regression)
-          Column("prediction_value", Float),  # a regression's predicted value
-          Index("ix_predictions_created", "created"),
-          Index("ix_predictions_arm_version", "arm", "version"))
-    Table("feedback", md,
-          Column("request_id", String(32), primary_key=True),
-          Column("label", Text, nullable=False),  # the label's key, compared with the prediction's
-          Column("received", Float, nullable=False),
-          Column("label_value", Float),  # a regression's true value
-          Index("ix_feedback_received", "received"))
-    return md
-
-
 _COLUMNS = ("request_id", "call_id", "created", "user_id", "arm", "version", "prediction", "probability", "status",
             "latency_ms", "task", "prediction_value")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES "
@@ -140,97 +91,6 @@ def _insert_rows(n: int) -> str:
     return _INSERT + ", ".join([_ROW] * n)
 
 
-def _as_int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _key(prediction: Any) -> str | None:
-    return None if prediction is None else label_key(prediction)
-
-
-def _number_text(value: float | None) -> str | None:
-    """A regression's value as text: the shortest text that reads back as the same float."""
-    return None if value is None else repr(float(value))
-
-
-def _number(value: Any) -> float | None:
-    """A regression's predicted value as stored (None: the model gave no finite number)."""
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _probability(value: Any) -> float | None:
-    """The stored probability of a row: the positive class's as answered, or the largest of a row of every class's
-    (the predicted class's)."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    return max(value) if len(value) else None
-
-
-#: (table, column, NOT NULL) that held 0/1 integers before labels of any kind
-_LABEL_COLUMNS = (("predictions", "prediction", False), ("feedback", "label", True))
-
-
-def _labels_as_text(conn) -> list[str]:
-    """Alter a store written before labels of any kind: its integer label columns become text, their values
-    the keys of 0 and 1 (``"0"``, ``"1"``). Returns the columns altered (none on a current store).
-
-    Add a text column, copy the values cast to text, drop the old column, rename the new one: statements
-    SQLite (3.35+) and PostgreSQL both run inside the caller's transaction, so a store is altered whole or not
-    at all. A process altering the same store at the same moment fails its transaction or finds it done. An
-    older SQLite (no DROP COLUMN) keeps its columns: their integer affinity stores the key ``"1"`` as 1, as
-    the previous version stored 1, and every other key as the text it is, so equal keys still compare equal."""
-    from sqlalchemy import Integer, Text, cast, column, inspect, table, update
-
-    if conn.dialect.name == "sqlite" and conn.dialect.dbapi.sqlite_version_info < (3, 35):
-        return []
-    inspector = inspect(conn)
-    quote = conn.dialect.identifier_preparer.quote
-    text_type = Text().compile(dialect=conn.dialect)
-    altered = []
-    for name, col, not_null in _LABEL_COLUMNS:
-        found = {c["name"]: c["type"] for c in inspector.get_columns(name)}
-        if not isinstance(found.get(col), Integer):
-            continue
-        new = f"{col}_text"
-        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(new)} {text_type}"
-                             + (" NOT NULL DEFAULT ''" if not_null else ""))
-        conn.execute(update(table(name, column(col), column(new))).values({new: cast(column(col), Text)}))
-        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} DROP COLUMN {quote(col)}")
-        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} RENAME COLUMN {quote(new)} TO {quote(col)}")
-        altered.append(f"{name}.{col}")
-    return altered
-
-
-#: (table, column, type) added after a store's first version: regression rows
-def _added_columns():
-    from sqlalchemy import Float, String
-
-    return (("predictions", "task", String(16)), ("predictions", "prediction_value", Float()),
-            ("feedback", "label_value", Float()))
-
-
-def _add_regression_columns(conn) -> list[str]:
-    """Add the columns of regression rows to a store written before them (nullable: its rows are classification
-    rows). Returns the columns added (none on a current store). ADD COLUMN of a nullable column runs on every
-    SQLite and PostgreSQL, inside the caller's transaction."""
-    from sqlalchemy import inspect
-
-    inspector = inspect(conn)
-    quote = conn.dialect.identifier_preparer.quote
-    added = []
-    for name, col, kind in _added_columns():
-        if col in {c["name"] for c in inspector.get_columns(name)}:
-            continue
-        conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ADD COLUMN {quote(col)} {kind.compile(dialect=conn.dialect)}")
-        added.append(f"{name}.{col}")
-    return added
-
 
 class PredictionStore:
     """The append-only log of predictions and their labels, in any SQLAlchemy database.
@@ -244,7 +104,7 @@ class PredictionStore:
         self.url = url or store_url(settings)
         self.clock = clock
         self._engine = PerProcess(self._connect)  # connections never cross a fork
-        self._md = _metadata()
+        self._md = tables()
         self.predictions = self._md.tables["predictions"]
         self.feedback = self._md.tables["feedback"]
 
@@ -271,8 +131,8 @@ class PredictionStore:
             try:
                 self._md.create_all(engine, checkfirst=True)
                 with engine.begin() as conn:
-                    altered = _labels_as_text(conn)
-                    added = _add_regression_columns(conn)
+                    altered = labels_as_text(conn)
+                    added = add_regression_columns(conn)
                 if altered:
                     log.info("prediction store %s: %s now hold label keys as text", self.describe(),
                              ", ".join(altered))
@@ -307,13 +167,13 @@ class PredictionStore:
             predictions, probabilities = item.predictions, item.probabilities or ()
             if item.task == REGRESSION:  # the predicted values, as numbers (and as text)
                 for i, request_id in enumerate(item.request_ids):
-                    value = _number(predictions[i]) if i < len(predictions) else None
-                    rows.append((request_id, *common, _number_text(value), None, item.status, item.latency_ms,
+                    value = stored_number(predictions[i]) if i < len(predictions) else None
+                    rows.append((request_id, *common, number_text(value), None, item.status, item.latency_ms,
                                  item.task, value))
                 continue
             for i, request_id in enumerate(item.request_ids):
-                rows.append((request_id, *common, _key(predictions[i]) if i < len(predictions) else None,
-                             _probability(probabilities[i]) if i < len(probabilities) else None, item.status,
+                rows.append((request_id, *common, stored_key(predictions[i]) if i < len(predictions) else None,
+                             stored_probability(probabilities[i]) if i < len(probabilities) else None, item.status,
                              item.latency_ms, item.task, None))
         if not rows:
             return 0
@@ -462,7 +322,7 @@ class PredictionStore:
         for row in rows:
             group = {"arm": row["arm"], "version": row["version"], "requests": int(row["requests"] or 0),
                      "errors": int(row["errors"] or 0), "rows": int(row["rows"] or 0),
-                     "latency_ms": _percentiles(latencies.get((row["arm"], row["version"]), []))}
+                     "latency_ms": percentiles(latencies.get((row["arm"], row["version"]), []))}
             if row["regression"]:
                 figures = error_figures(errors.get((row["arm"], row["version"]), []))
                 group.update({"task": REGRESSION, "labelled": figures.pop("rows"), "correct": None,
@@ -475,7 +335,7 @@ class PredictionStore:
                               "accuracy_ci95": [round(v, 6) for v in interval] if interval else None})
             group.update({"first_at": row["first_at"], "last_at": row["last_at"]})
             out.append(group)
-        return sorted(out, key=lambda g: (g["arm"], _as_int(g["version"]) or 0, str(g["version"])))
+        return sorted(out, key=lambda g: (g["arm"], as_int(g["version"]) or 0, str(g["version"])))
 
     def task(self, arm: str, version: str) -> str | None:
         """What ``arm`` answered with ``version``: ``classification`` or ``regression`` (None: no answer)."""
@@ -541,33 +401,6 @@ class PredictionStore:
         return shares, sum(int(n) for n, _ in counts), sum(int(c or 0) for _, c in counts)
 
 
-def error_figures(requests: Sequence[tuple[int, float, float]]) -> dict:
-    """A regression's quality from its labelled requests, each ``(rows, sum of |error|, sum of error^2)``: rows,
-    MAE and RMSE over rows, with their 95% intervals (None without two labelled requests).
-
-    MAE: the Student t interval of the ratio estimator over requests (:func:`~mlops_core.means.ratio_interval`;
-    with one row a request, the t interval of the mean absolute error). RMSE: the same interval of the mean
-    squared error, square-rooted (a monotone map, so it keeps the 95%); the chi-square interval of a variance
-    would assume normal errors centred on zero, which a model's residuals are not."""
-    from .means import ratio_interval
-
-    sizes = [int(n) for n, _, _ in requests]
-    rows = sum(sizes)
-    out: dict[str, Any] = {"rows": rows, "mae": None, "mae_ci95": None, "rmse": None, "rmse_ci95": None}
-    if not rows:
-        return out
-    absolute = [float(a) for _, a, _ in requests]
-    squared = [float(q) for _, _, q in requests]
-    mse = sum(squared) / rows
-    out["mae"], out["rmse"] = round(sum(absolute) / rows, 6), round(math.sqrt(mse), 6)
-    mae = ratio_interval(absolute, sizes)
-    if mae is not None:
-        out["mae_ci95"] = [round(max(0.0, mae[1]), 6), round(mae[2], 6)]
-        _, low, high = ratio_interval(squared, sizes)
-        out["rmse_ci95"] = [round(math.sqrt(max(0.0, low)), 6), round(math.sqrt(high), 6)]
-    return out
-
-
 def _label_key(index: int, request_id: str, label: Any, version: str | None,
                classes: Callable[[str | None], Sequence[Any] | None] | None) -> str:
     """The key ``label`` is stored by: its class's, checked against the classes of the version that answered."""
@@ -592,7 +425,7 @@ def _true_value(index: int, request_id: str, label: Any, version: str | None) ->
         problem = f"got {repr(label)[:40]}, out of range (at most {MAX_TRUE_VALUE:.8g} in size)"
     else:
         value = float(label)
-        return _number_text(value), value
+        return number_text(value), value
     raise InvalidLabelError(f"expected the true value of version {version}'s prediction (a regression), a finite "
                             f"number, {problem}", [request_id], index=index, label=label, classes=None)
 
@@ -610,12 +443,3 @@ def _json_kind(value: Any) -> str:
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def _percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p99": None}
-    import numpy as np
-
-    p50, p99 = np.percentile(np.asarray(values), [50, 99])
-    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}

@@ -207,11 +207,11 @@ def _metadata_before_regression(*, integer_labels: bool):
     ``label_value``; with ``integer_labels``, as the version before labels of any kind (0/1 integer columns)."""
     from sqlalchemy import Integer, MetaData, Table
 
-    from mlops_core.predictions import _added_columns, _metadata
+    from mlops_core.prediction_schema import added_columns, tables
 
-    added = {(table, column) for table, column, _ in _added_columns()}
+    added = {(table, column) for table, column, _ in added_columns()}
     md = MetaData()
-    for table in _metadata().tables.values():
+    for table in tables().tables.values():
         Table(table.name, md, *(c._copy() for c in table.columns if (table.name, c.name) not in added))
     if integer_labels:
         md.tables["predictions"].c.prediction.type = Integer()

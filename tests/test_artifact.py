@@ -138,14 +138,30 @@ def test_an_artifact_that_no_longer_answers_as_recorded_is_refused(stored):
         artifact.load(skewed, resealed)
 
 
-def test_an_artifact_that_would_import_pycaret_is_refused_before_unpickling(stored):
+def test_an_artifact_that_would_import_pycaret_is_refused_before_pycaret_is_imported(stored, tmp_path):
     registry, data, manifest, info, model, rows = stored
     payload = pickle.loads(data)
     payload["ops"] = [*payload["ops"], model.model.steps[0][1]]  # a PyCaret step smuggled in
     smuggled = pickle.dumps(payload, protocol=5)
     assert "pycaret" in {m.split(".")[0] for m in artifact.pickle_modules(smuggled)}
+    sealed = {**manifest, "sha256": hashlib.sha256(smuggled).hexdigest()}
     with pytest.raises(artifact.ArtifactError, match="would import pycaret"):
-        artifact.load(smuggled, {**manifest, "sha256": hashlib.sha256(smuggled).hexdigest()})
+        artifact.load(smuggled, sealed)
+    # in a process without PyCaret (as a server's worker): refused, and PyCaret never imported
+    (tmp_path / "smuggled.pkl").write_bytes(smuggled)
+    (tmp_path / "manifest.json").write_text(json.dumps(sealed))
+    seen = python_json(f"""
+import json, pathlib, sys
+from mlops_core.inference import artifact
+folder = pathlib.Path({str(tmp_path)!r})
+try:
+    artifact.load((folder / "smuggled.pkl").read_bytes(), json.loads((folder / "manifest.json").read_text()))
+    error = None
+except artifact.ArtifactError as err:
+    error = str(err)
+print(json.dumps({{"error": error, "pycaret": "pycaret" in sys.modules}}))
+""")
+    assert seen["error"].startswith("the artifact would import pycaret") and seen["pycaret"] is False
 
 
 def test_a_version_registered_before_artifacts_is_compiled_at_load(stored):

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from mlops_core.config import Settings
 from mlops_core.inference import compile as compiler
-from mlops_core.inference import kernels, libraries
+from mlops_core.inference import kernels, libraries, tree_engine
 from mlops_core.inference.compile import build_predictor, probe_rows
 from mlops_core.inference.predictors import PipelinePredictor, to_frame
 from mlops_core.registry import LoadedModel
@@ -204,8 +204,9 @@ def test_lightgbm_small_requests_go_row_by_row_and_agree_on_every_titanic_row(lo
     rows = probe_rows(model)
     p0, q0 = PipelinePredictor(model).raw(rows)
     calls = []
-    real = libraries._LightGBMSingleRow.__call__
-    monkeypatch.setattr(libraries._LightGBMSingleRow, "__call__", lambda self, row: calls.append(1) or real(self, row))
+    real = tree_engine._LightGBMSingleRow.__call__
+    monkeypatch.setattr(tree_engine._LightGBMSingleRow, "__call__",
+                        lambda self, row: calls.append(1) or real(self, row))
     for size in (1, libraries.SINGLE_ROWS):
         for start in range(0, len(rows), size):
             p1, q1 = predictor.raw(rows[start:start + size])
@@ -282,7 +283,7 @@ def test_a_hand_kernel_that_raises_falls_back_to_the_estimators_own_methods(load
     def unavailable(self, *args):  # e.g. a LightGBM without the single-row fast API
         raise AttributeError("function 'LGBM_BoosterPredictForMatSingleRowFastInit' not found")
 
-    monkeypatch.setattr(libraries._LightGBMSingleRow, "__init__", unavailable)
+    monkeypatch.setattr(tree_engine._LightGBMSingleRow, "__init__", unavailable)
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
     assert predictor.compiled and predictor.kernel.__name__ == "generic"
@@ -290,8 +291,8 @@ def test_a_hand_kernel_that_raises_falls_back_to_the_estimators_own_methods(load
 
 
 def test_a_wrong_single_row_path_is_not_used(loaded, monkeypatch):
-    real = libraries._LightGBMSingleRow.__call__
-    monkeypatch.setattr(libraries._LightGBMSingleRow, "__call__", lambda self, row: real(self, row) + 1e-7)
+    real = tree_engine._LightGBMSingleRow.__call__
+    monkeypatch.setattr(tree_engine._LightGBMSingleRow, "__call__", lambda self, row: real(self, row) + 1e-7)
     model = loaded["lightgbm"]
     predictor = build_predictor(model)
     assert predictor.compiled and predictor.kernel.__name__ == "generic"  # the estimator's own methods
