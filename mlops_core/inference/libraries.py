@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .neighbours import Neighbours
 from .predictors import generic_kernel, is_regressor
 from .regression_kernels import _regression
 from .tree_engine import (
@@ -25,6 +26,7 @@ from .tree_engine import (
     _forest_lightgbm,
     _gradient_boosting_lightgbm,
     _lightgbm,
+    _samme_answer,
     _softmax,
 )
 from .versions import TESTED, untested
@@ -167,16 +169,7 @@ def _adaboost(estimator):
         log_proba = np.log(proba)
         terms = (k - 1) * (log_proba - (1.0 / k) * log_proba.sum(axis=2)[:, :, np.newaxis])
         pred = np.add.reduce(terms, axis=0)  # their sum(), tree after tree (an outer axis: no pairwise sum)
-        pred /= total
-        if k == 2:
-            pred[:, 0] *= -1
-            decision = pred.sum(axis=1)
-            labels = classes.take(decision > 0, axis=0)
-            proba = np.vstack([-decision, decision]).T / 2  # _compute_proba_from_decision: softmax of that
-        else:
-            labels = classes.take(np.argmax(pred, axis=1), axis=0)  # predict: the argmax of the decision
-            proba = pred / (k - 1)
-        return labels, _softmax(proba)
+        return _samme_answer(pred, total, classes)
     return adaboost
 
 
@@ -323,27 +316,17 @@ def _knn(estimator):
     dot products), so a row whose k-th and next nearest rows are as far (within the rounding of either
     computation) and of different classes, where the choice between them is the library's, is answered by the
     estimator's own methods."""
-    fit_x, codes = np.asarray(estimator._fit_X, dtype=np.float64), np.asarray(estimator._y)
-    classes, k = estimator.classes_, estimator.n_neighbors
-    norms = np.einsum("ij,ij->i", fit_x, fit_x)
-    largest = float(norms.max()) + 1e-12
+    neighbours, classes, k = Neighbours(estimator), estimator.classes_, estimator.n_neighbors
     own = generic_kernel(estimator)
 
     def knn(x):
-        x = np.asarray(x, dtype=np.float64)
-        if not np.isfinite(x).all():
-            raise ValueError("non-finite features")
+        x = neighbours.rows(x)
         proba = np.empty((len(x), len(classes)))
         for r in range(len(x)):
-            row = x[r]
-            d = norms - 2.0 * (fit_x @ row)  # squared distances less |row|^2 (the same for every training row)
-            nearest = np.argpartition(d, k - 1)[:k]
-            kth = d[nearest].max()
-            # rows as far as the k-th, within the rounding of either way of computing distances
-            edge = np.abs(d - kth) <= 1e-9 * (float(row @ row) + largest)
-            if np.count_nonzero(edge) > np.count_nonzero(edge[nearest]) and np.unique(codes[edge]).size > 1:
+            nearest = neighbours.nearest(x[r])
+            if nearest is None:
                 proba[r] = own(x[r:r + 1])[1][0]
                 continue
-            proba[r] = np.bincount(codes[nearest], minlength=len(classes)) / k
+            proba[r] = np.bincount(neighbours.targets[nearest], minlength=len(classes)) / k
         return classes.take(proba.argmax(axis=1)), proba
     return knn

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .neighbours import Neighbours
 from .predictors import generic_kernel
 from .tree_engine import (
     SINGLE_ROWS,
@@ -147,27 +148,17 @@ def _knn_regression(estimator):
     """KNeighborsRegressor with uniform weights and the euclidean metric: the mean target of the k training rows
     nearest each row; a row whose k-th and next nearest rows are as far and hold different targets is answered by
     the estimator itself (which of them count is the library's choice; see :func:`_knn`)."""
-    fit_x, y = np.asarray(estimator._fit_X, dtype=np.float64), np.asarray(estimator._y)  # its mean in y's dtype
-    k = estimator.n_neighbors
-    norms = np.einsum("ij,ij->i", fit_x, fit_x)
-    largest = float(norms.max()) + 1e-12
+    neighbours = Neighbours(estimator)
     own = generic_kernel(estimator)
 
     def knn_regression(x):
-        x = np.asarray(x, dtype=np.float64)
-        if not np.isfinite(x).all():
-            raise ValueError("non-finite features")
+        x = neighbours.rows(x)
         out = np.empty(len(x))
         for r in range(len(x)):
-            row = x[r]
-            d = norms - 2.0 * (fit_x @ row)
-            nearest = np.argpartition(d, k - 1)[:k]
-            kth = d[nearest].max()
-            edge = np.abs(d - kth) <= 1e-9 * (float(row @ row) + largest)
-            if np.count_nonzero(edge) > np.count_nonzero(edge[nearest]) and np.unique(y[edge]).size > 1:
+            nearest = neighbours.nearest(x[r])
+            if nearest is None:
                 out[r] = own(x[r:r + 1])[0][0]
                 continue
-            ordered = nearest[np.argsort(d[nearest], kind="stable")]  # nearest first, as kneighbors answers
-            out[r] = np.mean(y[ordered][np.newaxis, :], axis=1)[0]  # predict's mean, in y's dtype
+            out[r] = np.mean(neighbours.targets[nearest][np.newaxis, :], axis=1)[0]  # predict's mean, in y's dtype
         return out, None
     return knn_regression

@@ -146,6 +146,23 @@ def _forest_lightgbm(estimator):
     return forest
 
 
+def _samme_answer(pred: np.ndarray, total: float, classes: np.ndarray):
+    """SAMME.R AdaBoost's labels and predict_proba from the sum of its trees' terms (``pred``, the caller's own
+    array), as scikit-learn 1.4 makes them: the decision (the sum over the weights' ``total``), predict (two
+    classes: decision > 0; more: its argmax) and predict_proba (the softmax of the decision, scaled)."""
+    k = len(classes)
+    pred /= total
+    if k == 2:
+        pred[:, 0] *= -1
+        decision = pred.sum(axis=1)
+        labels = classes.take(decision > 0, axis=0)
+        proba = np.vstack([-decision, decision]).T / 2  # _compute_proba_from_decision: softmax of that
+    else:
+        labels = classes.take(np.argmax(pred, axis=1), axis=0)  # predict: the argmax of the decision
+        proba = pred / (k - 1)
+    return labels, _softmax(proba)
+
+
 def _adaboost_lightgbm(estimator):
     """SAMME.R AdaBoost over decision trees, two classes or more: each tree's term of the decision
     (``(k - 1) * (log p - mean log p)`` of its clipped predict_proba, computed here on each leaf's fractions as
@@ -163,17 +180,7 @@ def _adaboost_lightgbm(estimator):
     table = _LeafTable(trees, estimator.n_features_in_)
 
     def adaboost(x):
-        pred = table(x)
-        pred /= total
-        if k == 2:
-            pred[:, 0] *= -1
-            decision = pred.sum(axis=1)
-            labels = classes.take(decision > 0, axis=0)
-            proba = np.vstack([-decision, decision]).T / 2  # _compute_proba_from_decision: softmax of that
-        else:
-            labels = classes.take(np.argmax(pred, axis=1), axis=0)
-            proba = pred / (k - 1)
-        return labels, _softmax(proba)
+        return _samme_answer(table(x), total, classes)
     adaboost.trees = table
     return adaboost
 
