@@ -38,7 +38,7 @@ KINDS = ("onnx", "hand", "generic")
 ONNX_TOLERANCE = 1e-6
 #: a hand kernel (private attributes) is chosen over the estimator's own methods only when this many times faster
 HAND_PENALTY = 1.5
-#: what importing ONNX Runtime and holding a session adds to a serving worker (bench/memory; STACK-NOTES)
+#: what importing ONNX Runtime and holding a session adds to a serving worker (measured by bench/memory)
 ONNX_WORKER_MB = 40
 #: ONNX Runtime serves only when the best kernel without it is this many times slower on one row ...
 ONNX_FACTOR = 3.0
