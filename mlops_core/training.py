@@ -218,7 +218,8 @@ def _compare_and_finalise(exp, data: pd.DataFrame, settings: Settings, numeric: 
                           client=None):
     """PyCaret's comparison of ``settings.models`` on ``data`` (by Accuracy; a regression by RMSE, MAE or R²,
     its promotion metric); the best pipeline finalised (refitted
-    on ``fit_all`` when given: every row, ``data`` being a sample of them), and the table.
+    on ``fit_all`` when given: every row, ``data`` being a sample of them; its target column is taken out of it,
+    in place, for that fit), and the table.
 
     Each model is compared in a call of its own (the same setup, so the same folds as one call over all of them)
     so that ``progress`` can follow models x folds; the table is then sorted as PyCaret sorts it.

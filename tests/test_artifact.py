@@ -143,7 +143,7 @@ def test_an_artifact_that_would_import_pycaret_is_refused_before_pycaret_is_impo
     payload = pickle.loads(data)
     payload["ops"] = [*payload["ops"], model.model.steps[0][1]]  # a PyCaret step smuggled in
     smuggled = pickle.dumps(payload, protocol=5)
-    assert "pycaret" in {m.split(".")[0] for m in artifact.pickle_modules(smuggled)}
+    assert b"pycaret." in smuggled  # the step's class is named by its PyCaret module
     sealed = {**manifest, "sha256": hashlib.sha256(smuggled).hexdigest()}
     with pytest.raises(artifact.ArtifactError, match="would import pycaret"):
         artifact.load(smuggled, sealed)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-import pickletools
 from importlib import metadata
 from typing import Any
 
@@ -34,7 +33,7 @@ from .kernels import candidates, choose_kernel
 from .predictors import CompiledPredictor
 from .versions import TESTED
 
-__all__ = ["export", "load", "ArtifactError", "pickle_modules", "FORMAT", "PROBE_ROWS", "FORBIDDEN"]
+__all__ = ["export", "load", "ArtifactError", "FORMAT", "PROBE_ROWS", "FORBIDDEN"]
 
 FORMAT = 2  # 2: the ONNX graph and the kernels' ranking in the payload; the choice in the manifest
 #: rows of the version's training data it is verified on (the edge rows come on top)
@@ -47,35 +46,10 @@ class ArtifactError(Exception):
     """The compiled artifact cannot be served (missing, damaged, another format, or answers differently)."""
 
 
-def pickle_modules(data: bytes) -> set[str]:
-    """Every module a pickle imports (its GLOBAL and STACK_GLOBAL references), read without unpickling it."""
-    modules, pushed, memo = set(), [], {}
-    for op, arg, _ in pickletools.genops(data):
-        name = op.name
-        if name == "GLOBAL":
-            modules.add(str(arg).split(" ")[0])
-        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-            pushed.append(arg)
-        elif name == "MEMOIZE":
-            memo[len(memo)] = pushed[-1] if pushed else None
-        elif name in ("BINGET", "LONG_BINGET", "GET"):
-            pushed.append(memo.get(int(arg)))
-        elif name == "STACK_GLOBAL":
-            module = pushed[-2] if len(pushed) >= 2 else None
-            if not isinstance(module, str):
-                raise ArtifactError("cannot tell which module a pickled object comes from")
-            modules.add(module)
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = pushed[-1] if pushed else None
-        else:
-            pushed.append(None)
-    return modules
-
-
 class _Unpickler(pickle.Unpickler):
     """Unpickles recording every module the pickle names, and refuses one of :data:`FORBIDDEN` before importing
     it (the standard library's "restricting globals"; the C unpickler asks only for the globals, so this takes a
-    few milliseconds where reading every opcode in Python with :func:`pickle_modules` took 20-45)."""
+    few milliseconds where reading every opcode in Python took 20-45)."""
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
